@@ -27,7 +27,7 @@ from meanfield import _fitmodels as fm
 from meanfield._fitmodels import MODELS, CurveModel
 
 __all__ = ["FitResult", "ModelComparison", "fit_curve", "fit_rank_curve", "fit_entropy_curve",
-           "fit_cost_curve", "compare_models", "MODELS", "CurveModel", "main"]
+           "fit_cost_curve", "fit_rank_vs_fusion", "compare_models", "MODELS", "CurveModel", "main"]
 
 LEVEL = 0.95
 COND_LIMIT = 1e8  # condition number of the column-scaled Jacobian above which we call it singular
@@ -269,7 +269,8 @@ def compare_models(results) -> FitResult:
     return dataclasses.replace(results[0], comparison=ModelComparison(tuple(rows)))
 
 
-def fit_rank_curve(layers, ranks, *, N, merge=1.0, r=None, sigma=None, compare=True):
+def fit_rank_curve(layers, ranks, *, N, merge=1.0, r=None, sigma=None, compare=True,
+                   optimizer="lbfgs+lm"):
     """Fit the rank law ``r + C exp(-alpha l/(N M))`` (Eq. 1/9/15) to a measured rank curve.
 
     Fits ``alpha`` and ``C`` (and ``r`` unless given).  ``alpha`` is identifiable only as
@@ -282,10 +283,11 @@ def fit_rank_curve(layers, ranks, *, N, merge=1.0, r=None, sigma=None, compare=T
     c = (1.0 / (N * merge), 0.0 if r is None else float(r), float(merge))
     model = fm.RANK_LAW if r is None else fm.RANK_LAW_FIXED_R
     alts = ((fm.EXPONENTIAL if r is None else fm.RANK_LAW), fm.POWER_LAW, fm.LINEAR) if compare else ()
-    return fit_curve(model, layers, ranks, sigma=sigma, consts=c, compare=alts)
+    return fit_curve(model, layers, ranks, sigma=sigma, consts=c, compare=alts, optimizer=optimizer)
 
 
-def fit_entropy_curve(x, entropy, *, variable="depth", N=1.0, merge=1.0, sigma=None, compare=True):
+def fit_entropy_curve(x, entropy, *, variable="depth", N=1.0, merge=1.0, sigma=None, compare=True,
+                      optimizer="lbfgs+lm"):
     """Fit Eq. 13 to an entropy curve.
 
     ``variable="depth"``: ``x`` is the depth/layer ``L``, model ``H0 - k L/(N M)``; compared with
@@ -296,13 +298,10 @@ def fit_entropy_curve(x, entropy, *, variable="depth", N=1.0, merge=1.0, sigma=N
     """
     if variable == "depth":
         c = (1.0 / (N * merge), 0.0, float(merge))
-        res = fit_curve(fm.ENTROPY_LINEAR, x, entropy, sigma=sigma, consts=c,
+        res = fit_curve(fm.ENTROPY_LINEAR, x, entropy, sigma=sigma, consts=c, optimizer=optimizer,
                         compare=(fm.ENTROPY_INVERSE, fm.CONSTANT) if compare else ())
     elif variable == "fusion":
-        m = np.asarray(x, dtype=np.float64)
-        if np.any((m < 0) | (m >= 1)):
-            raise ValueError("fusion strengths m must lie in [0, 1)")
-        res = fit_curve(fm.ENTROPY_FUSION, m, entropy, sigma=sigma,
+        res = fit_curve(fm.ENTROPY_FUSION, _check_fusion(x), entropy, sigma=sigma, optimizer=optimizer,
                         compare=(fm.CONSTANT,) if compare else ())
     else:
         raise ValueError(f"variable must be 'depth' or 'fusion', got {variable!r}")
@@ -313,13 +312,29 @@ def fit_entropy_curve(x, entropy, *, variable="depth", N=1.0, merge=1.0, sigma=N
     return res
 
 
-def fit_cost_curve(m, runtime, *, sigma=None):
+def _check_fusion(m):
+    m = np.asarray(m, dtype=np.float64)
+    if np.any(~np.isfinite(m)) or np.any((m < 0) | (m >= 1)):
+        raise ValueError("fusion strengths m must lie in [0, 1)")
+    return m
+
+
+def fit_rank_vs_fusion(m, ranks, *, sigma=None, compare=True, optimizer="lbfgs+lm"):
+    """Rank law at a fixed depth ``L`` as a function of fusion ``m`` (Eq. 15 with ``M = 1/(1-m)``):
+    ``r + C exp(-a (1 - m))`` with ``a = alpha L/N``.  Compared with ``C exp(-a (1-m))`` (``r = 0``;
+    this is ``n^(H0 - kappa (1-m))``, i.e. Eq. 13 for the normalized entropy mapped through
+    ``r_eff = n^H``) and a straight line in ``m``."""
+    alts = (fm.EXP_FUSION, fm.LINEAR_IN_M) if compare else ()
+    return fit_curve(fm.RANK_FUSION, _check_fusion(m), ranks, sigma=sigma, compare=alts,
+                     optimizer=optimizer)
+
+
+def fit_cost_curve(m, runtime, *, sigma=None, compare=True, optimizer="lbfgs+lm"):
     """Fit relative runtime vs fusion ``m`` with ``a + b (1-m)^2``; compare ``c (1-m)^2`` (Eq. 11)
     and ``c (1-m)^p``.  The offset ``a`` is work that merging does not shrink."""
-    m = np.asarray(m, dtype=np.float64)
-    if np.any((m < 0) | (m >= 1)):
-        raise ValueError("fusion strengths m must lie in [0, 1)")
-    return fit_curve(fm.COST_OFFSET, m, runtime, sigma=sigma, compare=(fm.COST_LAW, fm.COST_POWER))
+    alts = (fm.COST_LAW, fm.COST_POWER) if compare else ()
+    return fit_curve(fm.COST_OFFSET, _check_fusion(m), runtime, sigma=sigma, compare=alts,
+                     optimizer=optimizer)
 
 
 def main(argv=None):
