@@ -162,7 +162,9 @@ def solve(model, starts, x, y, w, c, use_lbfgs=True):
         cj = jnp.asarray(c, dtype=jnp.float64)
         u0s = np.stack([u_of_theta(s, model.positive) for s in starts])
         if use_lbfgs:
-            u0s = np.asarray(_lbfgs_jit(model, jnp.asarray(u0s), xp, yp, wp, cj))
+            # optax's L-BFGS mixes int32/int64 internally, which "strict" promotion rejects
+            with jax.numpy_dtype_promotion("standard"):
+                u0s = np.asarray(_lbfgs_jit(model, jnp.asarray(u0s), xp, yp, wp, cj))
 
         def rj(us):
             r, J = _rj_jit(model, jnp.asarray(us), xp, yp, wp, cj)
