@@ -55,7 +55,13 @@ class ModelComparison:
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """One fitted model.  ``ok`` is False whenever a message reports a problem."""
+    """One fitted model.
+
+    ``ok`` is False unless the optimizer converged, every parameter is identifiable and the
+    covariance is defined; ``messages`` says why (and may carry notes that do not affect ``ok``,
+    e.g. a slope with the sign opposite to the law).  ``starts_at_best`` counts the starting
+    points (of ``meanfield._fitmodels.N_STARTS``) that reached the best cost.
+    """
 
     model: CurveModel
     x: np.ndarray
@@ -77,6 +83,7 @@ class FitResult:
     converged: bool
     identifiable: bool
     messages: tuple[str, ...]
+    starts_at_best: int = 1
     comparison: ModelComparison | None = None
 
     @property
@@ -103,12 +110,16 @@ class FitResult:
     def summary(self) -> str:
         lines = [f"model {self.model.name}: {self.model.formula}",
                  f"  n = {self.y.size}, dof = {self.dof}, RSS = {self.rss:.6g}, R2 = {self.r2:.6f}, "
-                 f"AIC = {self.aic:.3f}, BIC = {self.bic:.3f}, converged = {self.converged}",
+                 f"AIC = {self.aic:.3f}, BIC = {self.bic:.3f}, converged = {self.converged} "
+                 f"({self.starts_at_best} of {fm.N_STARTS} starts at the best cost)",
                  f"  {'param':<8} {'estimate':>13} {'std.err':>11} {'95% interval':>29}"]
         for p in self.model.params:
             lo, hi = self.intervals[p]
-            lines.append(f"  {p:<8} {self.estimates[p]:>13.6g} {self.stderr[p]:>11.4g} "
-                         f"   [{lo:>11.6g}, {hi:>11.6g}]")
+            if np.isfinite(self.stderr[p]):
+                lines.append(f"  {p:<8} {self.estimates[p]:>13.6g} {self.stderr[p]:>11.4g} "
+                             f"   [{lo:>11.6g}, {hi:>11.6g}]")
+            else:
+                lines.append(f"  {p:<8} {self.estimates[p]:>13.6g} {'undefined':>11}    (see notes)")
         lines += [f"  note: {m}" for m in self.messages]
         if self.comparison is not None:
             lines += ["model comparison (lower AIC/BIC is better):", str(self.comparison)]
@@ -139,7 +150,10 @@ def fit_curve(model, x, y, *, sigma=None, consts=(1.0, 0.0, 1.0), compare=(), op
     returned with ``dof = 0`` and a message; their errors are undefined unless ``sigma`` is given.
     ``compare``: alternative models to fit to the same data; the table is ``result.comparison``.
     """
-    model = MODELS[model] if isinstance(model, str) else model
+    if isinstance(model, str):
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+        model = MODELS[model]
     x, y, sigma = _validate(x, y, sigma)
     c = np.asarray(consts, dtype=np.float64)
     n, p = y.size, len(model.params)
@@ -240,8 +254,11 @@ def _assemble(model, x, y, sigma, c, w, u, converged, iters, costs):
     else:  # Gaussian likelihood with the noise variance as one more parameter
         ll = -0.5 * n * (np.log(2 * np.pi * max(rss, 1e-300) / n) + 1)
         aic, bic = -2 * ll + 2 * (p + 1), -2 * ll + (p + 1) * np.log(n)
+    finite = costs[np.isfinite(costs)]
+    at_best = int(np.sum(finite <= finite.min() * (1 + 1e-6) + 1e-300)) if finite.size else 0
     return FitResult(model, x, y, sigma, c, np.asarray(u), cov, est, se, ci, fitted, resid, rss,
-                     float(r2), float(aic), float(bic), dof, converged, identifiable, tuple(msgs))
+                     float(r2), float(aic), float(bic), dof, converged, identifiable, tuple(msgs),
+                     at_best)
 
 
 def _theta(model, u):

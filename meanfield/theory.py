@@ -55,7 +55,7 @@ def rank_law(layer, *, alpha, C, r=1.0, N, merge=1.0):
     ``layer`` is the block index ``l``; ``r`` the dominant subspace dimension (paper: typically 1).
     Only ``alpha/(N M)`` enters, so ``alpha`` is a rate per ``l/(N M)``, not a temperature.
     """
-    s = np.asarray(layer, dtype=np.float64) / (float(N) * float(merge))
+    s = np.asarray(layer, dtype=np.float64) / (np.asarray(N, dtype=np.float64) * np.asarray(merge, dtype=np.float64))
     return _f(r + C * np.exp(-alpha * s))
 
 
@@ -70,13 +70,13 @@ def entropy_law_inverse(depth, *, H0, k, merge=1.0):
     L = np.asarray(depth, dtype=np.float64)
     if np.any(L <= 0):
         raise ValueError("entropy_law_inverse needs depth L > 0 (the form k/(M L) is singular at 0)")
-    return _f(H0 - k / (float(merge) * L))
+    return _f(H0 - k / (np.asarray(merge, dtype=np.float64) * L))
 
 
 def entropy_law_linear(depth, *, H0, k, N, merge=1.0):
     """Entropy after depth ``L``: ``H = H0 - k L / (N M)`` (paper Eq. 13, ``M = 1/(1-m)``)."""
     L = np.asarray(depth, dtype=np.float64)
-    return _f(H0 - k * L / (float(N) * np.asarray(merge, dtype=np.float64)))
+    return _f(H0 - k * L / (np.asarray(N, dtype=np.float64) * np.asarray(merge, dtype=np.float64)))
 
 
 def entropy_vs_fusion(m, *, H0, kappa):

@@ -32,6 +32,7 @@ def test_rank_law_recovered_within_intervals():
         assert lo < res.estimates[name] < hi
         assert lo <= true <= hi, (name, true, res.intervals[name])
     assert res.dof == LAYERS.size - 3 and 0.99 < res.r2 <= 1.0
+    assert 1 <= res.starts_at_best <= 6
     np.testing.assert_allclose(res.residuals, y - res.fitted, atol=1e-12)
     # only alpha/(N M) is identifiable: the same data with N M doubled give alpha doubled
     res2 = fit.fit_rank_curve(LAYERS, y, N=2 * N, merge=2.0, compare=False, optimizer="lm")
@@ -100,6 +101,8 @@ def test_exactly_determined_and_too_few_points():
     assert res_s.ok and all(np.isfinite(v) and v > 0 for v in res_s.stderr.values())
     with pytest.raises(ValueError, match="2 data points cannot determine the 3 parameters"):
         fit.fit_rank_curve(x[:2], y[:2], N=N, optimizer="lm")
+    with pytest.raises(ValueError, match="unknown model"):
+        fit.fit_curve("no_such_law", x, y)
     two = fit.fit_entropy_curve([1.0, 2.0], [0.9, 0.8], N=10.0, compare=False, optimizer="lm")
     assert two.dof == 0 and not two.ok and any("exactly determined" in m for m in two.messages)
 

@@ -21,6 +21,10 @@ def test_rank_law_values_and_merge_is_a_layer_rescaling():
     # Eq. 9 vs Eq. 1: merging by M is the same curve at l / M
     np.testing.assert_allclose(theory.rank_law(l, alpha=alpha, C=C, r=r, N=N, merge=M),
                                theory.rank_law(l / M, alpha=alpha, C=C, r=r, N=N), rtol=1e-14)
+    # broadcasting over merge factors: the curve at l = N M / alpha is r + C/e for every M
+    Ms = np.array([1.0, 2.0, 10.0])
+    np.testing.assert_allclose(theory.rank_law(N * Ms / alpha, alpha=alpha, C=C, r=r, N=N, merge=Ms),
+                               r + C / np.e, rtol=1e-14)
 
 
 def test_entropy_laws_agree_and_fusion_conversions():
