@@ -5,8 +5,8 @@ DATA is one of
   index) or ``m`` (fusion strength), one or both of ``effective_rank`` and ``normalized_entropy``,
   and optionally ``sigma`` (one standard error of the fitted quantity per row);
 - a results HDF5 file from ``python -m meanfield.simulate`` (root attr ``format ==
-  "meanfield-results"``): ``/scales/layer``, ``/diagnostics/<quantity>``, ``N`` and ``merge`` in the
-  attributes of ``/parameters``;
+  "meanfield-results"``): ``/scales/layer``, ``/diagnostics/<quantity>``, ``N`` and ``merge`` (or ``fusion``,
+  ``M = 1/(1-fusion)``) in the attributes of ``/parameters``; ``--N``/``--merge`` override them;
 - a real-model dump (root attr ``format == "meanfield-dump"``): ``/summary/layer``,
   ``/summary/<quantity>``, ``N`` (and optionally ``merge``) in the attributes of ``/summary``.
 
@@ -80,7 +80,14 @@ def _read_hdf5(path):
                 if a.ndim != 1:
                     raise ValueError(f"{path}: /{key} must be 1-D per layer, got shape {a.shape}")
                 out[name] = a
-    meta = {k: float(np.asarray(attrs[k])) for k in ("N", "merge") if k in attrs and attrs[k] is not None}
+    meta = {}
+    for k in ("N", "merge", "fusion"):
+        try:
+            meta[k] = float(np.asarray(attrs[k]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    if "merge" not in meta and "fusion" in meta and 0 <= meta["fusion"] < 1:
+        meta["merge"] = 1.0 / (1.0 - meta["fusion"])
     return out, meta
 
 
