@@ -61,6 +61,10 @@ print(R_exp)
 
 print("\n== Table 2: relative runtime vs m ==")
 print(cost)
+power = fit.fit_curve("cost_power", t2["m"], t2["relative_runtime"])
+lo, hi = power.intervals["p"]
+print(f"free exponent: runtime ~ (1-m)^p with p = {power.estimates['p']:.2f} [{lo:.2f}, {hi:.2f}] "
+      f"(Eq. 11 says 2)")
 print("Eq. 11 with no free constant, (1-m)^2: "
       + ", ".join(f"{v:.2f}" for v in relative_attention_cost(t2["m"]))
       + "  vs measured " + ", ".join(f"{v:.2f}" for v in t2["relative_runtime"]))
