@@ -126,3 +126,36 @@ def test_rank_collapse_time_e_folding():
     res = theory.rank_collapse_time(t, r)
     assert res.reached and abs(res.time - exact) < 1e-4  # h = 0.01, chord error O(h^2)
     assert not theory.rank_collapse_time(t, np.full_like(t, 5.0)).reached
+
+
+def test_paper_tables_shipped_and_their_internal_relations():
+    from meanfield.paper import PAPER_CITATION, paper_table
+
+    t1, t2 = paper_table(1), paper_table(2)
+    assert "2512.21691" in PAPER_CITATION
+    np.testing.assert_array_equal(t1["m"], [0.1, 0.3, 0.5, 0.7, 0.9])
+    np.testing.assert_array_equal(t2["relative_runtime"], [1.0, 0.61, 0.38, 0.22, 0.12])
+    # r_eff = 500^H on every row; tolerance = printed rounding: H to 5e-5 (relative log(500) 5e-5
+    # in r) plus r to 0.005 (relative 0.005 / 89.9)
+    tol = np.log(500) * 5e-5 + 0.005 / 89.9
+    for col in ("exp", "theory"):
+        r = theory.effective_rank_from_normalized_entropy(t1[f"entropy_{col}"], 500)
+        assert np.max(np.abs(r / t1[f"rank_{col}"] - 1)) < tol
+    # the Theory entropy column is a straight line in m (residuals within the 5e-5 rounding)
+    A = np.stack([np.ones(5), t1["m"]], axis=1)
+    coef, *_ = np.linalg.lstsq(A, t1["entropy_theory"], rcond=None)
+    assert np.max(np.abs(A @ coef - t1["entropy_theory"])) <= 5e-5
+    with pytest.raises(ValueError, match="Tables 1 and 2"):
+        paper_table(3)
+
+
+def test_library_import_leaves_x64_alone():
+    import subprocess
+    import sys
+
+    code = ("import jax, meanfield.theory, meanfield.fit, meanfield.fit_cli, meanfield.paper; "
+            "assert not jax.config.jax_enable_x64; import sys; "
+            "assert 'matplotlib' not in sys.modules")
+    env = {"PYTHONPATH": ":".join(sys.path), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
