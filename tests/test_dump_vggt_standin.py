@@ -114,6 +114,7 @@ class StandInVGGT(nn.Module):
 
 
 S, H_IMG, W_IMG = 3, 28, 42  # P = 5 + 2*3 = 11, N = 33
+N_QUERY, F64 = 16, np.float64  # one query count and dtype for all tests: one JIT compile
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_hooked_forward_equals_plain_exactly(model, images):
 
     with torch.no_grad():
         plain, _ = model.aggregator(images[None])
-        rec = Recorder(np.arange(10), 8**-0.5, dtype=np.float64)
+        rec = Recorder(np.arange(N_QUERY), 8**-0.5, dtype=np.float64)
         cap = attach(model.aggregator, rec)
         try:
             hooked, _ = model.aggregator(images[None])
@@ -188,12 +189,12 @@ def _dense_reference(q, k, scale, idx):
 
 def test_statistics_equal_dense_computation(model, images):
     _clear(model)
-    dump = dump_vggt(model, images, n_query=16, seed=3, sample_rows=8, model_id="stand-in", stats_dtype=np.float64)
+    dump = dump_vggt(model, images, n_query=N_QUERY, seed=3, sample_rows=8, model_id="stand-in", stats_dtype=F64)
     N, P = S * 11, 11
     assert (dump.meta["N"], dump.meta["P"], dump.meta["S"], dump.meta["num_heads"]) == (N, P, S, 4)
     assert dump.meta["softmax_scale"] == pytest.approx(8**-0.5)
     idx = dump.query_indices
-    assert len(idx) == 16 and np.all(np.diff(idx) > 0) and idx[-1] < N
+    assert len(idx) == N_QUERY and np.all(np.diff(idx) > 0) and idx[-1] < N
     np.testing.assert_array_equal(dump.query_frame, idx // P)
     for l, block in enumerate(model.aggregator.global_blocks):
         # the self-check ran a plain forward first: the hooked pass is the second one recorded
@@ -218,7 +219,7 @@ def test_statistics_equal_dense_computation(model, images):
 
 def test_roundtrip_and_validate(model, images, tmp_path):
     _clear(model)
-    dump = dump_vggt(model, images, n_query=16, layers=[0, 2], model_id="stand-in")
+    dump = dump_vggt(model, images, n_query=N_QUERY, layers=[0, 2], model_id="stand-in", stats_dtype=F64)
     path = write_dump(tmp_path / "standin.h5", dump)
     validate_dump(path)
     back = read_dump(path)
@@ -243,6 +244,6 @@ def test_capture_check_catches_a_modified_forward(model, images):
     attn.forward = doubled
     try:
         with pytest.raises(ValueError, match=r"capture check failed.*\{1: "):
-            dump_vggt(model, images, n_query=8, model_id="stand-in")
+            dump_vggt(model, images, n_query=N_QUERY, model_id="stand-in", stats_dtype=F64)
     finally:
         del attn.forward
