@@ -109,6 +109,8 @@ class QKVCapture:
     def add(self, layer: int, attn) -> None:
         def pre(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
+            if kwargs.get("attn_mask") is not None or kwargs.get("attn_bias") is not None:
+                raise ValueError(f"layer {layer}: masked attention is not supported by the dump")
             q, k, v = qkv_split(module, x, kwargs.get("pos", args[1] if len(args) > 1 else None))
             self.recorder.attention(layer, q, k)
             if self.check:

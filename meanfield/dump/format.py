@@ -234,10 +234,10 @@ def _dataset(f, name):
 def _validate_open(f) -> tuple[dict, dict]:
     """Check every part of an open dump file; return (attrs, arrays)."""
     fn = f.filename
-    fmt = f.attrs.get("format")
+    fmt = _attr("format", f.attrs.get("format"))
     if fmt != FORMAT:
         raise ValueError(f"{fn}: not a meanfield dump (root attr format={fmt!r}, expected {FORMAT!r})")
-    version = f.attrs.get("format_version")
+    version = _attr("format_version", f.attrs.get("format_version"))
     if version != FORMAT_VERSION:
         raise ValueError(f"{fn}: unsupported format_version {version!r}, expected {FORMAT_VERSION}")
     for key in REQUIRED_ATTRS:
