@@ -128,7 +128,16 @@ def _attr_value(key, value):
 def write_dump(path, dump: Dump, *, overwrite: bool = False) -> str:
     """Write ``dump`` to ``path`` atomically (validated first); return the path."""
     check_dump(dump)
-    with _atomic(path, overwrite) as tmp, h5py.File(tmp, "w") as f:
+    with _atomic(path, overwrite) as tmp:
+        _write(tmp, dump)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    return os.fspath(path)
+
+
+def _write(tmp, dump: Dump) -> None:
+    with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -170,7 +179,6 @@ def write_dump(path, dump: Dump, *, overwrite: bool = False) -> str:
             _put(t, "sample", dump.sample, dtype=np.float16)
             _put(t, "sample_layers", dump.sample_layers, dtype=np.int64)
             _put(t, "sample_indices", dump.sample_indices, dtype=np.int64)
-    return os.fspath(path)
 
 
 ATTENTION_SHAPES = {

@@ -80,7 +80,7 @@ def attach(model, recorder: Recorder, *, layers=None, keep=None) -> list:
 
 def dump_hf(model, tokenizer, text: str, *, max_tokens: int = 512, n_query: int = 512, seed: int = 0,
             layers=None, sample_rows: int = 1024, sample_layers=None, key_block: int = 1024,
-            model_id: str = "", checkpoint=None, self_check: bool = True, stats_dtype=np.float32,
+            model_id: str = "", checkpoint=None, self_check: bool = True, stats_dtype=None,
             capture_tolerance: float = 1e-4):  # fmt: skip
     """Tokenize ``text`` (one sequence, truncated to ``max_tokens``), run the encoder, return a Dump.
 

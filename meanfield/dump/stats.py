@@ -25,8 +25,16 @@ import numpy as np
 from .format import HEAD_ROWS, TOKEN_STATS
 
 
-def _to_numpy(t, dtype) -> np.ndarray:
+def default_dtype():
+    """float64 when 64-bit JAX is enabled (the dump CLI does), else float32 (the library default)."""
+    import jax
+
+    return np.float64 if jax.config.jax_enable_x64 else np.float32
+
+
+def _to_numpy(t, dtype=None) -> np.ndarray:
     """A torch tensor (any dtype, any device) or array -> NumPy ``dtype`` (bf16/fp16 exact in fp32)."""
+    dtype = default_dtype() if dtype is None else dtype
     if hasattr(t, "detach"):
         t = t.detach().cpu()
         t = (t if str(t.dtype) == "torch.float64" else t.float()).numpy()
@@ -104,7 +112,7 @@ def _per_head(kernel, q, k) -> list:
         return [diagnostics.attention_statistics(kernel, q[h], k[h]) for h in range(q.shape[0])]
 
 
-def attention_block_statistics(q, k, scale: float, query_indices, *, key_block: int = 1024, dtype=np.float32):
+def attention_block_statistics(q, k, scale: float, query_indices, *, key_block: int = 1024, dtype=None):
     """All attention statistics of one block from its captured q, k of shape (H, N, dh).
 
     Returns a dict with per-head ``head_singular_values`` (H, n), ``head_effective_rank``,
@@ -134,7 +142,7 @@ def attention_block_statistics(q, k, scale: float, query_indices, *, key_block: 
     return out
 
 
-def token_block_statistics(x, *, dtype=np.float32) -> dict:
+def token_block_statistics(x, *, dtype=None) -> dict:
     """``meanfield.diagnostics.token_statistics`` of block-input tokens ``x`` (N, C), as floats."""
     from meanfield import diagnostics
 
@@ -152,13 +160,13 @@ class Recorder:
     """
 
     def __init__(self, query_indices, scale, *, sample_indices=None, sample_layers=None, key_block=1024,
-                 dtype=np.float32):  # fmt: skip
+                 dtype=None):  # fmt: skip
         self.query_indices = np.asarray(query_indices)
         self.scale = float(scale)
         self.sample_indices = None if sample_indices is None else np.asarray(sample_indices)
         self.sample_layers = None if sample_layers is None else set(int(s) for s in sample_layers)
         self.key_block = int(key_block)
-        self.dtype = dtype
+        self.dtype = default_dtype() if dtype is None else dtype
         self.attn: dict[int, dict] = {}
         self.tokens: dict[int, dict] = {}
         self.samples: dict[int, np.ndarray] = {}
@@ -186,7 +194,7 @@ class Recorder:
         self.tokens[int(layer)] = token_block_statistics(x, dtype=self.dtype)
         if self.sample_indices is not None and (self.sample_layers is None or int(layer) in self.sample_layers):
             rows = x[self.sample_indices] if not hasattr(x, "detach") else x[list(map(int, self.sample_indices))]
-            self.samples[int(layer)] = _to_numpy(rows, np.float32).astype(np.float16)
+            self.samples[int(layer)] = _to_numpy(rows, np.float64).astype(np.float16)  # one rounding
 
     def layers(self) -> np.ndarray:
         """Layers seen by both callbacks, ascending; ValueError if the two sets differ."""

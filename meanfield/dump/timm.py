@@ -44,7 +44,7 @@ def attach(model, recorder: Recorder, *, layers=None, check: bool = True) -> _to
 
 def dump_timm(model, image, *, n_query: int = 512, seed: int = 0, layers=None, sample_rows: int = 1024,
               sample_layers=None, key_block: int = 1024, self_check: bool = True, model_id: str = "",
-              checkpoint=None, image_name: str = "image", stats_dtype=np.float32,
+              checkpoint=None, image_name: str = "image", stats_dtype=None,
               capture_tolerance: float = 1e-4):  # fmt: skip
     """Run ``model`` on one image (1, 3, H, W) (its ``forward_features`` if present) and return a Dump."""
     from meanfield.diagnostics import query_subset

@@ -64,7 +64,7 @@ def attach(aggregator, recorder: Recorder, *, layers=None, check: bool = True) -
 def dump_vggt(model, images, *, n_query: int = 512, seed: int = 0, layers=None, sample_rows: int = 1024,
               sample_layers=None, amp_dtype=None, key_block: int = 1024, self_check: bool = True,
               model_id: str = "facebook/VGGT-1B", checkpoint=None, image_names=None, merge=None,
-              check_capture: bool = True, capture_tolerance: float | None = None, stats_dtype=np.float32):  # fmt: skip
+              check_capture: bool = True, capture_tolerance: float | None = None, stats_dtype=None):  # fmt: skip
     """Run ``model.aggregator`` (or ``model`` if it is the aggregator) on ``images`` and return a Dump.
 
     ``images`` (S, 3, H, W) or (1, S, 3, H, W) in [0, 1], as VGGT's ``load_and_preprocess_images``
