@@ -93,20 +93,30 @@ def fit_replay(x0, steps, target_m, alphas=ALPHA_GRID, dts=DT_GRID):
 
     from meanfield.batch import simulate_batch
 
-    n_layers = int(steps[-1])
-    best = (np.inf, None, None)
+    n_layers = max(int(steps[-1]), 1)
     batch = jnp.broadcast_to(jnp.asarray(x0), (len(alphas),) + x0.shape)
     loss = np.empty((len(alphas), len(dts)))
     for j, dt in enumerate(dts):
         out = simulate_batch(batch, kernel="softmax", alpha=alphas, dt=float(dt), layers=n_layers)
         m = np.asarray(out["order_parameter"])[:, steps]
         loss[:, j] = np.sum((m - target_m) ** 2, axis=1)
+    if not np.any(np.isfinite(loss)):
+        raise ValueError("replay fit failed: every (alpha, dt) of the grid gave a non-finite |m| curve")
     i, j = np.unravel_index(np.nanargmin(loss), loss.shape)
-    best = (float(loss[i, j]), float(alphas[i]), float(dts[j]))
-    return best[1], best[2], loss
+    return float(alphas[i]), float(dts[j]), loss
 
 
-def replay(dump, curves, *, alpha=None, dt=None, pca=None) -> dict:
+def explained_fraction(pred, meas) -> float:
+    """``1 - sum_l (dpred_l - dmeas_l)^2 / sum_l dmeas_l^2`` over layers after the first, ``d`` = change
+    from the first layer; 1 = every change reproduced, 0 = no better than "nothing changes", NaN if
+    the measured curve is flat."""
+    pred, meas = np.asarray(pred, float), np.asarray(meas, float)
+    dp, dm = pred - pred[0], meas - meas[0]
+    denom = float(np.sum(dm[1:] ** 2))
+    return 1.0 - float(np.sum((dp - dm)[1:] ** 2)) / denom if denom > 0 else float("nan")
+
+
+def replay(dump, curves, *, alpha=None, dt=None, pca=None, alphas=ALPHA_GRID, dts=DT_GRID) -> dict:
     """Run the flow from the dumped layer-0 tokens; predicted curves, errors, explained fractions."""
     from meanfield import solve_flow
 
@@ -116,8 +126,8 @@ def replay(dump, curves, *, alpha=None, dt=None, pca=None) -> dict:
     note = "alpha and dt given"
     loss = None
     if alpha is None or dt is None:
-        a_grid = ALPHA_GRID if alpha is None else np.array([alpha])
-        d_grid = DT_GRID if dt is None else np.array([dt])
+        a_grid = np.asarray(alphas) if alpha is None else np.array([alpha])
+        d_grid = np.asarray(dts) if dt is None else np.array([dt])
         alpha, dt, loss = fit_replay(x0, steps, curves["order_parameter"], a_grid, d_grid)
         note = "alpha and dt fitted to the measured |m| curve (grid search)"
     sol = solve_flow(x0, kernel="softmax", alpha=alpha, dt=dt, layers=max(int(steps[-1]), 1),
@@ -129,13 +139,11 @@ def replay(dump, curves, *, alpha=None, dt=None, pca=None) -> dict:
     for name, _ in STATS:
         pred = np.asarray(sol.diagnostics[name], float)[pick]
         meas = curves[name]
-        dm, dp = meas - meas[0], pred - pred[0]
-        denom = float(np.sum(dm[1:] ** 2))
         out[name] = {
             "predicted": pred,
             "error": pred - meas,
-            "change_error": dp - dm,
-            "explained": (1.0 - float(np.sum((dp - dm)[1:] ** 2)) / denom) if denom > 0 else float("nan"),
+            "change_error": (pred - pred[0]) - (meas - meas[0]),
+            "explained": explained_fraction(pred, meas),
         }
     return out
 
