@@ -166,9 +166,8 @@ def table(dump, curves, fit, fit_note, rep) -> str:
             row += "  |         " + " ".join(f"{rep[name]['predicted'][i]:9.4g}" for name, _ in STATS)
         lines.append(row)
     if fit is not None:
-        est, ci = getattr(fit, "estimates", {}), getattr(fit, "intervals", {})
-        parts = [f"{k}={v:.4g}" + (f" [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else "") for k, v in est.items()]
-        lines.append("rank law r + C exp(-alpha l/(N M)) fitted (95% intervals): " + ", ".join(parts))
+        lines.append("rank-law fit to the measured effective rank (meanfield.fit):")
+        lines.append(fit.summary() if hasattr(fit, "summary") else str(fit))
     else:
         lines.append(fit_note)
     if rep is not None:
@@ -283,4 +282,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from meanfield._cli import run_cli
 
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, "compare"))

@@ -247,3 +247,20 @@ def test_capture_check_catches_a_modified_forward(model, images):
             dump_vggt(model, images, n_query=N_QUERY, model_id="stand-in", stats_dtype=F64)
     finally:
         del attn.forward
+
+
+def test_autocast_records_the_dtype_the_softmax_saw(model, images):
+    """Under bfloat16 autocast the statistics are of bf16 q/k and say so; they stay close to float32."""
+    import copy
+
+    m32 = copy.deepcopy(model).float()
+    ref = dump_vggt(m32, images.float(), n_query=N_QUERY, model_id="stand-in", stats_dtype=F64)
+    amp = dump_vggt(m32, images.float(), n_query=N_QUERY, model_id="stand-in", stats_dtype=F64,
+                    amp_dtype=torch.bfloat16)  # fmt: skip
+    assert ref.meta["qk_dtype"] == "float32" and amp.meta["qk_dtype"] == "bfloat16"
+    assert "bfloat16" in amp.meta["logit_precision"]
+    # bf16 keeps 8 mantissa bits (rel. 4e-3 per value); through three blocks the effective rank
+    # moves by well under 10%, and it must move at all (else the cast was not applied)
+    er32, er16 = ref.attention["effective_rank"], amp.attention["effective_rank"]
+    np.testing.assert_allclose(er16, er32, rtol=0.1)
+    assert np.max(np.abs(er16 - er32)) > 0

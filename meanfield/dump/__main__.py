@@ -115,4 +115,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from meanfield._cli import run_cli
 
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, "dump"))

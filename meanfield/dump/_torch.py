@@ -91,6 +91,18 @@ def qkv_split(attn, x, pos=None):
     return q, k, v
 
 
+def autocast_like_sdpa(t):
+    """``t`` in the dtype ``F.scaled_dot_product_attention`` computes in under the active autocast.
+
+    Under ``torch.autocast`` the q/k norms run in float32 but SDPA casts its inputs down to the
+    autocast dtype (bfloat16/float16): the softmax the model computes sees those values.
+    """
+    dev = t.device.type
+    if torch.is_autocast_enabled(dev):
+        return t.to(torch.get_autocast_dtype(dev))
+    return t
+
+
 class QKVCapture:
     """Hooks on qkv-linear attention modules: statistics of q/k and a check of the capture.
 
@@ -112,6 +124,7 @@ class QKVCapture:
             if kwargs.get("attn_mask") is not None or kwargs.get("attn_bias") is not None:
                 raise ValueError(f"layer {layer}: masked attention is not supported by the dump")
             q, k, v = qkv_split(module, x, kwargs.get("pos", args[1] if len(args) > 1 else None))
+            q, k = autocast_like_sdpa(q), autocast_like_sdpa(k)
             self.recorder.attention(layer, q, k)
             if self.check:
                 self._v[layer] = (q, k, v)
