@@ -34,6 +34,8 @@ def _parser():
             s.add_argument("--device", default="cuda")
             s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
             s.add_argument("--merge", default=None, help="FastVGGT merge settings as JSON, recorded as given")
+            s.add_argument("--no-capture-check", action="store_true",
+                           help="skip the check that recomputed q/k reproduce each block's output (FastVGGT)")
         s.add_argument("--out", required=True, help="output dump (.h5), written atomically")
         s.add_argument("--n-query", type=int, default=512, help="query rows (seeded subset; all if N <= n)")
         s.add_argument("--seed", type=int, default=0)
@@ -75,6 +77,7 @@ def _run_vggt(args, common):
     amp = None if args.dtype == "float32" else getattr(torch, args.dtype)
     merge = json.loads(args.merge) if args.merge else None
     return dump_vggt(model, images, amp_dtype=amp, model_id=args.weights, image_names=args.images, merge=merge,
+                     check_capture=not args.no_capture_check,
                      checkpoint=args.weights if args.weights.endswith((".pt", ".pth")) else None, **common)  # fmt: skip
 
 
@@ -86,8 +89,11 @@ def main(argv=None) -> int:
 
     jax.config.update("jax_enable_x64", True)
     args = _parser().parse_args(argv)
+    from meanfield.atomic import check_writable
+
     from .format import write_dump
 
+    check_writable(args.out, args.overwrite)  # fail before loading a model
     if not 1 <= args.sample_rows <= 1024:
         raise ValueError(f"--sample-rows must lie in [1, 1024], got {args.sample_rows}")
     common = dict(n_query=args.n_query, seed=args.seed, layers=_ints(args.layers, "--layers"),
