@@ -19,22 +19,16 @@ exit status 2, no PNG.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
-import tempfile
 
 import numpy as np
 
+from ._cli import ArgumentParser
+from .atomic import atomic_path
+
 QUANTITIES = ("effective_rank", "normalized_entropy")
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
 
 
 def _read_csv(path):
@@ -158,16 +152,11 @@ def plot_fit(result, xname, quantity, out):
     ax.set_title(", ".join(f"{p} = {v:.4g}" for p, v in result.estimates.items()), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, out)
+        with atomic_path(out, overwrite=True) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def build_parser():
