@@ -58,8 +58,10 @@ def main():
           f"{os.path.getsize(args.out) / 1024:.0f} KiB -> {args.out}")  # fmt: skip
     print("layer  erank  H_norm   |m|  cov_rank")
     for i, layer in enumerate(dump.layers):
-        print(f"{layer:5d} {dump.attention['effective_rank'][i]:6.1f} {dump.attention['normalized_entropy'][i]:7.3f}"
-              f" {dump.tokens['order_parameter'][i]:5.3f} {dump.tokens['covariance_effective_rank'][i]:8.1f}")
+        print(
+            f"{layer:5d} {dump.attention['effective_rank'][i]:6.1f} {dump.attention['normalized_entropy'][i]:7.3f}"
+            f" {dump.tokens['order_parameter'][i]:5.3f} {dump.tokens['covariance_effective_rank'][i]:8.1f}"
+        )
     print("max |A_model - softmax(scale q k^T)| per layer:",
           np.round(list(dump.meta["extra"]["capture_max_abs_error"].values()), 9))  # fmt: skip
 

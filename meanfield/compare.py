@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from .dump.format import read_dump
+from .dump.format import merge_factor, read_dump
 
 STATS = (
     ("effective_rank", "effective rank (head mean)"),
@@ -59,8 +59,7 @@ def fit_rank_law(dump, curves):
         from meanfield.fit import fit_rank_curve
     except ImportError:
         return None, "rank-law fit skipped: meanfield.fit is not installed in this version"
-    merge = dump.meta.get("merge") or {}
-    M = float(merge.get("M", 1.0)) if isinstance(merge, dict) else 1.0
+    M = merge_factor(dump.meta.get("merge"))
     try:
         res = fit_rank_curve(curves["layer"], curves["effective_rank"], N=int(dump.meta["N"]), merge=M)
     except (ValueError, RuntimeError, FloatingPointError) as exc:
@@ -71,7 +70,9 @@ def fit_rank_law(dump, curves):
 def initial_tokens(dump, pca: int | None = None) -> np.ndarray:
     """Layer-0 sample rows, normalized; optionally on the top-``pca`` uncentered principal axes."""
     if dump.sample is None:
-        raise ValueError("the dump holds no token sample: rerun the dump with --sample-layers including its first layer")
+        raise ValueError(
+            "the dump holds no token sample: rerun the dump with --sample-layers including its first layer"
+        )
     layers0 = list(np.asarray(dump.sample_layers))
     first = int(np.asarray(dump.layers)[0])
     if first not in layers0:
@@ -152,8 +153,10 @@ def table(dump, curves, fit, fit_note, rep) -> str:
     """The stdout report: provenance, per-layer measured (and replayed) values, fits, explained fractions."""
     m = dump.meta
     lines = [
-        f"dump: {m.get('model_id')}  adapter={m.get('adapter')}  N={m['N']}  n_query={len(dump.query_indices)}"
-        f"  heads={m['num_heads']}  S={m['S']}  P={m['P']}  merge={json.dumps(m.get('merge'))}",
+        (
+            f"dump: {m.get('model_id')}  adapter={m.get('adapter')}  N={m['N']}  n_query={len(dump.query_indices)}"
+            f"  heads={m['num_heads']}  S={m['S']}  P={m['P']}  merge={json.dumps(m.get('merge'))}"
+        ),
         f"logits: {m.get('logit_precision')}",
     ]
     head = f"{'layer':>5} " + " ".join(f"{short:>9}" for short in ("erank", "H_norm", "|m|", "cov_rank"))
@@ -233,7 +236,9 @@ def write_report(path, dump, curves, fit, fit_note, rep, overwrite=False) -> Non
             f.attrs["rank_law_fit"] = fit_note
         if rep is not None:
             r = f.create_group("replay")
-            r.attrs.update({k: ("" if rep[k] is None else rep[k]) for k in ("alpha", "dt", "pca", "n_tokens", "dim", "note")})
+            r.attrs.update(
+                {k: ("" if rep[k] is None else rep[k]) for k in ("alpha", "dt", "pca", "n_tokens", "dim", "note")}
+            )
             if rep["loss_grid"] is not None:
                 r.create_dataset("loss_grid", data=rep["loss_grid"])
             for name, _ in STATS:

@@ -6,6 +6,7 @@ q/k arrays, exactly as the adapters fill it with torch tensors.
 
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,7 +14,12 @@ import pytest
 
 from meanfield import diagnostics
 from meanfield.dump import FORMAT, read_dump, validate_dump, write_dump
-from meanfield.dump.stats import Recorder, attention_block_statistics, build_dump, token_block_statistics
+from meanfield.dump.stats import (
+    Recorder,
+    attention_block_statistics,
+    build_dump,
+    token_block_statistics,
+)
 from solvers.kernels import SoftmaxKernel
 
 L, H, N, DH, C = 3, 2, 40, 4, 8
@@ -111,7 +117,7 @@ def test_validator_names_the_problem(dump_file, tmp_path, edit, message):
 
 
 def test_validator_truncated_and_foreign(dump_file, tmp_path):
-    data = open(dump_file, "rb").read()
+    data = Path(dump_file).read_bytes()
     (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt|cannot read"):
         validate_dump(tmp_path / "cut.h5")
@@ -150,3 +156,15 @@ def test_import_meanfield_does_not_import_torch():
     code = "import sys, meanfield, meanfield.dump, meanfield.compare; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_fit_cli_reads_the_summary(dump_file):
+    """The fit tool's reader (another module) takes layer, rank, N and M from /summary."""
+    from meanfield.fit_cli import load_curve
+
+    xname, x, y, sigma, quantity, meta = load_curve(dump_file)
+    d = make_dump()
+    assert (xname, quantity, sigma) == ("layer", "effective_rank", None)
+    np.testing.assert_array_equal(x, [0, 1, 2])
+    np.testing.assert_allclose(y, d.attention["effective_rank"], rtol=1e-12)
+    assert meta == {"N": 40.0, "merge": 1.0}

@@ -6,6 +6,7 @@ shipped dump ``examples/data/minilm_dump.h5`` (the file must be what the code pr
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ LAYERS = [0, 5]
 @pytest.fixture(scope="module")
 def live():
     model, tok, model_id, folder = load_encoder(MINILM)
-    text = open(TEXT, encoding="utf-8").read()
+    text = Path(TEXT).read_text(encoding="utf-8")
     # two of the six layers keep the test short; the CLI and the shipped file have all six
     dump = dump_hf(model, tok, text, n_query=512, seed=0, layers=LAYERS, sample_layers=[0], model_id=model_id,
                    checkpoint=folder)  # fmt: skip
@@ -73,7 +74,7 @@ def test_shipped_dump_is_reproduced(live):
     validate_dump(SHIPPED)
     shipped = read_dump(SHIPPED)
     assert os.path.getsize(SHIPPED) < 800_000
-    assert shipped.input_text == open(TEXT, encoding="utf-8").read()
+    assert shipped.input_text == Path(TEXT).read_text(encoding="utf-8")
     assert shipped.meta["checkpoint_hash"] == dump.meta["checkpoint_hash"]
     np.testing.assert_array_equal(shipped.query_indices, dump.query_indices)
     rows = [list(shipped.layers).index(l) for l in LAYERS]

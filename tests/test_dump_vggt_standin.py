@@ -227,7 +227,9 @@ def test_roundtrip_and_validate(model, images, tmp_path):
     assert back.meta["adapter"] == "vggt" and back.meta["qk_dtype"] == "float64"
     assert back.input_images == ["frame_0", "frame_1", "frame_2"]
     assert back.token_type_names == ["camera", "register", "patch"]
-    np.testing.assert_allclose(back.attention["head_singular_values"], dump.attention["head_singular_values"], rtol=1e-6)
+    np.testing.assert_allclose(
+        back.attention["head_singular_values"], dump.attention["head_singular_values"], rtol=1e-6
+    )
 
 
 def test_capture_check_catches_a_modified_forward(model, images):

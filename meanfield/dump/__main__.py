@@ -34,8 +34,11 @@ def _parser():
             s.add_argument("--device", default="cuda")
             s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
             s.add_argument("--merge", default=None, help="FastVGGT merge settings as JSON, recorded as given")
-            s.add_argument("--no-capture-check", action="store_true",
-                           help="skip the check that recomputed q/k reproduce each block's output (FastVGGT)")
+            s.add_argument(
+                "--no-capture-check",
+                action="store_true",
+                help="skip the check that recomputed q/k reproduce each block's output (FastVGGT)",
+            )
         s.add_argument("--out", required=True, help="output dump (.h5), written atomically")
         s.add_argument("--n-query", type=int, default=512, help="query rows (seeded subset; all if N <= n)")
         s.add_argument("--seed", type=int, default=0)
@@ -96,9 +99,11 @@ def main(argv=None) -> int:
     check_writable(args.out, args.overwrite)  # fail before loading a model
     if not 1 <= args.sample_rows <= 1024:
         raise ValueError(f"--sample-rows must lie in [1, 1024], got {args.sample_rows}")
-    common = dict(n_query=args.n_query, seed=args.seed, layers=_ints(args.layers, "--layers"),
-                  sample_rows=args.sample_rows, sample_layers=_ints(args.sample_layers, "--sample-layers"),
-                  key_block=args.key_block, self_check=not args.no_self_check)  # fmt: skip
+    common = {
+        "n_query": args.n_query, "seed": args.seed, "layers": _ints(args.layers, "--layers"),
+        "sample_rows": args.sample_rows, "sample_layers": _ints(args.sample_layers, "--sample-layers"),
+        "key_block": args.key_block, "self_check": not args.no_self_check,
+    }  # fmt: skip
     t0 = time.perf_counter()
     if args.adapter == "hf":
         from .hf import dump_hf, load_encoder

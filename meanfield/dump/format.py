@@ -83,6 +83,16 @@ class Dump:
         }
 
 
+def merge_factor(merge) -> float:
+    """The mobility factor ``M >= 1`` of recorded merge settings: their ``"M"`` entry, else 1."""
+    if isinstance(merge, dict) and merge.get("M") is not None:
+        M = float(merge["M"])
+        if not M >= 1.0:
+            raise ValueError(f"merge setting M must be >= 1, got {merge['M']!r}")
+        return M
+    return 1.0
+
+
 @contextmanager
 def _atomic(path, overwrite):
     """Temporary file in the destination folder, renamed onto ``path`` on success."""
@@ -142,10 +152,10 @@ def _write(tmp, dump: Dump) -> None:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         try:
-            from importlib.metadata import version
+            from importlib.metadata import PackageNotFoundError, version
 
             f.attrs["meanfield_version"] = version("meanfield")
-        except Exception:
+        except PackageNotFoundError:  # running from a source tree (PYTHONPATH)
             f.attrs["meanfield_version"] = "unknown"
         for key, value in dump.meta.items():
             f.attrs[key] = _attr_value(key, value)
@@ -165,7 +175,8 @@ def _write(tmp, dump: Dump) -> None:
         layer = _put(s, "layer", dump.layers, dtype=np.int64)
         layer.make_scale("layer")
         s.attrs["N"] = int(dump.meta["N"])
-        s.attrs["n_query"] = int(len(dump.query_indices))
+        s.attrs["n_query"] = len(dump.query_indices)
+        s.attrs["merge"] = merge_factor(dump.meta.get("merge"))
         for name in ("effective_rank", "normalized_entropy"):
             _put(s, name, dump.attention[name], dtype=np.float64, scale=layer)
         a = f.create_group("attention")
@@ -235,7 +246,7 @@ def _dataset(f, name):
         raise ValueError(f"{f.filename}: missing {'group' if '/' not in name else 'dataset'} /{name}")
     try:
         return np.asarray(f[name][()])
-    except Exception as exc:  # truncated chunk data, wrong type, ...
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:  # truncated chunk data, wrong type
         raise ValueError(f"{f.filename}: cannot read /{name}: {exc}".splitlines()[0]) from None
 
 

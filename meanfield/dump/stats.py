@@ -41,18 +41,19 @@ def _to_numpy(t, dtype=None) -> np.ndarray:
     return np.asarray(t, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(scale: float, key_block: int):
     from solvers.kernels import SoftmaxKernel
 
     return SoftmaxKernel(alpha=scale, key_block=key_block)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _head_mean_fn(key_block: int):
     """Jitted two-pass head-mean Gram: pass 1 per-head log-sum-exp, pass 2 Gram of the mean rows."""
     import jax
     import jax.numpy as jnp
+
     from solvers.streaming import fold_key_blocks, logit_pass
 
     def run(q, k, scale):
@@ -89,7 +90,7 @@ def head_mean_singular_values(q, k, scale: float, *, key_block: int = 1024) -> n
     return np.asarray(_head_mean_fn(int(key_block))(q, k, jnp.asarray(scale, q.dtype)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vmapped(kernel):
     """``diagnostics.attention_statistics`` vmapped over heads and jitted (one compile per shape)."""
     import jax
@@ -164,7 +165,7 @@ class Recorder:
         self.query_indices = np.asarray(query_indices)
         self.scale = float(scale)
         self.sample_indices = None if sample_indices is None else np.asarray(sample_indices)
-        self.sample_layers = None if sample_layers is None else set(int(s) for s in sample_layers)
+        self.sample_layers = None if sample_layers is None else {int(s) for s in sample_layers}
         self.key_block = int(key_block)
         self.dtype = default_dtype() if dtype is None else dtype
         self.attn: dict[int, dict] = {}

@@ -93,9 +93,7 @@ def dump_vggt(model, images, *, n_query: int = 512, seed: int = 0, layers=None, 
     smp = np.asarray(query_subset(N, min(sample_rows, N), seed + 1))
     device = images.device
     amp = (
-        torch.autocast(device_type=device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else contextlib.nullcontext()
+        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
 
     def forward():
@@ -104,8 +102,7 @@ def dump_vggt(model, images, *, n_query: int = 512, seed: int = 0, layers=None, 
 
     t0 = time.perf_counter()
     plain = forward() if self_check else None
-    rec = Recorder(idx, scale, sample_indices=smp, sample_layers=sample_layers, key_block=key_block,
-                   dtype=stats_dtype)
+    rec = Recorder(idx, scale, sample_indices=smp, sample_layers=sample_layers, key_block=key_block, dtype=stats_dtype)
     cap = attach(agg, rec, layers=layers, check=check_capture)
     try:
         hooked = forward()
