@@ -87,3 +87,25 @@ def test_shipped_dump_is_reproduced(live):
     # float16 rows of float32 tokens equal up to one float16 ulp (1e-3 relative) when a BLAS
     # difference straddles a rounding boundary
     np.testing.assert_allclose(shipped.sample.astype(float), dump.sample.astype(float), rtol=1e-3, atol=1e-4)
+
+
+def test_dump_cli_query_subset(tmp_path, capsys):
+    """The CLI on a short text with a query subset smaller than N: a valid, self-describing file."""
+    from meanfield.dump.__main__ import main
+
+    out = tmp_path / "short.h5"
+    text = "Tokens drift together as the layers go by, and the attention loses rank."
+    assert main(["hf", MINILM, "--text", text, "--layers", "0,5", "--n-query", "8", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    validate_dump(out)
+    d = read_dump(out)
+    N = d.meta["N"]
+    assert 8 < N < 30 and d.input_text == text
+    assert len(d.query_indices) == 8 and d.attention["head_singular_values"].shape == (2, 12, 8)
+    assert d.meta["qk_dtype"] == "float32" and "float64" in d.meta["logit_precision"]
+    names = [d.token_type_names[c] for c in d.query_token_type]
+    assert set(names) <= {"cls", "text", "sep"} and (names[0] == "cls") == (d.query_indices[0] == 0)
+    # a normalized entropy is a fraction of log n: it must lie in (0, 1]
+    assert np.all((d.attention["normalized_entropy"] > 0) & (d.attention["normalized_entropy"] <= 1 + 1e-12))
+    with pytest.raises(FileExistsError):
+        main(["hf", MINILM, "--text", text, "--out", str(out)])
