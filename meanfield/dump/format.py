@@ -35,8 +35,6 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 
 import h5py
 import numpy as np
@@ -93,29 +91,11 @@ def merge_factor(merge) -> float:
     return 1.0
 
 
-@contextmanager
 def _atomic(path, overwrite):
-    """Temporary file in the destination folder, renamed onto ``path`` on success."""
-    try:
-        from meanfield.atomic import atomic_path  # the lead's shared helper
-    except ImportError:  # pragma: no cover - foundation not merged yet
-        atomic_path = None
-    if atomic_path is not None:
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            yield tmp
-        return
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """The shared atomic writer (temporary file in the same folder, then ``os.replace``)."""
+    from meanfield.atomic import atomic_path
+
+    return atomic_path(path, overwrite=overwrite)
 
 
 def _put(group, name, data, *, dtype=None, scale=None):
