@@ -134,9 +134,11 @@ class _Streamed(eqx.Module):
     key_block: int = eqx.field(static=True, default=1024)
     query_block: int = eqx.field(static=True, default=4096)
 
-    def _moments(self, q, k):
+    def _moments(self, q, k, with_acc2=True):
         a = _alpha(self.alpha, q.dtype)
-        return map_query_blocks(lambda qb: weighted_moments(qb, k, a, self.key_block), q, self.query_block)
+        return map_query_blocks(
+            lambda qb: weighted_moments(qb, k, a, self.key_block, with_acc2), q, self.query_block
+        )
 
     def _pass(self, q, k):
         return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True)
@@ -162,7 +164,7 @@ class SoftmaxKernel(_Streamed):
     name: ClassVar[str] = "softmax"
 
     def drive(self, q, k):
-        mo = self._moments(q, k)
+        mo = self._moments(q, k, with_acc2=False)
         return mo.acc / mo.l[:, None]
 
     def drive_and_divergence(self, q, k):
@@ -197,7 +199,7 @@ class USAKernel(_Streamed):
         return jnp.exp(mo_mx) / n_keys
 
     def drive(self, q, k):
-        mo = self._moments(q, k)
+        mo = self._moments(q, k, with_acc2=False)
         return mo.acc * self._scale(mo.mx, k.shape[0])[:, None]
 
     def drive_and_divergence(self, q, k):
