@@ -22,6 +22,7 @@ import numpy as np
 from solvers import INTEGRATORS, KERNELS, AttentionField, make_integrator, make_kernel
 
 from . import _validate
+from ._threads import fetch
 from .diagnostics import DEFAULT_N_QUERY, query_subset, simulation_diagnostics
 from .distributions import as_key
 from .progress import make_progress
@@ -208,7 +209,7 @@ def solve_flow(init, **options) -> FlowSolution:
     dtype : float32 or float64 [float32, or float64 when 64-bit JAX is enabled].
     progress : ``True`` for a tqdm bar, or an object with init/step/close [False].
     save_tokens : keep the tokens at every save in ``sol.snapshots`` [False].
-    kernel_options : block sizes, e.g. ``{"key_block": 1024, "query_block": 4096}``.
+    kernel_options : block sizes, e.g. ``{"key_block": 1024, "query_block": 1024}``.
     rtol, atol : tolerances of the ``adaptive`` method [1e-6, 1e-8].
 
     Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
@@ -257,7 +258,7 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     h = jnp.asarray(spec.dt, spec.dtype)
     x = initial_tokens(spec)
 
-    records = [jax.device_get(_diagnostics(kernel, x, q_dev, merge))]
+    records = [fetch(_diagnostics, kernel, x, q_dev, merge)]
     snaps = [np.asarray(x)] if spec.save_tokens else None
     evals = 0
     bar = make_progress(spec.progress)
@@ -268,7 +269,7 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
             evals += int(nev)
             bar.step(k)
             if save is not None:
-                records.append(jax.device_get(_diagnostics(kernel, x, q_dev, merge)))
+                records.append(fetch(_diagnostics, kernel, x, q_dev, merge))
                 if snaps is not None:
                     snaps.append(np.asarray(x))
     finally:

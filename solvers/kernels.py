@@ -62,9 +62,16 @@ def _apply(q, mat):
     return out
 
 
-def _spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
-    """Singular values (descending) of A from G = A A^T; tiny negative round-off eigenvalues -> 0."""
-    ev = jnp.linalg.eigvalsh(gram)[::-1]
+def spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
+    """Singular values (descending) of A from G = A A^T; tiny negative round-off eigenvalues -> 0.
+
+    G is scaled to unit trace first: attention entries are ~1/N, so G's entries are ~1/N^2 and
+    the eigensolver's intermediate products fall into the subnormal range in float32, which made
+    a 512 x 512 ``eigvalsh`` ~13x slower (3.3 s measured at N = 4096) without changing the result.
+    """
+    tr = jnp.trace(gram)
+    scale = jnp.where(tr > 0, tr, 1.0)
+    ev = jnp.linalg.eigvalsh(gram / scale)[::-1] * scale
     return jnp.sqrt(jnp.maximum(ev, 0.0))
 
 
@@ -132,7 +139,7 @@ class _Streamed(eqx.Module):
 
     alpha: float | Array = 1.0
     key_block: int = eqx.field(static=True, default=1024)
-    query_block: int = eqx.field(static=True, default=4096)
+    query_block: int = eqx.field(static=True, default=1024)
 
     def _moments(self, q, k, with_acc2=True):
         a = _alpha(self.alpha, q.dtype)
@@ -179,7 +186,7 @@ class SoftmaxKernel(_Streamed):
     def attention_statistics(self, q, k):
         p = self._pass(q, k)
         inv = 1.0 / p.l
-        return _spectrum_from_gram(p.gram * inv[:, None] * inv[None, :]), self._rows(p)
+        return spectrum_from_gram(p.gram * inv[:, None] * inv[None, :]), self._rows(p)
 
 
 class USAKernel(_Streamed):
@@ -215,7 +222,7 @@ class USAKernel(_Streamed):
         p = self._pass(q, k)
         top = jnp.max(p.mx)
         sc = self._scale(p.mx - top, k.shape[0])
-        return jnp.exp(top) * _spectrum_from_gram(p.gram * sc[:, None] * sc[None, :]), self._rows(p)
+        return jnp.exp(top) * spectrum_from_gram(p.gram * sc[:, None] * sc[None, :]), self._rows(p)
 
 
 _REGISTRY = {"linear": LinearKernel, "softmax": SoftmaxKernel, "usa": USAKernel}
@@ -230,4 +237,4 @@ def make_kernel(name: str, alpha=1.0, **options):
     return cls(alpha, **options)
 
 
-__all__ = ["KERNELS", "LinearKernel", "SoftmaxKernel", "USAKernel", "make_kernel", "key_moments"]
+__all__ = ["KERNELS", "LinearKernel", "SoftmaxKernel", "USAKernel", "make_kernel", "key_moments", "spectrum_from_gram"]

@@ -54,6 +54,7 @@ def _head_mean_fn(key_block: int):
     import jax
     import jax.numpy as jnp
 
+    from solvers.kernels import spectrum_from_gram
     from solvers.streaming import fold_key_blocks, logit_pass
 
     def run(q, k, scale):
@@ -68,8 +69,7 @@ def _head_mean_fn(key_block: int):
             return gram + a @ a.T
 
         gram = fold_key_blocks(body, kflat, key_block, jnp.zeros((n, n), q.dtype))
-        ev = jnp.linalg.eigvalsh(0.5 * (gram + gram.T))[::-1]
-        return jnp.sqrt(jnp.maximum(ev, 0.0))
+        return spectrum_from_gram(0.5 * (gram + gram.T))
 
     def _lse(p):
         return p.mx + jnp.log(p.l)
@@ -114,6 +114,14 @@ def _per_head(kernel, q, k) -> list:
 
 
 def attention_block_statistics(q, k, scale: float, query_indices, *, key_block: int = 1024, dtype=None):
+    """:func:`_block_statistics` with one BLAS thread (see :mod:`meanfield._threads`)."""
+    from meanfield._threads import single_threaded_blas
+
+    with single_threaded_blas():
+        return _block_statistics(q, k, scale, query_indices, key_block=key_block, dtype=dtype)
+
+
+def _block_statistics(q, k, scale: float, query_indices, *, key_block: int = 1024, dtype=None):
     """All attention statistics of one block from its captured q, k of shape (H, N, dh).
 
     Returns a dict with per-head ``head_singular_values`` (H, n), ``head_effective_rank``,
