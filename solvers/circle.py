@@ -60,10 +60,10 @@ class CircleSolver(eqx.Module):
 
     kernel: str = eqx.field(static=True)
     n_cells: int = eqx.field(static=True)
-    alpha: float = eqx.field(static=True)
-    merge: float = eqx.field(static=True)
-    vbound: float = eqx.field(static=True)
-    h: float = eqx.field(static=True)
+    alpha: jax.Array  # () leaves, not static: solvers that differ only in these share compilations
+    merge: jax.Array
+    vbound: jax.Array  # a-priori bound on |v| (mobility included)
+    h: jax.Array
     centers: jax.Array
     xc: jax.Array  # (n, 2) unit vectors at centers
     ef: jax.Array  # (n, 2) e_theta at right faces
@@ -86,7 +86,7 @@ class CircleSolver(eqx.Module):
             if self.kernel == "softmax":
                 v = num / jnp.maximum(_conv(self.khat["k0f"], w), jnp.finfo(rho.dtype).tiny) / self.merge
             else:
-                v = math.exp(self.alpha) * num / self.merge
+                v = jnp.exp(self.alpha) * num / self.merge
         return jnp.clip(v, -self.vbound, self.vbound)
 
     def rhs(self, rho):
@@ -96,7 +96,7 @@ class CircleSolver(eqx.Module):
         return ssprk3(self.rhs, rho, dt)
 
     def substeps(self, dt: float, cfl: float = 0.4) -> int:
-        return max(1, math.ceil(abs(dt) * self.vbound / (cfl * self.h) - 1e-9))
+        return max(1, math.ceil(abs(dt) * float(self.vbound) / (cfl * float(self.h)) - 1e-9))
 
     def entropy_rate(self, rho):
         """``E[div v]`` from THEORY's closed forms, d = 2, at cell centres."""
@@ -111,7 +111,7 @@ class CircleSolver(eqx.Module):
             Sw = jnp.maximum(Sw, jnp.finfo(rho.dtype).tiny)
             div = al * (1.0 - Yw / Sw - (Gw / Sw) ** 2) - Xw / Sw
         else:
-            div = math.exp(al) * (al * (Sw - Yw) - Xw)
+            div = jnp.exp(al) * (al * (Sw - Yw) - Xw)
         return (w @ div) / self.merge
 
     def diagnostics(self, rho) -> dict:
@@ -158,7 +158,7 @@ def make_circle_solver(n_cells: int, kernel: str = "linear", alpha: float = 1.0,
         khat = {"k0f": r(k0(psi_f)), "k1f": r(-k0(psi_f) * np.sin(psi_f)),
                 "k0c": r(k0(psi_c)), "k1c": r(-k0(psi_c) * np.sin(psi_c)),
                 "kcc": r(k0(psi_c) * np.cos(psi_c)), "kc2c": r(k0(psi_c) * np.cos(psi_c) ** 2)}
-    return CircleSolver(kernel=kernel, n_cells=int(n_cells), alpha=float(alpha), merge=float(merge),
-                        vbound=vbound / float(merge), h=h, centers=jnp.asarray(centers, dtype),
+    return CircleSolver(kernel=kernel, n_cells=int(n_cells), alpha=jnp.asarray(alpha, dtype), merge=jnp.asarray(merge, dtype),
+                        vbound=jnp.asarray(vbound / merge, dtype), h=jnp.asarray(h, dtype), centers=jnp.asarray(centers, dtype),
                         xc=jnp.asarray(unit(centers), dtype), ef=jnp.asarray(unit(faces + 0.5 * np.pi), dtype),
                         xf=jnp.asarray(unit(faces), dtype), khat=khat)

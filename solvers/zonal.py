@@ -79,9 +79,30 @@ def zonal_cell_averages(log_f: Callable[[np.ndarray], np.ndarray], n_cells: int,
     x, w = np.polynomial.legendre.leggauss(n_sub)
     nodes = 0.5 * h * x[None, :] + 0.5 * (edges[:-1] + edges[1:])[:, None]
     lf = np.asarray(log_f(nodes.ravel()), dtype=np.float64).reshape(nodes.shape)
-    logF = np.asarray(logsumexp(jnp.asarray(lf + np.log(0.5 * w)), axis=1))
+    logF = _np_logsumexp(lf + np.log(0.5 * w), axis=1)
     F = np.exp(logF - logF.max())
     return F / (F.sum() * h)
+
+
+def _np_logsumexp(a, axis):
+    top = np.max(a, axis=axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.sum(np.exp(a - top), axis=axis))
+
+
+@jax.jit
+def _tables(alpha, c_f, s_f, c_c, s_c, nodes, log_w):
+    """Row-scaled kernel tables for every (face, cell) pair (one compilation per grid shape)."""
+    logZ, R1, R2 = _table_rows(alpha, c_f, s_f, c_c, s_c, nodes, log_w)
+    r = jnp.max(logZ, axis=1)
+    Z = jnp.exp(logZ - r[:, None])
+    cj, sj, ci, si = c_f[:, None], s_f[:, None], c_c[None, :], s_c[None, :]
+    return {
+        "r": r,
+        "Z": Z,
+        "G": Z * (-sj * ci + cj * si * R1),
+        "X": Z * (cj * ci + sj * si * R1),
+        "Y": Z * ((cj * ci) ** 2 + 2 * cj * ci * sj * si * R1 + (sj * si) ** 2 * R2),
+    }
 
 
 def _table_rows(alpha, c_f, s_f, c_c, s_c, nodes, log_w):
@@ -106,10 +127,10 @@ class ZonalSolver(eqx.Module):
     d: int = eqx.field(static=True)
     kernel: str = eqx.field(static=True)
     n_cells: int = eqx.field(static=True)
-    alpha: float = eqx.field(static=True)
-    merge: float = eqx.field(static=True)
-    vbound: float = eqx.field(static=True)
-    h: float = eqx.field(static=True)
+    alpha: jax.Array  # () leaves, not static: solvers that differ only in these share compilations
+    merge: jax.Array
+    vbound: jax.Array  # a-priori bound on |v| (mobility included)
+    h: jax.Array
     centers: jax.Array
     cos_c: jax.Array
     sin_c: jax.Array
@@ -144,7 +165,7 @@ class ZonalSolver(eqx.Module):
 
     def substeps(self, dt: float, cfl: float = 0.4) -> int:
         """Number of equal substeps for a layer of length ``dt`` at Courant number ``<= cfl``."""
-        return max(1, math.ceil(abs(dt) * self.vbound / (cfl * self.h) - 1e-9))
+        return max(1, math.ceil(abs(dt) * float(self.vbound) / (cfl * float(self.h)) - 1e-9))
 
     def entropy_rate(self, F):
         """``E_rho[div_S v]`` from the closed forms (THEORY "Divergence and entropy")."""
@@ -210,7 +231,7 @@ def make_zonal_solver(d: int, n_cells: int, kernel: str = "linear", alpha: float
     # log of each cell's surface measure |S^{d-2}| int_cell sin^{d-2}: the entropy floor of a Dirac in it
     xq, wq = np.polynomial.legendre.leggauss(32)
     nodes = 0.5 * h * xq[None, :] + centers[:, None]
-    lcm = np.asarray(logsumexp(jnp.asarray((d - 2) * np.log(np.sin(nodes)) + np.log(0.5 * h * wq)), axis=1))
+    lcm = _np_logsumexp((d - 2) * np.log(np.sin(nodes)) + np.log(0.5 * h * wq), axis=1)
     lcm = lcm + log_sphere_area(d - 2)
     tables = None
     if kernel == "linear":
@@ -219,22 +240,13 @@ def make_zonal_solver(d: int, n_cells: int, kernel: str = "linear", alpha: float
         n_phi = int(n_phi or max(48, math.ceil(alpha) + 32))
         t, wt = gauss_gegenbauer(n_phi, d)
         j = lambda a: jnp.asarray(a, dtype)  # noqa: E731
-        logZ, R1, R2 = _table_rows(j(alpha), j(cos_f), j(sin_f), j(cos_c), j(sin_c), j(t), j(np.log(wt)))
-        r = jnp.max(logZ, axis=1)
-        Z = jnp.exp(logZ - r[:, None])
-        cj, sj, ci, si = j(cos_f)[:, None], j(sin_f)[:, None], j(cos_c)[None, :], j(sin_c)[None, :]
-        tables = {
-            "r": r,
-            "Z": Z,
-            "G": Z * (-sj * ci + cj * si * R1),
-            "X": Z * (cj * ci + sj * si * R1),
-            "Y": Z * ((cj * ci) ** 2 + 2 * cj * ci * sj * si * R1 + (sj * si) ** 2 * R2),
-        }
+        tables = _tables(j(alpha), j(cos_f), j(sin_f), j(cos_c), j(sin_c), j(t), j(np.log(wt)))
+        r = tables["r"]
         # |v| <= 1/M for softmax (weighted mean of |<e_theta, y>| <= 1); for usa
         # |v_j| <= e^{r_j} max_i Z_ji |G/Z| sum_i w_i <= e^{max r} for any unit-mass F >= 0.
         vbound = 1.0 if kernel == "softmax" else float(np.exp(np.max(np.asarray(r))))
-    return ZonalSolver(d=int(d), kernel=kernel, n_cells=int(n_cells), alpha=float(alpha), merge=float(merge),
-                       vbound=vbound / float(merge), h=h, centers=jnp.asarray(centers, dtype),
+    return ZonalSolver(d=int(d), kernel=kernel, n_cells=int(n_cells), alpha=jnp.asarray(alpha, dtype), merge=jnp.asarray(merge, dtype),
+                       vbound=jnp.asarray(vbound / merge, dtype), h=jnp.asarray(h, dtype), centers=jnp.asarray(centers, dtype),
                        cos_c=jnp.asarray(cos_c, dtype), sin_c=jnp.asarray(sin_c, dtype),
                        cos_f=jnp.asarray(cos_f, dtype), sin_f=jnp.asarray(sin_f, dtype),
                        log_sin_avg=jnp.asarray(_cell_log_sin_average(edges), dtype),

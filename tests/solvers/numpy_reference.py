@@ -18,7 +18,7 @@ def _mc(dl, dr):
     return np.sign(dc) * min(2 * abs(dl), 2 * abs(dr), abs(dc))
 
 
-def zonal_velocity_d3(F, kernel, alpha, n_phi=2001):
+def zonal_velocity_d3(F, kernel, alpha, n_phi=401):
     """Face velocities of the zonal problem on S^2 (merge = 1)."""
     n = F.size
     h = np.pi / n
