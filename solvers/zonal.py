@@ -36,6 +36,7 @@ the entropy saturates near ``log`` of the measure of the cell holding the mass.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import equinox as eqx
@@ -223,6 +224,9 @@ def make_zonal_solver(d: int, n_cells: int, kernel: str = "linear", alpha: float
     if alpha < 0 or merge < 1:
         raise ValueError(f"zonal solver: alpha={alpha} must be >= 0 and merge={merge} >= 1")
     dtype = jnp.zeros(0).dtype if dtype is None else jnp.dtype(dtype)
+    if kernel != "linear" and 2 * alpha > 0.9 * -math.log(float(jnp.finfo(dtype).tiny)):
+        warnings.warn(f"zonal solver: alpha={alpha} in {dtype}: kernel-table entries below exp(-2 alpha) underflow; "
+                      "velocities far from all the mass are set to 0 (use float64)", stacklevel=2)
     edges = np.linspace(0.0, np.pi, n_cells + 1)
     centers = 0.5 * (edges[:-1] + edges[1:])
     h = np.pi / n_cells
