@@ -1,0 +1,40 @@
+"""meanfield: the mean-field spherical token flow of attention collapse, in JAX.
+
+Public names (stable): distributions ``Uniform``, ``VonMisesFisher``, ``VonMisesFisherMixture``;
+the driver ``solve_flow`` and its result ``FlowSolution``; ``simulate_batch`` for vmapped batches;
+results I/O ``save_results``/``load_results``; the modules ``diagnostics``, ``theory`` (the paper's
+laws and this project's exact results) and ``fit`` (``fit_rank_curve``, ``fit_entropy_curve``);
+the paper's tables ``paper_table(1|2)``.
+"""
+
+__version__ = "0.1.0"
+
+from . import diagnostics, fit, theory
+from .batch import simulate_batch
+from .fit import FitResult, fit_entropy_curve, fit_rank_curve
+from .distributions import Uniform, VonMisesFisher, VonMisesFisherMixture
+from .flow import FlowSolution, methods, register_method, solve_flow
+from .io import load_results, save_results
+from .paper import PAPER_CITATION, paper_table
+
+__all__ = [
+    "__version__",
+    "FitResult",
+    "FlowSolution",
+    "PAPER_CITATION",
+    "Uniform",
+    "VonMisesFisher",
+    "VonMisesFisherMixture",
+    "diagnostics",
+    "fit",
+    "fit_entropy_curve",
+    "fit_rank_curve",
+    "load_results",
+    "methods",
+    "paper_table",
+    "register_method",
+    "save_results",
+    "simulate_batch",
+    "solve_flow",
+    "theory",
+]

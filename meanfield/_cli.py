@@ -1,0 +1,26 @@
+"""Shared command-line plumbing: one-line errors and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run_cli(main, prog: str, argv=None) -> int:
+    """Call ``main(argv)``; map bad input (ValueError, FileExistsError) to one stderr line + exit 2."""
+    try:
+        return int(main(argv) or 0)
+    except (ValueError, FileExistsError, FloatingPointError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output written", file=sys.stderr)
+        return 130

@@ -1,0 +1,87 @@
+"""Static input checks shared by the Python API and the command-line tools.
+
+Each check raises ``ValueError`` with one line that names the bad value and what was expected;
+the CLIs print that line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def integer(name: str, value, minimum: int) -> int:
+    """An integer >= minimum (bools and non-integral floats rejected)."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if isinstance(value, float) and value.is_integer():
+        ok, value = True, int(value)
+    if not ok or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def real(name: str, value, *, minimum=None, maximum=None, open_max=False, open_min=False) -> float:
+    """A finite real number in the given range."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if maximum is None:
+        want = f"{'>' if open_min else '>='} {minimum:g}" if minimum is not None else ""
+    else:
+        lo, hi = ("(" if open_min else "["), (")" if open_max else "]")
+        want = f"in {lo}{minimum:g}, {maximum:g}{hi}"
+    too_low = minimum is not None and (v < minimum or (open_min and v == minimum))
+    too_high = maximum is not None and (v > maximum or (open_max and v == maximum))
+    if too_low or too_high:
+        raise ValueError(f"{name} must be a finite number {want}, got {value!r}")
+    return v
+
+
+def choice(name: str, value, options) -> str:
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(options)}")
+    return value
+
+
+def merge_factor(merge=None, fusion=None) -> float:
+    """The mobility factor ``M >= 1`` from either ``merge`` or the paper's ``fusion`` ``m``."""
+    if merge is not None and fusion is not None:
+        raise ValueError("give merge or fusion, not both (M = 1/(1 - fusion))")
+    if fusion is not None:
+        m = real("fusion", fusion, minimum=0.0, maximum=1.0, open_max=True)
+        return 1.0 / (1.0 - m)
+    if merge is None:
+        return 1.0
+    return real("merge", merge, minimum=1.0)
+
+
+def tokens(x, d=None) -> np.ndarray:
+    """An (N, d) array of finite, non-zero token rows (normalised onto the sphere by the caller)."""
+    try:
+        arr = np.asarray(x)
+    except Exception:  # noqa: BLE001 - anything not array-like
+        raise ValueError(f"tokens must be an (N, d) array of numbers, got {type(x).__name__}") from None
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"tokens must be an (N, d) array of real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"tokens must be an (N, d) array, got shape {arr.shape}")
+    if arr.shape[0] < 1:
+        raise ValueError(f"tokens must have at least one row, got shape {arr.shape}")
+    if arr.shape[1] < 2:
+        raise ValueError(f"tokens must have d >= 2 columns (points on S^(d-1)), got shape {arr.shape}")
+    if d is not None and arr.shape[1] != d:
+        raise ValueError(f"tokens have d = {arr.shape[1]} columns but d = {d} was expected")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.argwhere(bad)[0, 0])
+        raise ValueError(f"tokens contain NaN or Inf (first in row {i})")
+    zero = np.linalg.norm(arr.astype(np.float64), axis=1) == 0
+    if zero.any():
+        raise ValueError(f"tokens contain {int(zero.sum())} zero row(s) (first: row {int(np.argmax(zero))}); "
+                         "a zero vector has no direction on the sphere")
+    return arr

@@ -1,0 +1,121 @@
+"""Diagnostics of THEORY.md ("Diagnostics"), defined once and used for simulations and dumps alike.
+
+Attention statistics are computed on the rows of a fixed, seeded subset of ``n`` query tokens over
+**all** ``N`` keys; their singular values come from the ``n x n`` Gram matrix accumulated over key
+blocks (exact from the rank <= d+1 factorisation for ``linear``), so no ``N x N`` array is formed.
+With ``p_i = sigma_i / sum sigma``: ``H_sv = -sum p_i log p_i``, effective rank ``exp(H_sv)``
+(paper Eq. 14; Roy & Vetterli 2007), normalised entropy ``H_sv / log n``.
+
+Token statistics normalise rows first, so raw features from a real model and unit tokens from a
+simulation go through the same code.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from solvers.sphere import normalize
+
+DEFAULT_N_QUERY = 512
+
+
+def query_subset(N: int, n: int = DEFAULT_N_QUERY, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``min(n, N)`` query tokens drawn without replacement (all when N <= n)."""
+    if N <= n:
+        return np.arange(N)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(N, size=n, replace=False))
+
+
+def spectrum_entropy(sv: Float[Array, "... n"]) -> Float[Array, "..."]:
+    """``H_sv = -sum_i p_i log p_i`` with ``p_i = sigma_i / sum_j sigma_j`` (0 log 0 = 0)."""
+    p = sv / jnp.sum(sv, axis=-1, keepdims=True)
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def effective_rank(sv: Float[Array, "... n"]) -> Float[Array, "..."]:
+    """Effective rank ``exp(H_sv)`` (Roy & Vetterli 2007; paper Eq. 14)."""
+    return jnp.exp(spectrum_entropy(sv))
+
+
+def normalized_entropy(sv: Float[Array, "... n"], n: int | None = None) -> Float[Array, "..."]:
+    """``H_sv / log n``, ``n`` = number of query rows (default: length of ``sv``); 1 = flat spectrum."""
+    n = sv.shape[-1] if n is None else n
+    return spectrum_entropy(sv) / jnp.log(jnp.asarray(n, sv.dtype))
+
+
+def attention_statistics(kernel, q: Float[Array, "n d"], k: Float[Array, "N d"]) -> dict:
+    """Spectrum and per-row statistics of the attention rows of queries ``q`` over keys ``k``.
+
+    Returns ``singular_values`` (n,), ``effective_rank``, ``normalized_entropy`` (scalars), and
+    per-row (n,) arrays ``row_entropy`` (``-sum_j A_ij log A_ij``; ``log N`` for a uniform row),
+    ``max_weight``, ``logit_mean`` and ``logit_std`` (logits ``alpha <q_i, k_j>``).
+    For a real model pass its post-norm/post-RoPE ``q``, ``k`` and ``SoftmaxKernel(alpha=scale)``.
+    """
+    sv, rows = kernel.attention_statistics(q, k)
+    out = {"singular_values": sv, "effective_rank": effective_rank(sv),
+           "normalized_entropy": normalized_entropy(sv)}
+    out.update(rows)
+    return out
+
+
+def order_parameter(x: Float[Array, "N d"]) -> Float[Array, ""]:
+    """``|m|``, ``m`` = mean of the normalised tokens."""
+    return jnp.linalg.norm(jnp.mean(normalize(x), axis=0))
+
+
+def token_statistics(x: Float[Array, "N d"]) -> dict:
+    """Statistics of the (normalised) tokens: ``order_parameter`` |m|; ``mean_cosine``, the mean of
+    ``<x_i, x_j>`` over all ordered pairs including ``i = j`` (``= |m|^2``; the mean over ``i != j``
+    is ``(N |m|^2 - 1)/(N - 1)``); ``covariance_effective_rank``, the effective rank of the
+    eigenvalues of ``Sigma = E[(x-m)(x-m)^T]``; ``collapse_residual`` ``|X - 1 m^T|_F / |X|_F``.
+    """
+    u = normalize(x)
+    n = u.shape[0]
+    m = jnp.mean(u, axis=0)
+    c = u - m
+    cov = (c.T @ c) / n
+    ev = jnp.maximum(jnp.linalg.eigvalsh(0.5 * (cov + cov.T)), 0.0)
+    m2 = jnp.sum(m * m)
+    return {
+        "order_parameter": jnp.sqrt(m2),
+        "mean_cosine": m2,
+        "covariance_effective_rank": effective_rank(ev),
+        "collapse_residual": jnp.sqrt(jnp.sum(c * c) / jnp.sum(u * u)),
+    }
+
+
+def entropy_rate(kernel, x: Float[Array, "N d"], merge=1.0) -> Float[Array, ""]:
+    """``dH/dt = E_rho[div_S v]`` from the closed-form divergences (THEORY "Divergence and entropy").
+
+    For ``linear`` this equals ``(1/M)[-(d-1)|m|^2 + alpha(tr Sigma - d tr(Sigma Q))]``; for
+    ``softmax``/``usa`` it is the particle average of the blockwise divergence.
+    """
+    _, div = kernel.drive_and_divergence(x, x)
+    return jnp.mean(div) / jnp.asarray(merge, x.dtype)
+
+
+def simulation_diagnostics(kernel, x, query_idx, merge=1.0) -> dict:
+    """All per-save diagnostics of a particle state (scalars, plus the singular values)."""
+    att = attention_statistics(kernel, x[query_idx], x)
+    out = token_statistics(x)
+    out["effective_rank"] = att["effective_rank"]
+    out["normalized_entropy"] = att["normalized_entropy"]
+    out["attention_singular_values"] = att["singular_values"]
+    for name in ("row_entropy", "max_weight", "logit_mean", "logit_std"):
+        out[name] = jnp.mean(att[name])
+    out["entropy_rate"] = entropy_rate(kernel, x, merge)
+    out["norm_drift"] = jnp.max(jnp.abs(jnp.linalg.norm(x, axis=-1) - 1.0))
+    return out
+
+
+simulation_diagnostics_jit = jax.jit(simulation_diagnostics)
+
+SCALAR_DIAGNOSTICS = (
+    "order_parameter", "mean_cosine", "covariance_effective_rank", "collapse_residual",
+    "effective_rank", "normalized_entropy", "row_entropy", "max_weight", "logit_mean", "logit_std",
+    "entropy_rate", "norm_drift",
+)

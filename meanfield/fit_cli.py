@@ -1,0 +1,207 @@
+"""``python -m meanfield.fit DATA``: fit the paper's laws to a measured curve.
+
+DATA is one of
+- a CSV file (``#`` comment lines allowed) with a header row: an abscissa column ``layer`` (block
+  index) or ``m`` (fusion strength), one or both of ``effective_rank`` and ``normalized_entropy``,
+  and optionally ``sigma`` (one standard error of the fitted quantity per row);
+- a results HDF5 file from ``python -m meanfield.simulate`` (root attr ``format ==
+  "meanfield-results"``): ``/scales/layer``, ``/diagnostics/<quantity>``, ``N`` and ``merge`` (or ``fusion``,
+  ``M = 1/(1-fusion)``) in the attributes of ``/parameters``; ``--N``/``--merge`` override them;
+- a real-model dump (root attr ``format == "meanfield-dump"``): ``/summary/layer``,
+  ``/summary/<quantity>``, ``N`` (and optionally ``merge``) in the attributes of ``/summary``.
+
+Which law: ``layer`` + effective_rank -> rank law (Eq. 1/9/15); ``layer`` + normalized_entropy ->
+Eq. 13 in depth; ``m`` + normalized_entropy -> Eq. 13 in m; ``m`` + effective_rank -> rank law at
+fixed depth in m.  Prints estimates, 95 % intervals and the model comparison, and writes a PNG
+(data, fit, 95 % confidence band) atomically.  Bad input: one line ``fit: error: ...`` on stderr,
+exit status 2, no PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+
+import numpy as np
+
+from ._cli import ArgumentParser
+from .atomic import atomic_path
+
+QUANTITIES = ("effective_rank", "normalized_entropy")
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: expected a header row and data rows")
+    header = [h.strip() for h in rows[0]]
+    cols = {}
+    for i, name in enumerate(header):
+        try:
+            cols[name] = np.array([float(r[i]) for r in rows[1:]])
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}: column {name!r} has a missing or non-numeric entry") from None
+    return cols, {}
+
+
+def _read_hdf5(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        fmt = f.attrs.get("format")
+        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+        if fmt == "meanfield-results":
+            need = ["scales/layer"]
+            cols = {"layer": "scales/layer"}
+            cols.update({q: f"diagnostics/{q}" for q in QUANTITIES})
+            attrs = dict(f["parameters"].attrs) if "parameters" in f else {}
+        elif fmt == "meanfield-dump":
+            need = ["summary/layer"]
+            cols = {k: f"summary/{k}" for k in ("layer",) + QUANTITIES}
+            attrs = {**dict(f.attrs), **dict(f["summary"].attrs)} if "summary" in f else {}
+        else:
+            raise ValueError(f"{path}: unknown HDF5 format {fmt!r} (expected 'meanfield-results' "
+                             f"or 'meanfield-dump')")
+        for key in need:
+            if key not in f:
+                raise ValueError(f"{path}: missing dataset /{key}")
+        out = {}
+        for name, key in cols.items():
+            if key in f:
+                a = np.asarray(f[key][...], dtype=np.float64)
+                if a.ndim != 1:
+                    raise ValueError(f"{path}: /{key} must be 1-D per layer, got shape {a.shape}")
+                out[name] = a
+    meta = {}
+    for k in ("N", "merge", "fusion"):
+        try:
+            meta[k] = float(np.asarray(attrs[k]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    if "merge" not in meta and "fusion" in meta and 0 <= meta["fusion"] < 1:
+        meta["merge"] = 1.0 / (1.0 - meta["fusion"])
+    return out, meta
+
+
+def load_curve(path, quantity=None):
+    """Read DATA; return (abscissa name, x, y, sigma or None, quantity, metadata dict)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    with open(path, "rb") as fh:
+        is_hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    cols, meta = _read_hdf5(path) if is_hdf5 else _read_csv(path)
+    xname = "layer" if "layer" in cols else "m" if "m" in cols else None
+    if xname is None:
+        raise ValueError(f"{path}: no abscissa column 'layer' or 'm' (found {sorted(cols)})")
+    if quantity is None:
+        quantity = next((q for q in QUANTITIES if q in cols), None)
+        if quantity is None:
+            raise ValueError(f"{path}: no column 'effective_rank' or 'normalized_entropy'")
+    elif quantity not in cols:
+        raise ValueError(f"{path}: no column {quantity!r} (found {sorted(cols)})")
+    x, y = cols[xname], cols[quantity]
+    sigma = cols.get("sigma")
+    for name, a in ((xname, x), (quantity, y), ("sigma", sigma)):
+        if a is not None and not np.all(np.isfinite(a)):
+            raise ValueError(f"{path}: column {name!r} contains NaN or infinite values")
+    if x.size != y.size:
+        raise ValueError(f"{path}: {xname} has {x.size} entries but {quantity} has {y.size}")
+    if np.any(np.diff(x) <= 0):
+        raise ValueError(f"{path}: {xname} must be strictly increasing")
+    if sigma is not None and np.any(sigma <= 0):
+        raise ValueError(f"{path}: sigma must be > 0 in every row")
+    return xname, x, y, sigma, quantity, meta
+
+
+def run_fit(xname, x, y, sigma, quantity, *, N=None, merge=1.0, r=None, optimizer="lbfgs+lm"):
+    from meanfield import fit
+
+    if xname == "m":
+        if quantity == "normalized_entropy":
+            return fit.fit_entropy_curve(x, y, variable="fusion", sigma=sigma, optimizer=optimizer)
+        return fit.fit_rank_vs_fusion(x, y, sigma=sigma, optimizer=optimizer)
+    if N is None:
+        raise ValueError("the token count N is not in the file: pass --N")
+    if quantity == "effective_rank":
+        return fit.fit_rank_curve(x, y, N=N, merge=merge, r=r, sigma=sigma, optimizer=optimizer)
+    return fit.fit_entropy_curve(x, y, variable="depth", N=N, merge=merge, sigma=sigma,
+                                 optimizer=optimizer)
+
+
+def plot_fit(result, xname, quantity, out):
+    """Data, fitted curve and 95 % band; written to a temp file in the same folder, then renamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(result.x.min(), result.x.max(), 200)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if result.sigma is not None:
+        ax.errorbar(result.x, result.y, yerr=result.sigma, fmt="o", color="k", label="data")
+    else:
+        ax.plot(result.x, result.y, "o", color="k", label="data")
+    ax.plot(grid, result.predict(grid), "C0-", label=f"fit: {result.model.formula}")
+    if np.all(np.isfinite(result.cov_u)):
+        lo, hi = result.band(grid)
+        ax.fill_between(grid, lo, hi, color="C0", alpha=0.25, label="95% confidence band")
+    ax.set_xlabel(xname)
+    ax.set_ylabel(quantity)
+    ax.set_title(", ".join(f"{p} = {v:.4g}" for p, v in result.estimates.items()), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        with atomic_path(out, overwrite=True) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def build_parser():
+    p = ArgumentParser(prog="fit", description="Fit the paper's rank/entropy laws to a measured curve.")
+    p.add_argument("data", help="CSV or HDF5 (results from meanfield.simulate, or a meanfield-dump)")
+    p.add_argument("--quantity", choices=QUANTITIES, default=None,
+                   help="curve to fit (default: effective_rank if present, else normalized_entropy)")
+    p.add_argument("--N", type=float, default=None, help="token count (overrides the file's N)")
+    p.add_argument("--merge", type=float, default=None, help="merge factor M >= 1 (default: file's, else 1)")
+    p.add_argument("--r", type=float, default=None, help="fix the rank plateau r (default: fitted)")
+    p.add_argument("--optimizer", choices=("lbfgs+lm", "lm"), default="lbfgs+lm",
+                   help="L-BFGS then Levenberg-Marquardt (default), or LM alone (faster to compile)")
+    p.add_argument("--out", default=None, help="PNG to write (default: DATA's name + '_fit.png')")
+    p.add_argument("--no-plot", action="store_true", help="do not write a PNG")
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        xname, x, y, sigma, quantity, meta = load_curve(args.data, args.quantity)
+        N = args.N if args.N is not None else meta.get("N")
+        merge = args.merge if args.merge is not None else meta.get("merge", 1.0)
+        if N is not None and not N > 0:
+            raise ValueError(f"N must be > 0, got {N}")
+        if not merge >= 1:
+            raise ValueError(f"merge must be >= 1, got {merge}")
+        out = args.out or os.path.splitext(args.data)[0] + "_fit.png"
+        if not args.no_plot and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise ValueError(f"output folder does not exist: {os.path.dirname(os.path.abspath(out))}")
+        result = run_fit(xname, x, y, sigma, quantity, N=N, merge=merge, r=args.r,
+                         optimizer=args.optimizer)
+        print(f"{args.data}: {quantity} vs {xname}, n = {x.size}"
+              + (f", N = {N:g}, merge = {merge:g}" if xname == "layer" else ""))
+        print(result.summary())
+        if not result.ok:
+            print("fit: warning: the fit has problems, see the notes above", file=sys.stderr)
+        if not args.no_plot:
+            plot_fit(result, xname, quantity, out)
+            print(f"wrote {out}")
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

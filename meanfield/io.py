@@ -1,0 +1,135 @@
+"""HDF5 results files (schema ``meanfield-results`` version 1; docs/formats.md).
+
+Layout (Dedalus-style dimension scales)::
+
+    /                       attrs: format, format_version, meanfield_version, jax_version, created
+    /parameters             attrs: the run's parameters (JSON for nested values)
+    /scales/t, /scales/layer           (n_saves,) dimension scales
+    /diagnostics/<name>     (n_saves,) or (n_saves, n); dim 0 attached to t and layer
+    /query_indices          (n,) int64
+    /tokens/final           (N, d)            optional /tokens/snapshots (n_saves, N, d)
+    /density/values         (n_saves, cells)  optional, with /density/grid_<name> (density solvers)
+    /stats                  attrs: wall time, field evaluations, ...
+    /warnings               attrs: warning_<i> strings
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import h5py
+import jax
+import numpy as np
+
+from .atomic import atomic_path
+from .flow import FlowSolution
+
+FORMAT = "meanfield-results"
+FORMAT_VERSION = 1
+
+
+def _attr(v):
+    if v is None:
+        return "null"
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    return v
+
+
+def _unattr(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str):
+        if v == "null":
+            return None
+        if v[:1] in "[{":
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                return v
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def save_results(path, sol: FlowSolution, *, overwrite: bool = False, compression: str | None = "gzip"):
+    """Write ``sol`` to ``path`` atomically; refuse to replace an existing file unless ``overwrite``."""
+    from . import __version__
+
+    with atomic_path(path, overwrite) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "meanfield_version": __version__,
+                        "jax_version": jax.__version__,
+                        "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        p = f.create_group("parameters")
+        for k, v in sol.params.items():
+            p.attrs[k] = _attr(v)
+        sc = f.create_group("scales")
+        t = sc.create_dataset("t", data=np.asarray(sol.t, dtype=np.float64))
+        lay = sc.create_dataset("layer", data=np.asarray(sol.layers, dtype=np.int64))
+        t.make_scale("t")
+        lay.make_scale("layer")
+        g = f.create_group("diagnostics")
+        for name, val in sol.diagnostics.items():
+            ds = g.create_dataset(name, data=np.asarray(val), compression=compression if np.ndim(val) > 1 else None)
+            ds.dims[0].attach_scale(t)
+            ds.dims[0].attach_scale(lay)
+        if sol.query_indices is not None:
+            f.create_dataset("query_indices", data=np.asarray(sol.query_indices, dtype=np.int64))
+        if sol.x is not None or sol.snapshots is not None:
+            tok = f.create_group("tokens")
+            if sol.x is not None:
+                tok.create_dataset("final", data=np.asarray(sol.x), compression=compression)
+            if sol.snapshots is not None:
+                ds = tok.create_dataset("snapshots", data=np.asarray(sol.snapshots), compression=compression)
+                ds.dims[0].attach_scale(t)
+        if sol.density is not None:
+            dens = f.create_group("density")
+            ds = dens.create_dataset("values", data=np.asarray(sol.density), compression=compression)
+            ds.dims[0].attach_scale(t)
+            for k, v in (sol.grid or {}).items():
+                dens.create_dataset(f"grid_{k}", data=np.asarray(v))
+        st = f.create_group("stats")
+        for k, v in sol.stats.items():
+            st.attrs[k] = _attr(v)
+        w = f.create_group("warnings")
+        for i, msg in enumerate(sol.warnings):
+            w.attrs[f"warning_{i}"] = str(msg)
+    return path
+
+
+def load_results(path) -> FlowSolution:
+    """Read a results file written by :func:`save_results` (raises ``ValueError`` if it is not one)."""
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise ValueError(f"no such results file: {path}") from None
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable HDF5 file ({e})") from None
+    with f:
+        fmt = _unattr(f.attrs.get("format"))
+        if fmt != FORMAT:
+            raise ValueError(f"{path} is not a meanfield results file (format attribute {fmt!r})")
+        version = int(f.attrs.get("format_version", -1))
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{path} has results format version {version}; this meanfield reads <= {FORMAT_VERSION}")
+        for need in ("parameters", "scales/t", "scales/layer", "diagnostics"):
+            if need not in f:
+                raise ValueError(f"{path} is missing /{need}")
+        params = {k: _unattr(v) for k, v in f["parameters"].attrs.items()}
+        diags = {k: f["diagnostics"][k][()] for k in f["diagnostics"]}
+        tok = f.get("tokens")
+        dens = f.get("density")
+        return FlowSolution(
+            t=f["scales/t"][()],
+            layers=f["scales/layer"][()],
+            x=tok["final"][()] if tok is not None and "final" in tok else None,
+            diagnostics=diags,
+            params=params,
+            query_indices=f["query_indices"][()] if "query_indices" in f else None,
+            snapshots=tok["snapshots"][()] if tok is not None and "snapshots" in tok else None,
+            stats={k: _unattr(v) for k, v in f["stats"].attrs.items()} if "stats" in f else {},
+            grid={k[5:]: dens[k][()] for k in dens if k.startswith("grid_")} if dens is not None else None,
+            density=dens["values"][()] if dens is not None else None,
+            warnings=[str(_unattr(v)) for _, v in sorted(f["warnings"].attrs.items())] if "warnings" in f else [],
+        )

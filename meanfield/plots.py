@@ -1,0 +1,44 @@
+"""Figures of a solution's diagnostics (matplotlib, Agg backend; saved atomically)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .atomic import atomic_path
+
+PANELS = (
+    ("order_parameter", "order parameter |m|", "log"),
+    ("effective_rank", "attention effective rank", "linear"),
+    ("normalized_entropy", "normalised spectral entropy", "linear"),
+    ("entropy_rate", "entropy rate dH/dt", "linear"),
+)
+
+
+def plot_solution(sol, path, *, overwrite: bool = False, title: str | None = None):
+    """Four panels against layer: |m|, attention effective rank, normalised entropy, dH/dt."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True, constrained_layout=True)
+    x = np.asarray(sol.layers)
+    for ax, (name, label, scale) in zip(axes.flat, PANELS):
+        if name not in sol.diagnostics:
+            ax.set_visible(False)
+            continue
+        y = np.asarray(sol.diagnostics[name], dtype=float)
+        ax.plot(x, y, marker="o" if len(x) <= 40 else None, ms=3)
+        ax.set_ylabel(label)
+        if scale == "log" and np.all(y[np.isfinite(y)] > 0):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("layer (step)")
+    p = sol.params
+    fig.suptitle(title or f"{p.get('kernel')} kernel, N={p.get('N')}, d={p.get('d')}, alpha={p.get('alpha')}, "
+                 f"M={p.get('merge'):.3g}, method={p.get('method')}, dt={p.get('dt'):.3g}")
+    with atomic_path(path, overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

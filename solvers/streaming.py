@@ -1,0 +1,161 @@
+"""Blockwise (flash-attention style) passes over key blocks.
+
+Nothing here forms an ``n x N`` attention matrix: keys are streamed in blocks of ``key_block``
+rows with a running row maximum, so memory is ``O(query_block * key_block)`` and the result is
+exact up to round-off (the online-softmax recurrence of Milakov & Gimelshein 2018, used by
+FlashAttention, Dao et al. 2022).
+
+Two passes are provided:
+
+* :func:`weighted_moments` -- for each query ``q_i`` the un-normalised softmax moments
+  ``l = sum_j w_ij``, ``sum_j w_ij k_j`` and ``sum_j w_ij <q_i,k_j>^2`` with
+  ``w_ij = exp(alpha <q_i,k_j> - mx_i)``: the velocity field and its divergence.
+* :func:`logit_pass` -- for each query the log-sum-exp, ``sum_j p_ij s_ij``, the mean and
+  variance of the logits over keys (Chan et al.'s parallel update) and, optionally, the
+  ``n x n`` Gram matrix ``W W^T`` of the weights, rescaled online when a row maximum moves.
+
+Padding keys (when ``N`` is not a multiple of the block) carry weight exactly zero.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float
+
+
+def _key_blocks(k: Float[Array, "N d"], key_block: int):
+    """Reshape keys into ``(nb, block, d)`` with a validity mask for the zero padding."""
+    n_keys, d = k.shape
+    block = max(1, min(int(key_block), n_keys))
+    nb = -(-n_keys // block)
+    pad = nb * block - n_keys
+    kp = jnp.pad(k, ((0, pad), (0, 0)))
+    valid = (jnp.arange(nb * block) < n_keys).reshape(nb, block)
+    return kp.reshape(nb, block, d), valid
+
+
+def map_query_blocks(fn: Callable, q: Float[Array, "n d"], query_block: int):
+    """Apply ``fn`` to row blocks of ``q`` sequentially (``lax.map``) and concatenate.
+
+    ``fn`` maps a ``(b, d)`` block to a pytree of arrays with leading axis ``b``. Bounding
+    the number of simultaneous queries bounds memory at ``O(query_block * key_block)``.
+    """
+    n, d = q.shape
+    if n <= query_block:
+        return fn(q)
+    nb = -(-n // query_block)
+    qp = jnp.pad(q, ((0, nb * query_block - n), (0, 0)), mode="edge")
+    out = lax.map(fn, qp.reshape(nb, query_block, d))
+    return jax.tree_util.tree_map(lambda a: a.reshape((nb * query_block,) + a.shape[2:])[:n], out)
+
+
+class Moments(NamedTuple):
+    """Online-softmax accumulators for a block of queries (weights ``exp(s - mx)``)."""
+
+    mx: Float[Array, " n"]  # running row maximum of the logits
+    l: Float[Array, " n"]  # sum_j w_ij
+    acc: Float[Array, "n d"]  # sum_j w_ij k_j
+    acc2: Float[Array, " n"]  # sum_j w_ij <q_i,k_j>^2
+
+
+def weighted_moments(q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int) -> Moments:
+    """Stream key blocks; return the softmax moments of each query row (see module doc)."""
+    n, d = q.shape
+    kb, valid = _key_blocks(k, key_block)
+    dt = q.dtype
+    init = Moments(
+        jnp.full((n,), -jnp.inf, dt), jnp.zeros((n,), dt), jnp.zeros((n, d), dt), jnp.zeros((n,), dt)
+    )
+
+    def body(c: Moments, blk):
+        kblk, ok = blk
+        cos = q @ kblk.T
+        s = jnp.where(ok[None, :], alpha * cos, -jnp.inf)
+        mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
+        scale = jnp.exp(c.mx - mx)
+        w = jnp.exp(s - mx[:, None])
+        return Moments(
+            mx,
+            c.l * scale + jnp.sum(w, axis=1),
+            c.acc * scale[:, None] + w @ kblk,
+            c.acc2 * scale + jnp.sum(w * cos * cos, axis=1),
+        ), None
+
+    out, _ = lax.scan(body, init, (kb, valid))
+    return out
+
+
+class LogitPass(NamedTuple):
+    """Accumulators of :func:`logit_pass` for ``n`` query rows."""
+
+    mx: Float[Array, " n"]
+    l: Float[Array, " n"]
+    ws: Float[Array, " n"]  # sum_j w_ij s_ij
+    count: Float[Array, ""]  # number of keys seen
+    mean: Float[Array, " n"]  # running mean of s_ij over keys
+    m2: Float[Array, " n"]  # running sum of squared deviations of s_ij
+    gram: Float[Array, "n n"]  # sum_j w_ij w_i'j (zeros if not requested)
+
+
+def logit_pass(
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True
+) -> LogitPass:
+    """One pass over key blocks for the statistics of the rows ``softmax(alpha q k^T)``.
+
+    The Gram matrix of the un-normalised weights ``W`` (``W_ij = exp(s_ij - mx_i)``) is
+    rescaled as ``G <- D G D`` (``D = diag(exp(mx_old - mx_new))``) whenever row maxima move,
+    so ``A A^T = diag(1/l) G diag(1/l)`` exactly at the end.
+    """
+    n, _ = q.shape
+    kb, valid = _key_blocks(k, key_block)
+    dt = q.dtype
+    gram0 = jnp.zeros((n, n) if with_gram else (0, 0), dt)
+    init = LogitPass(
+        jnp.full((n,), -jnp.inf, dt),
+        jnp.zeros((n,), dt),
+        jnp.zeros((n,), dt),
+        jnp.zeros((), dt),
+        jnp.zeros((n,), dt),
+        jnp.zeros((n,), dt),
+        gram0,
+    )
+
+    def body(c: LogitPass, blk):
+        kblk, ok = blk
+        s_raw = alpha * (q @ kblk.T)
+        s = jnp.where(ok[None, :], s_raw, -jnp.inf)
+        mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
+        scale = jnp.exp(c.mx - mx)
+        w = jnp.exp(s - mx[:, None])
+        s0 = jnp.where(ok[None, :], s_raw, 0.0)
+        # Chan, Golub & LeVeque (1979) parallel mean/variance update, per row.
+        nb = jnp.sum(ok).astype(dt)
+        bmean = jnp.sum(s0, axis=1) / nb
+        bm2 = jnp.sum(jnp.where(ok[None, :], (s_raw - bmean[:, None]) ** 2, 0.0), axis=1)
+        tot = c.count + nb
+        delta = bmean - c.mean
+        mean = c.mean + delta * (nb / tot)
+        m2 = c.m2 + bm2 + delta**2 * (c.count * nb / tot)
+        gram = c.gram
+        if with_gram:
+            gram = gram * scale[:, None] * scale[None, :] + w @ w.T
+        return LogitPass(
+            mx, c.l * scale + jnp.sum(w, axis=1), c.ws * scale + jnp.sum(w * s0, axis=1), tot, mean, m2, gram
+        ), None
+
+    out, _ = lax.scan(body, init, (kb, valid))
+    return out
+
+
+def fold_key_blocks(fn: Callable, k: Float[Array, "N d"], key_block: int, init):
+    """Generic fold over key blocks: ``carry = fn(carry, k_block, valid_mask)``."""
+    kb, valid = _key_blocks(k, key_block)
+    out, _ = lax.scan(lambda c, blk: (fn(c, blk[0], blk[1]), None), init, (kb, valid))
+    return out
+
+
+__all__ = ["Moments", "LogitPass", "weighted_moments", "logit_pass", "map_query_blocks", "fold_key_blocks"]

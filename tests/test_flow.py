@@ -1,0 +1,105 @@
+"""solve_flow: the public contract, the semi-analytic alpha = 0 solution, inputs, batches."""
+
+import jax
+import numpy as np
+import pytest
+
+import meanfield as mf
+from meanfield.reference import zonal_alpha0_solution
+
+
+def test_tracks_semi_analytic_alpha0_solution():
+    # THEORY "Verification problems": vMF(kappa=1) on S^2, alpha = 0. The particle |m| is a mean of
+    # N unit vectors, so its fluctuation is <= N^{-1/2}; Heun at dt = 0.05 adds ~1e-4. Allow 4 N^{-1/2}.
+    N = 20_000
+    init = mf.VonMisesFisher(d=3, kappa=1.0)
+    sol = mf.solve_flow(init, N=N, kernel="linear", alpha=0.0, t1=3.0, dt=0.05, method="heun", key=0)
+    exact = zonal_alpha0_solution(init, sol.t)["mean_cos"]
+    err = np.abs(sol.diagnostics["order_parameter"] - exact)
+    assert err.max() < 4 / np.sqrt(N), err.max()
+    assert exact[0] == pytest.approx(1 / np.tanh(1.0) - 1.0, abs=1e-12)  # coth k - 1/k at t = 0
+
+
+def test_public_contract_names():
+    init = mf.VonMisesFisher(d=3, kappa=1.0)
+    sol = mf.solve_flow(init, N=2000, kernel="linear", alpha=0.0, t1=0.3, dt=0.01, key=0)
+    assert sol.t.shape == sol.layers.shape == (31,)
+    np.testing.assert_allclose(sol.t, 0.01 * sol.layers, rtol=1e-12)
+    for name in ("order_parameter", "effective_rank", "normalized_entropy", "entropy_rate"):
+        assert sol.diagnostics[name].shape == (31,) and np.all(np.isfinite(sol.diagnostics[name]))
+    assert sol.x.shape == (2000, 3)
+    np.testing.assert_allclose(np.linalg.norm(sol.x, axis=1), 1.0, atol=1e-12)
+    # an explicit array is accepted (rows normalised) and gives the same run as the samples it holds
+    x0 = np.asarray(init.sample(jax.random.fold_in(jax.random.PRNGKey(0), 0), 2000)) * 3.0
+    sol2 = mf.solve_flow(x0, kernel="linear", alpha=0.0, t1=0.3, dt=0.01, key=0)
+    np.testing.assert_allclose(sol2.x, sol.x, atol=1e-13)
+
+
+def test_paper_time_map_and_defaults():
+    sol = mf.solve_flow(mf.Uniform(4), N=500, time_map="paper", layers=10)
+    np.testing.assert_allclose(sol.t[-1], 10 / 500)
+    assert sol.params["time_map"] == "paper" and sol.params["dt"] == pytest.approx(1 / 500)
+    default = mf.solve_flow(mf.Uniform(4), N=300)
+    assert default.layers[-1] == 24 and default.params["dt"] == 1.0 and default.params["method"] == "layer"
+
+
+def test_float32_stays_float32():
+    sol = mf.solve_flow(mf.Uniform(3), N=100, layers=3, dtype="float32")
+    assert sol.x.dtype == np.float32 and sol.params["precision"] == "float32"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(N=0), r"N must be an integer >= 1, got 0"),
+        (dict(N=10, alpha=-1.0), r"alpha must be a finite number >= 0, got -1.0"),
+        (dict(N=10, alpha=float("nan")), r"alpha must be a finite number, got nan"),
+        (dict(N=10, merge=0.5), r"merge must be a finite number >= 1, got 0.5"),
+        (dict(N=10, fusion=1.0), r"fusion must be a finite number in \[0, 1\), got 1.0"),
+        (dict(N=10, merge=2.0, fusion=0.5), r"give merge or fusion, not both"),
+        (dict(N=10, kernel="gauss"), r"unknown kernel 'gauss'; expected one of: linear, softmax, usa"),
+        (dict(N=10, method="rk9"), r"unknown method 'rk9'; expected one of: layer, euler, heun, adaptive"),
+        (dict(N=10, t1=1.0, dt=0.3), r"t1 = 1.0 is not a whole number"),
+        (dict(N=10, t1=1.0, layers=3), r"give t1 or layers, not both"),
+        (dict(N=10, time_map="paper", dt=0.1), r"give dt or time_map='paper'"),
+    ],
+)
+def test_bad_options_raise_one_line(kwargs, match):
+    with pytest.raises(ValueError, match=match) as e:
+        mf.solve_flow(mf.Uniform(3), **kwargs)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "x0,match",
+    [
+        (np.array([[1.0, 0.0], [np.nan, 1.0]]), r"tokens contain NaN or Inf \(first in row 1\)"),
+        (np.array([[1.0, 0.0], [0.0, 0.0]]), r"zero row"),
+        (np.zeros((0, 3)), r"at least one row"),
+        (np.ones(5), r"\(N, d\) array, got shape \(5,\)"),
+        (np.ones((4, 1)), r"d >= 2 columns"),
+    ],
+)
+def test_bad_token_arrays(x0, match):
+    with pytest.raises(ValueError, match=match):
+        mf.solve_flow(x0)
+
+
+def test_distribution_input_errors():
+    with pytest.raises(ValueError, match=r"kappa must be a finite number >= 0, got -1"):
+        mf.VonMisesFisher(3, -1)
+    with pytest.raises(ValueError, match=r"d must be an integer >= 2, got 1"):
+        mf.Uniform(1)
+    with pytest.raises(ValueError, match="N .* is required"):
+        mf.solve_flow(mf.Uniform(3))
+
+
+def test_batch_equals_individual_runs():
+    # one vmapped program over (system, alpha) pairs == separate solve_flow runs (float64 round-off)
+    xs = np.stack([np.asarray(mf.Uniform(3).sample(s, 200)) for s in range(3)])
+    alphas = np.array([0.0, 1.0, 4.0])
+    out = mf.simulate_batch(xs, kernel="softmax", alpha=alphas, dt=0.2, layers=15)
+    for i in range(3):
+        sol = mf.solve_flow(xs[i], kernel="softmax", alpha=float(alphas[i]), dt=0.2, layers=15)
+        np.testing.assert_allclose(out["x"][i], sol.x, atol=1e-12)
+        np.testing.assert_allclose(out["order_parameter"][i], sol.diagnostics["order_parameter"], atol=1e-12)

@@ -1,0 +1,71 @@
+"""Results files: round trip, atomic writes, refusal to overwrite, clear errors on foreign files."""
+
+import h5py
+import numpy as np
+import pytest
+
+import meanfield as mf
+
+
+@pytest.fixture(scope="module")
+def sol():
+    return mf.solve_flow(mf.VonMisesFisher(3, 2.0), N=300, layers=5, kernel="softmax", alpha=2.0, save_tokens=True)
+
+
+def test_round_trip(tmp_path, sol):
+    path = tmp_path / "r.h5"
+    mf.save_results(path, sol)
+    back = mf.load_results(path)
+    np.testing.assert_array_equal(back.t, sol.t)
+    np.testing.assert_array_equal(back.layers, sol.layers)
+    np.testing.assert_array_equal(back.x, sol.x)
+    np.testing.assert_array_equal(back.snapshots, sol.snapshots)
+    np.testing.assert_array_equal(back.query_indices, sol.query_indices)
+    assert set(back.diagnostics) == set(sol.diagnostics)
+    for k in sol.diagnostics:
+        np.testing.assert_array_equal(back.diagnostics[k], sol.diagnostics[k])
+    assert back.params == sol.params
+    with h5py.File(path) as f:
+        assert f.attrs["format"] == "meanfield-results" and f.attrs["format_version"] == 1
+        ds = f["diagnostics/order_parameter"]
+        assert [s.name for s in ds.dims[0].values()] == ["/scales/t", "/scales/layer"]
+
+
+def test_no_overwrite_and_no_leftovers(tmp_path, sol):
+    path = tmp_path / "r.h5"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+        mf.save_results(path, sol)
+    assert path.read_bytes() == b"precious"
+    mf.save_results(path, sol, overwrite=True)
+    assert mf.load_results(path).params["kernel"] == "softmax"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]  # no temporary files left
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, sol, monkeypatch):
+    path = tmp_path / "r.h5"
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(*a, **k):
+        raise Boom()
+
+    monkeypatch.setattr(h5py.Group, "create_group", explode)
+    with pytest.raises(Boom):
+        mf.save_results(path, sol)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_foreign_files(tmp_path):
+    with pytest.raises(ValueError, match="no such results file"):
+        mf.load_results(tmp_path / "missing.h5")
+    txt = tmp_path / "a.h5"
+    txt.write_text("not hdf5")
+    with pytest.raises(ValueError, match="not a readable HDF5 file"):
+        mf.load_results(txt)
+    other = tmp_path / "b.h5"
+    with h5py.File(other, "w") as f:
+        f.attrs["format"] = "something-else"
+    with pytest.raises(ValueError, match="not a meanfield results file"):
+        mf.load_results(other)
