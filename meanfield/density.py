@@ -33,11 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solvers.characteristics import characteristics_rollout, dense_field, field_from_kernel
+from solvers import make_kernel
+from solvers.characteristics import characteristics_rollout, field_from_kernel
 from solvers.circle import circle_cell_averages, make_circle_solver
 from solvers.finite_volume import rollout
 from solvers.quadrature import log_sphere_area
 from solvers.zonal import make_zonal_solver, zonal_cell_averages
+
+from .flow import FlowSolution, initial_tokens, register_method
 
 GRID_OPTIONS = ("cells", "cfl", "n_phi", "subgrid_threshold", "substeps")
 
@@ -50,16 +53,14 @@ def _options(spec) -> tuple[dict, dict]:
 
 
 def _solution(spec, method, diags, density, grid, stats, params, warnings, x=None, snapshots=None):
-    from meanfield.flow import FlowSolution
-
+    """Assemble the ``FlowSolution`` at the save steps (``params`` extends ``spec.params()``)."""
     steps = np.asarray(spec.save_steps, dtype=int)
     return FlowSolution(
-        t=steps * float(spec.dt), layers=steps, x=x,
+        t=steps * float(spec.dt), layers=steps.copy(), x=x,
         diagnostics={k: np.asarray(v)[steps] for k, v in diags.items()},
-        params={"method": method, "d": int(spec.d), "kernel": spec.kernel, "alpha": float(spec.alpha),
-                "merge": float(spec.merge), "dt": float(spec.dt), "n_steps": int(spec.n_steps),
-                "time_map": str(spec.time_map), **params},
-        query_indices=None, snapshots=snapshots, stats=stats, grid=grid,
+        params={**spec.params(), **params},
+        query_indices=None, snapshots=None if snapshots is None else np.asarray(snapshots)[steps], stats=stats,
+        grid=grid,
         density=None if density is None else np.asarray(density)[steps], warnings=warnings)
 
 
@@ -85,7 +86,7 @@ def _run_grid(spec, method, solver, u0, mine, grid, log_cell_measure, params):
     diags = {k: np.asarray(v) for k, v in diags.items()}
     warnings = _subgrid_warning(diags, spec, float(mine.get("subgrid_threshold", 0.5)), log_cell_measure, us)
     n_sub = solver.substeps(float(spec.dt), cfl)
-    stats = {"wall_time_s": elapsed, "substeps_per_layer": n_sub, "cells": int(solver.n_cells),
+    stats = {"wall_time": elapsed, "substeps_per_layer": n_sub, "cells": int(solver.n_cells),
              "cell_steps": int(solver.n_cells) * n_sub * int(spec.n_steps)}
     return _solution(spec, method, diags, us, grid, stats, {"cells": int(solver.n_cells), "cfl": cfl, **params},
                      warnings)
@@ -109,7 +110,7 @@ def run_zonal(spec):
     mine, _ = _options(spec)
     if spec.d < 3:
         raise ValueError(f"method='zonal' needs d >= 3, got d={spec.d}; use method='circle' for d=2")
-    if not (hasattr(spec.init, "zonal_log_marginal") and hasattr(spec.init, "axis")):
+    if getattr(spec.init, "axis", None) is None or not hasattr(spec.init, "zonal_log_marginal"):
         raise ValueError(f"method='zonal' needs an axisymmetric init (Uniform or VonMisesFisher), got {type(spec.init).__name__}")
     n = _cells(spec, mine)
     if n % 2:
@@ -145,33 +146,29 @@ def run_circle(spec):
 
 
 def _field(spec, kernel_opts):
-    try:
-        from solvers.kernels import make_kernel
-    except ImportError:  # foundation kernels not available: THEORY's closed forms, dense O(N^2 d)
-        return dense_field(spec.kernel, float(spec.alpha), float(spec.merge))
+    """The streaming kernels of ``solvers.kernels`` (blockwise, O(N block) memory)."""
     return field_from_kernel(make_kernel(spec.kernel, float(spec.alpha), **kernel_opts), float(spec.merge))
 
 
 def run_characteristics(spec):
     """Particles carrying ``log rho`` (any d, any kernel); needs ``init.sample`` and ``init.log_density``."""
     mine, kernel_opts = _options(spec)
-    if not hasattr(spec.init, "log_density"):
-        raise ValueError("method='characteristics' needs an init distribution with a known log_density")
-    key = spec.key if not isinstance(spec.key, (int, np.integer)) else jax.random.PRNGKey(int(spec.key))
-    x0 = spec.x0 if getattr(spec, "x0", None) is not None else spec.init.sample(key, int(spec.N), dtype=spec.dtype)
-    x0 = jnp.asarray(x0)
+    if spec.init is None or not hasattr(spec.init, "log_density"):
+        raise ValueError("method='characteristics' needs an init distribution with a known log_density, not a token array")
+    x0 = initial_tokens(spec)
     lr0 = jnp.asarray(spec.init.log_density(x0), x0.dtype)
     substeps = int(mine.get("substeps", max(1, math.ceil(abs(float(spec.dt)) / 0.1 - 1e-9))))
     t0 = time.perf_counter()
-    x, lr, diags = characteristics_rollout(_field(spec, kernel_opts), x0, lr0, float(spec.dt), int(spec.n_steps),
-                                           substeps)
+    out = characteristics_rollout(_field(spec, kernel_opts), x0, lr0, float(spec.dt), int(spec.n_steps), substeps,
+                                  return_states=spec.save_tokens)
+    x, diags = out[0], out[2]
     jax.block_until_ready(x)
     elapsed = time.perf_counter() - t0
     diags = {k: np.asarray(v) for k, v in diags.items()}
     diags["kl_to_uniform"] = log_sphere_area(int(spec.d) - 1) - diags["entropy"]
-    stats = {"wall_time_s": elapsed, "substeps_per_layer": substeps}
-    return _solution(spec, "characteristics", diags, None, None, stats, {"N": int(x0.shape[0]), "substeps": substeps},
-                     [], x=np.asarray(x))
+    stats = {"wall_time": elapsed, "substeps_per_layer": substeps}
+    return _solution(spec, "characteristics", diags, None, None, stats, {"substeps": substeps}, [], x=np.asarray(x),
+                     snapshots=out[3] if spec.save_tokens else None)
 
 
 RUNNERS = {"characteristics": run_characteristics, "zonal": run_zonal, "circle": run_circle}
@@ -179,8 +176,6 @@ RUNNERS = {"characteristics": run_characteristics, "zonal": run_zonal, "circle":
 
 def register() -> None:
     """Register the three density methods with ``meanfield.flow.register_method``."""
-    from meanfield.flow import register_method
-
     for name, runner in RUNNERS.items():
         register_method(name, runner)
 

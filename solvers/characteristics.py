@@ -104,17 +104,22 @@ def particle_diagnostics(x, logrho, div) -> dict:
 
 
 @eqx.filter_jit
-def characteristics_rollout(field: Field, x0, logrho0, dt, n_steps: int, substeps: int = 1):
+def characteristics_rollout(field: Field, x0, logrho0, dt, n_steps: int, substeps: int = 1,
+                            return_states: bool = False):
     """``n_steps`` layers of length ``dt``, each ``substeps`` Heun steps; returns
-    ``(x_final, logrho_final, diags)`` with diagnostics of shape ``(n_steps + 1,)`` (index 0 initial)."""
+    ``(x_final, logrho_final, diags)`` with diagnostics of shape ``(n_steps + 1,)`` (index 0 initial),
+    and with ``return_states`` also the tokens after every layer, ``(n_steps + 1, N, d)``."""
 
     def diag(x, lr):
         return particle_diagnostics(x, lr, field(x)[1])
 
     def layer(carry, _):
         x, lr = lax.fori_loop(0, substeps, lambda k, c: heun_step(field, c[0], c[1], dt / substeps), carry)
-        return (x, lr), diag(x, lr)
+        return (x, lr), (diag(x, lr), x if return_states else None)
 
-    (x, lr), diags = lax.scan(layer, (x0, logrho0), None, length=n_steps)
+    (x, lr), (diags, xs) = lax.scan(layer, (x0, logrho0), None, length=n_steps)
     d0 = diag(x0, logrho0)
-    return x, lr, {k: jnp.concatenate([d0[k][None], v]) for k, v in diags.items()}
+    diags = {k: jnp.concatenate([d0[k][None], v]) for k, v in diags.items()}
+    if return_states:
+        return x, lr, diags, jnp.concatenate([x0[None], xs])
+    return x, lr, diags
