@@ -66,3 +66,14 @@ def test_uniform_is_steady_zonal():
 def test_bad_dimension_is_a_value_error(method, d):
     with pytest.raises(ValueError, match=f"method='{method}'"):
         solve_flow(VonMisesFisher(d, 1.0), N=64, layers=1, method=method)
+
+
+def test_results_round_trip(tmp_path):
+    # a grid solution (density, grid arrays, warnings, None-valued params) survives save/load
+    from meanfield import load_results, save_results
+
+    sol = solve_flow(VonMisesFisher(3, 5.0), N=64, kernel="softmax", alpha=4.0, layers=30, dt=0.5, method="zonal")
+    back = load_results(save_results(tmp_path / "z.h5", sol))
+    assert np.array_equal(back.density, sol.density) and np.array_equal(back.grid["theta"], sol.grid["theta"])
+    assert back.warnings == sol.warnings and back.params["method"] == "zonal"
+    assert np.array_equal(back.diagnostics["entropy"], sol.diagnostics["entropy"])
