@@ -40,7 +40,7 @@ def test_log_bessel_underflow_branch_matches_series():
                                            (1024, 500.0, "float64"), (2, 4.0, "float64")])
 def test_wood_sampler_matches_mean_resultant_length(d, kappa, dtype):
     # Monte Carlo: the sample mean of <x, mu> has std <= sqrt(Var/N); allow 5 sigma.
-    N = 100_000
+    N = 100_000 if d < 100 else 10_000
     x = np.asarray(mf.VonMisesFisher(d, kappa).sample(7, N, dtype=dtype), dtype=np.float64)
     assert x.dtype == np.float64 and np.abs(np.linalg.norm(x, axis=1) - 1).max() < 1e-6
     c = x[:, 0]
@@ -55,7 +55,7 @@ def test_mean_direction_and_log_density():
     x = np.asarray(v.sample(0, 50_000))
     assert np.linalg.norm(x.mean(0) / np.linalg.norm(x.mean(0)) - mu) < 0.01
     # the density integrates to one: importance sampling from the uniform measure (MC, 5 sigma)
-    u = np.asarray(mf.Uniform(3).sample(1, 400_000))
+    u = np.asarray(mf.Uniform(3).sample(1, 200_000))
     w = np.exp(np.asarray(v.log_density(u))) * 4 * math.pi
     assert abs(w.mean() - 1) < 5 * w.std() / math.sqrt(len(w))
 
@@ -71,7 +71,7 @@ def test_uniform_and_mixture():
     expect = 0.25 * mf.VonMisesFisher(3, 2.0).mean_cos() * np.array([1, 0, 0]) + 0.75 * mf.VonMisesFisher(
         3, 8.0).mean_cos() * np.array([0, 0, 1])
     assert np.abs(x.mean(0) - expect).max() < 5 / math.sqrt(100_000)
-    uu = np.asarray(mf.Uniform(3).sample(1, 400_000))
+    uu = np.asarray(mf.Uniform(3).sample(1, 200_000))
     w = np.exp(np.asarray(mix.log_density(uu))) * 4 * math.pi
     assert abs(w.mean() - 1) < 5 * w.std() / math.sqrt(len(w))
     with pytest.raises(ValueError, match="not axisymmetric"):

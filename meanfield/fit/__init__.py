@@ -353,12 +353,3 @@ def fit_cost_curve(m, runtime, *, sigma=None, compare=True, optimizer="lbfgs+lm"
     return fit_curve(fm.COST_OFFSET, _check_fusion(m), runtime, sigma=sigma, compare=alts,
                      optimizer=optimizer)
 
-
-def main(argv=None):
-    """``python -m meanfield.fit`` (see :mod:`meanfield.fit_cli`)."""
-    from meanfield import fit_cli
-    return fit_cli.main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
