@@ -40,6 +40,7 @@ from solvers.finite_volume import rollout
 from solvers.quadrature import log_sphere_area
 from solvers.zonal import make_zonal_solver, zonal_cell_averages
 
+from .diagnostics import query_subset, simulation_diagnostics_jit
 from .flow import FlowSolution, initial_tokens, register_method
 
 GRID_OPTIONS = ("cells", "cfl", "n_phi", "subgrid_threshold", "substeps")
@@ -52,14 +53,14 @@ def _options(spec) -> tuple[dict, dict]:
     return mine, opts
 
 
-def _solution(spec, method, diags, density, grid, stats, params, warnings, x=None, snapshots=None):
+def _solution(spec, diags, density, grid, stats, params, warnings, x=None, snapshots=None, query_indices=None):
     """Assemble the ``FlowSolution`` at the save steps (``params`` extends ``spec.params()``)."""
     steps = np.asarray(spec.save_steps, dtype=int)
     return FlowSolution(
         t=steps * float(spec.dt), layers=steps.copy(), x=x,
         diagnostics={k: np.asarray(v)[steps] for k, v in diags.items()},
         params={**spec.params(), **params},
-        query_indices=None, snapshots=None if snapshots is None else np.asarray(snapshots)[steps], stats=stats,
+        query_indices=query_indices, snapshots=None if snapshots is None else np.asarray(snapshots)[steps], stats=stats,
         grid=grid,
         density=None if density is None else np.asarray(density)[steps], warnings=warnings)
 
@@ -88,7 +89,7 @@ def _run_grid(spec, method, solver, u0, mine, grid, log_cell_measure, params):
     n_sub = solver.substeps(float(spec.dt), cfl)
     stats = {"wall_time": elapsed, "substeps_per_layer": n_sub, "cells": int(solver.n_cells),
              "cell_steps": int(solver.n_cells) * n_sub * int(spec.n_steps)}
-    return _solution(spec, method, diags, us, grid, stats, {"cells": int(solver.n_cells), "cfl": cfl, **params},
+    return _solution(spec, diags, us, grid, stats, {"cells": int(solver.n_cells), "cfl": cfl, **params},
                      warnings)
 
 
@@ -145,30 +146,46 @@ def run_circle(spec):
                      grid["log_cell_measure"], {})
 
 
-def _field(spec, kernel_opts):
-    """The streaming kernels of ``solvers.kernels`` (blockwise, O(N block) memory)."""
-    return field_from_kernel(make_kernel(spec.kernel, float(spec.alpha), **kernel_opts), float(spec.merge))
-
-
 def run_characteristics(spec):
     """Particles carrying ``log rho`` (any d, any kernel); needs ``init.sample`` and ``init.log_density``."""
     mine, kernel_opts = _options(spec)
     if spec.init is None or not hasattr(spec.init, "log_density"):
         raise ValueError("method='characteristics' needs an init distribution with a known log_density, not a token array")
-    x0 = initial_tokens(spec)
-    lr0 = jnp.asarray(spec.init.log_density(x0), x0.dtype)
+    x = initial_tokens(spec)
+    lr = jnp.asarray(spec.init.log_density(x), x.dtype)
     substeps = int(mine.get("substeps", max(1, math.ceil(abs(float(spec.dt)) / 0.1 - 1e-9))))
+    kernel = make_kernel(spec.kernel, float(spec.alpha), **kernel_opts)
+    field = field_from_kernel(kernel, float(spec.merge))
+    q_idx = query_subset(spec.N, spec.n_query, spec.seed)
+    q_dev, merge = jnp.asarray(q_idx), jnp.asarray(spec.merge, x.dtype)
     t0 = time.perf_counter()
-    out = characteristics_rollout(_field(spec, kernel_opts), x0, lr0, float(spec.dt), int(spec.n_steps), substeps,
-                                  return_states=spec.save_tokens)
-    x, diags = out[0], out[2]
-    jax.block_until_ready(x)
+    # per-layer log-rho diagnostics from the engine; the particle solver's standard statistics
+    # (attention spectrum, token statistics) at the save steps only, as in run_particles
+    layer_diags, saved, snaps = [], [jax.device_get(simulation_diagnostics_jit(kernel, x, q_dev, merge))], [x]
+    steps = np.asarray(spec.save_steps, dtype=int)
+    for a, b in zip(steps[:-1], steps[1:]):
+        x, lr, dg = characteristics_rollout(field, x, lr, float(spec.dt), int(b - a), substeps)
+        layer_diags.append({k: np.asarray(v)[(1 if layer_diags else 0):] for k, v in dg.items()})
+        saved.append(jax.device_get(simulation_diagnostics_jit(kernel, x, q_dev, merge)))
+        if spec.save_tokens:
+            snaps.append(x)
     elapsed = time.perf_counter() - t0
-    diags = {k: np.asarray(v) for k, v in diags.items()}
+    diags = {k: np.concatenate([d[k] for d in layer_diags]) for k in layer_diags[0]}
     diags["kl_to_uniform"] = log_sphere_area(int(spec.d) - 1) - diags["entropy"]
+    # standard statistics are known at save steps only: spread them on the layer axis for _solution
+    for name in saved[0]:
+        if name in diags:
+            continue
+        full = np.zeros((int(spec.n_steps) + 1,) + np.shape(saved[0][name]), np.asarray(saved[0][name]).dtype)
+        full[steps] = np.stack([np.asarray(r[name]) for r in saved])
+        diags[name] = full
     stats = {"wall_time": elapsed, "substeps_per_layer": substeps}
-    return _solution(spec, "characteristics", diags, None, None, stats, {"substeps": substeps}, [], x=np.asarray(x),
-                     snapshots=out[3] if spec.save_tokens else None)
+    snapshots = None
+    if spec.save_tokens:
+        snapshots = np.zeros((int(spec.n_steps) + 1,) + x.shape, np.asarray(x).dtype)
+        snapshots[steps] = np.stack([np.asarray(s) for s in snaps])
+    return _solution(spec, diags, None, None, stats, {"substeps": substeps}, [], x=np.asarray(x), snapshots=snapshots,
+                     query_indices=q_idx)
 
 
 RUNNERS = {"characteristics": run_characteristics, "zonal": run_zonal, "circle": run_circle}

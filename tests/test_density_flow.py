@@ -46,6 +46,10 @@ def test_characteristics_entropy_matches_zonal():
     gap = np.abs(c.diagnostics["entropy"] - z.diagnostics["entropy"])
     assert np.all(gap < 4 * c.diagnostics["entropy_stderr"] + 2e-3), gap
     assert c.x.shape == (1500, 3)
+    # the particle solver's standard statistics come along at the save steps
+    for name in ("effective_rank", "normalized_entropy", "attention_singular_values", "collapse_residual"):
+        assert name in c.diagnostics and np.all(np.isfinite(c.diagnostics[name]))
+    assert c.diagnostics["order_parameter"].shape == c.t.shape
 
 
 def test_subgrid_concentration_is_reported():
