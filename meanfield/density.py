@@ -11,7 +11,8 @@ Conventions shared by the three runners (they receive the validated ``FlowSpec``
   substeps inside each layer; characteristics takes ``substeps`` Heun steps per layer
   (default: the smallest number with step ``<= 0.1``).
 * Grid size: for ``zonal`` and ``circle`` the number of cells is ``kernel_options["cells"]`` if
-  given, else ``N`` (``N`` is otherwise the number of particles).  Other grid options in
+  given, else ``N`` (``N`` is otherwise the number of particles; with ``time_map="paper"``,
+  ``dt = 1/N``, pass the modelled token count as ``N`` and the grid size as ``cells``).  Other grid options in
   ``kernel_options``: ``cfl`` (default 0.4, at most 0.5), ``n_phi`` (zonal azimuthal nodes),
   ``subgrid_threshold`` (default 0.5, see ``solvers.finite_volume.peak_fraction``).
 * Output: ``FlowSolution`` with ``x = None``, ``density`` (n_saves, cells) the cell averages
