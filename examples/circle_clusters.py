@@ -2,12 +2,12 @@
 
 Reproduces: the clustering picture of Geshkovski–Letrouit–Polyanskiy–Rigollet (2023) for softmax
 self-attention on S^1 -- from a nearly uniform start, tokens first gather into several clusters
-(the number is set by the most unstable Fourier mode of the uniform state, about ``sqrt(alpha)/..``)
+(their number is set by the most unstable Fourier mode of the uniform state, which grows with alpha)
 which then persist for a long, metastable time before merging.  The finite-volume density solver
 (THEORY.md "Density solvers", 3) and N particles started from the same density show the same
 cluster count; the grid solver flags when the clusters become narrower than a cell.
 
-Runtime: about 20 s on 2 CPU cores.  Run: ``python examples/circle_clusters.py`` (writes
+Runtime: about 15 s on 2 shared CPU cores.  Run: ``python examples/circle_clusters.py`` (writes
 ``examples/circle_clusters.png``).
 """
 

@@ -7,7 +7,7 @@ collapse, so ``H`` keeps decreasing linearly, at a rate ``(d-1)/M`` -- a Dirac h
 grid follows the collapse until the density is narrower than a cell (marked on the plot), after which
 its entropy saturates near the log-measure of a cell.
 
-Runtime: about 20 s on 2 CPU cores.  Run: ``python examples/zonal_collapse.py`` (writes
+Runtime: about 30 s on 2 shared CPU cores.  Run: ``python examples/zonal_collapse.py`` (writes
 ``examples/zonal_collapse.png``).
 """
 
