@@ -11,7 +11,6 @@ Runtime: about 30 s on 2 shared CPU cores.  Run: ``python examples/zonal_collaps
 ``examples/zonal_collapse.png``).
 """
 
-import math
 import time
 from pathlib import Path
 

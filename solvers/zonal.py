@@ -47,7 +47,7 @@ from jax import lax
 from jax.scipy.special import logsumexp
 
 from .finite_volume import peak_fraction, rhs_bounded, ssprk3
-from .quadrature import gauss_gegenbauer, gauss_legendre, log_sphere_area
+from .quadrature import gauss_gegenbauer, log_sphere_area
 
 ZONAL_KERNELS = ("linear", "softmax", "usa")
 
