@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.special import logsumexp
+from jax.nn import logsumexp
 
 from .finite_volume import peak_fraction, rhs_bounded, ssprk3
 from .quadrature import gauss_gegenbauer, log_sphere_area
