@@ -15,7 +15,7 @@ def check_writable(path, overwrite: bool = False) -> Path:
     """Fail early (before any work) if ``path`` exists and may not be replaced, or its folder is missing."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+        raise FileExistsError(f"{path} exists; pass --overwrite (CLI) or overwrite=True (Python) to replace it")
     if not path.parent.exists():
         raise ValueError(f"output folder {path.parent} does not exist")
     return path

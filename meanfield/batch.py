@@ -42,7 +42,7 @@ def _rollout_batch(x0, alpha, mobility, h, *, kernel, method, layers, kernel_opt
     return jax.vmap(one)(x0, alpha)
 
 
-def simulate_batch(x0, *, kernel="linear", alpha=1.0, merge=None, fusion=None, dt=1.0, layers=24,
+def simulate_batch(x0, *, kernel="linear", alpha=0.25, merge=None, fusion=None, dt=1.0, layers=24,
                    method="layer", kernel_options=None) -> dict:
     """Run ``B`` independent systems ``x0`` (B, N, d) with per-system ``alpha`` (scalar or (B,)).
 
@@ -57,6 +57,8 @@ def simulate_batch(x0, *, kernel="linear", alpha=1.0, merge=None, fusion=None, d
         raise ValueError(f"x0 must be a (B, N, d) array with N >= 1 and d >= 2, got shape {x0.shape}")
     if not bool(jnp.all(jnp.isfinite(x0))):
         raise ValueError("x0 contains NaN or Inf")
+    if bool(jnp.any(jnp.all(x0 == 0, axis=-1))):
+        raise ValueError("x0 contains a zero row; a zero vector has no direction on the sphere")
     a = np.asarray(alpha, dtype=np.float64)
     if a.ndim == 0:
         a = np.full(x0.shape[0], float(a))

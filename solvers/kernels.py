@@ -74,8 +74,9 @@ class LinearKernel(eqx.Module):
     ``sum_j A_ij x_j = m + alpha Sigma x_i`` (THEORY), so a step costs O(N d^2) and the matrix is
     never formed. ``A = L R^T / N`` with ``L = [1, alpha q]`` and ``R = [1, k - m]`` has rank <= d+1,
     and ``A A^T = L diag(1, Sigma) L^T / N`` gives its singular values exactly in O((n + N) d^2).
-    Rows sum to one; entries are positive only while ``alpha < 1/2`` is not violated by the data
-    (row entropy is NaN for rows with a non-positive entry).
+    Rows sum to one. Entries are guaranteed positive only for ``alpha < 1/2``
+    (``A_ij >= (1 - 2 alpha)/N``); beyond that it depends on the data, and the row entropy is
+    reported as NaN for a row with a non-positive entry.
     """
 
     alpha: float | Array = 1.0
@@ -133,9 +134,11 @@ class _Streamed(eqx.Module):
     key_block: int = eqx.field(static=True, default=1024)
     query_block: int = eqx.field(static=True, default=4096)
 
-    def _moments(self, q, k):
+    def _moments(self, q, k, with_acc2=True):
         a = _alpha(self.alpha, q.dtype)
-        return map_query_blocks(lambda qb: weighted_moments(qb, k, a, self.key_block), q, self.query_block)
+        return map_query_blocks(
+            lambda qb: weighted_moments(qb, k, a, self.key_block, with_acc2), q, self.query_block
+        )
 
     def _pass(self, q, k):
         return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True)
@@ -161,7 +164,7 @@ class SoftmaxKernel(_Streamed):
     name: ClassVar[str] = "softmax"
 
     def drive(self, q, k):
-        mo = self._moments(q, k)
+        mo = self._moments(q, k, with_acc2=False)
         return mo.acc / mo.l[:, None]
 
     def drive_and_divergence(self, q, k):
@@ -183,8 +186,11 @@ class USAKernel(_Streamed):
     """Unnormalised self-attention: ``A_ij = exp(alpha<x_i,x_j>) / N``, ``F = E_y[e^{alpha<x,y>} y]``.
 
     ``div_S P_x F = alpha E_y[e^{alpha<x,y>}(1 - <x,y>^2)] - (d-1)<x,F>``. Values grow like
-    ``e^alpha``: beyond alpha ~ 80 (float32) or ~ 700 (float64) they overflow. Row entropy and
-    max weight refer to the row normalised to sum one.
+    ``e^alpha`` and a layer squares them when it normalises, so the flow overflows beyond
+    alpha ~ 40 (float32) or ~ 350 (float64); :func:`meanfield.solve_flow` then raises. Row entropy
+    and max weight refer to the row normalised to sum one. The singular values are computed with
+    the largest row scale factored out, so they overflow only when they themselves exceed the
+    floating-point range.
     """
 
     name: ClassVar[str] = "usa"
@@ -193,7 +199,7 @@ class USAKernel(_Streamed):
         return jnp.exp(mo_mx) / n_keys
 
     def drive(self, q, k):
-        mo = self._moments(q, k)
+        mo = self._moments(q, k, with_acc2=False)
         return mo.acc * self._scale(mo.mx, k.shape[0])[:, None]
 
     def drive_and_divergence(self, q, k):
@@ -207,8 +213,9 @@ class USAKernel(_Streamed):
 
     def attention_statistics(self, q, k):
         p = self._pass(q, k)
-        sc = self._scale(p.mx, k.shape[0])
-        return _spectrum_from_gram(p.gram * sc[:, None] * sc[None, :]), self._rows(p)
+        top = jnp.max(p.mx)
+        sc = self._scale(p.mx - top, k.shape[0])
+        return jnp.exp(top) * _spectrum_from_gram(p.gram * sc[:, None] * sc[None, :]), self._rows(p)
 
 
 _REGISTRY = {"linear": LinearKernel, "softmax": SoftmaxKernel, "usa": USAKernel}

@@ -27,10 +27,14 @@ from jax import lax
 from jaxtyping import Array, Float
 
 
+def _block_size(n_keys: int, key_block: int) -> int:
+    return max(1, min(int(key_block), n_keys))
+
+
 def _key_blocks(k: Float[Array, "N d"], key_block: int):
     """Reshape keys into ``(nb, block, d)`` with a validity mask for the zero padding."""
     n_keys, d = k.shape
-    block = max(1, min(int(key_block), n_keys))
+    block = _block_size(n_keys, key_block)
     nb = -(-n_keys // block)
     pad = nb * block - n_keys
     kp = jnp.pad(k, ((0, pad), (0, 0)))
@@ -62,10 +66,18 @@ class Moments(NamedTuple):
     acc2: Float[Array, " n"]  # sum_j w_ij <q_i,k_j>^2
 
 
-def weighted_moments(q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int) -> Moments:
-    """Stream key blocks; return the softmax moments of each query row (see module doc)."""
+def weighted_moments(
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_acc2: bool = True
+) -> Moments:
+    """Stream key blocks; return the softmax moments of each query row (see module doc).
+
+    ``with_acc2=False`` skips ``acc2`` (returned as zeros): the velocity alone does not need it.
+    When ``N`` is a multiple of the block there is no padding and no mask is applied (the
+    masked ``where`` over every logit costs ~30% of a step on CPU).
+    """
     n, d = q.shape
     kb, valid = _key_blocks(k, key_block)
+    padded = k.shape[0] % _block_size(k.shape[0], key_block) != 0
     dt = q.dtype
     init = Moments(
         jnp.full((n,), -jnp.inf, dt), jnp.zeros((n,), dt), jnp.zeros((n, d), dt), jnp.zeros((n,), dt)
@@ -74,16 +86,12 @@ def weighted_moments(q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_
     def body(c: Moments, blk):
         kblk, ok = blk
         cos = q @ kblk.T
-        s = jnp.where(ok[None, :], alpha * cos, -jnp.inf)
+        s = jnp.where(ok[None, :], alpha * cos, -jnp.inf) if padded else alpha * cos
         mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
         scale = jnp.exp(c.mx - mx)
         w = jnp.exp(s - mx[:, None])
-        return Moments(
-            mx,
-            c.l * scale + jnp.sum(w, axis=1),
-            c.acc * scale[:, None] + w @ kblk,
-            c.acc2 * scale + jnp.sum(w * cos * cos, axis=1),
-        ), None
+        acc2 = c.acc2 * scale + jnp.sum(w * cos * cos, axis=1) if with_acc2 else c.acc2
+        return Moments(mx, c.l * scale + jnp.sum(w, axis=1), c.acc * scale[:, None] + w @ kblk, acc2), None
 
     out, _ = lax.scan(body, init, (kb, valid))
     return out

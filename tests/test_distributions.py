@@ -40,7 +40,7 @@ def test_log_bessel_underflow_branch_matches_series():
                                            (1024, 500.0, "float64"), (2, 4.0, "float64")])
 def test_wood_sampler_matches_mean_resultant_length(d, kappa, dtype):
     # Monte Carlo: the sample mean of <x, mu> has std <= sqrt(Var/N); allow 5 sigma.
-    N = 100_000 if d < 100 else 10_000
+    N = 40_000 if d < 100 else 10_000
     x = np.asarray(mf.VonMisesFisher(d, kappa).sample(7, N, dtype=dtype), dtype=np.float64)
     assert x.dtype == np.float64 and np.abs(np.linalg.norm(x, axis=1) - 1).max() < 1e-6
     c = x[:, 0]

@@ -34,7 +34,7 @@ def test_round_trip(tmp_path, sol):
 def test_no_overwrite_and_no_leftovers(tmp_path, sol):
     path = tmp_path / "r.h5"
     path.write_bytes(b"precious")
-    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+    with pytest.raises(FileExistsError, match=r"exists; pass --overwrite \(CLI\) or overwrite=True"):
         mf.save_results(path, sol)
     assert path.read_bytes() == b"precious"
     mf.save_results(path, sol, overwrite=True)

