@@ -13,9 +13,7 @@ Run: ``PYTHONPATH=. python benchmarks/density.py`` (about 1-2 min); prints a tab
 ``benchmarks/results/density.json``.
 """
 
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,18 +24,15 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "solvers"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import machine, write_json  # noqa: E402  (shared with benchmarks/particles.py)
 
 from solvers.characteristics import characteristics_rollout, dense_field  # noqa: E402
 from solvers.circle import circle_cell_averages, make_circle_solver  # noqa: E402
 from solvers.finite_volume import rollout  # noqa: E402
 from solvers.zonal import make_zonal_solver, zonal_cell_averages  # noqa: E402
 from zonal_reference import alpha0_s, vmf3_log_marginal  # noqa: E402
-
-
-def machine():
-    return {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "device": str(jax.devices()[0]),
-            "dtype": "float64", "load_average": os.getloadavg()}
 
 
 def timed(fn):
@@ -116,7 +111,7 @@ def accuracy_per_second():
 
 
 def main():
-    info = machine()
+    info = {**machine(), "dtype": "float64", "loadavg_at_end": None}
     print(info)
     res = {"machine": info, "throughput": []}
     vmf = lambda d, k: (lambda th: k * np.cos(th) + (d - 2) * np.log(np.sin(th)))  # noqa: E731
@@ -129,9 +124,9 @@ def main():
         res["throughput"].append(throughput(f"circle {kernel} 4096 cells",
                                             lambda: make_circle_solver(4096, kernel, alpha=1.0), rho0, 0.1))
     res["accuracy"] = accuracy_per_second()
+    res["machine"]["loadavg_at_end"] = os.getloadavg()
     out = Path(__file__).parent / "results" / "density.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    write_json(out, res)
     print("wrote", out)
 
 
