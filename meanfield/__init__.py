@@ -14,6 +14,7 @@ from .batch import simulate_batch
 from .fit import FitResult, fit_entropy_curve, fit_rank_curve
 from .distributions import Uniform, VonMisesFisher, VonMisesFisherMixture
 from .flow import FlowSolution, methods, register_method, solve_flow
+from . import density  # noqa: E402,F401  (registers the characteristics, zonal and circle methods)
 from .io import load_results, save_results
 from .paper import PAPER_CITATION, paper_table
 

@@ -13,6 +13,7 @@ which the density solvers start from.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,7 @@ def _householder_to(y, mu):
     return jnp.where(safe, refl, y)
 
 
+@partial(jax.jit, static_argnames=("d", "dtype"))
 def wood_sample(key, kappa, mu, d: int, dtype):
     """Wood (1994) sampler for vMF on S^{d-1} with per-row ``kappa`` (N,) and ``mu`` (N, d).
 
@@ -169,7 +171,7 @@ class VonMisesFisher:
         dt = _dtype(dtype)
         kap = jnp.full((N,), self.kappa, dt)
         mu = jnp.broadcast_to(jnp.asarray(self.mean, dt), (N, self.d))
-        return wood_sample(as_key(key), kap, mu, self.d, dt)
+        return wood_sample(as_key(key), kap, mu, d=self.d, dtype=dt)
 
     def log_density(self, x):
         x = jnp.asarray(x)
@@ -220,7 +222,7 @@ class VonMisesFisherMixture:
         comp = jax.random.choice(kc, len(self.components), (N,), p=jnp.asarray(self.weights))
         kap = jnp.asarray(self.kappas, dt)[comp]
         mu = jnp.asarray(self.means, dt)[comp]
-        return wood_sample(ks, kap, mu, self.d, dt)
+        return wood_sample(ks, kap, mu, d=self.d, dtype=dt)
 
     def log_density(self, x):
         x = jnp.asarray(x)

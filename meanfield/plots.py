@@ -12,10 +12,14 @@ PANELS = (
     ("normalized_entropy", "normalised spectral entropy", "linear"),
     ("entropy_rate", "entropy rate dH/dt", "linear"),
 )
+# density solvers have no attention spectrum: show the differential entropy instead
+FALLBACK = {"effective_rank": ("entropy", "differential entropy H", "linear"),
+            "normalized_entropy": ("kl_to_uniform", "KL to uniform", "linear")}
 
 
 def plot_solution(sol, path, *, overwrite: bool = False, title: str | None = None):
-    """Four panels against layer: |m|, attention effective rank, normalised entropy, dH/dt."""
+    """Four panels against layer: |m|, attention effective rank, normalised entropy, dH/dt
+    (for grid solvers: |m|, differential entropy H, KL to uniform, dH/dt)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -23,7 +27,8 @@ def plot_solution(sol, path, *, overwrite: bool = False, title: str | None = Non
 
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True, constrained_layout=True)
     x = np.asarray(sol.layers)
-    for ax, (name, label, scale) in zip(axes.flat, PANELS):
+    for ax, panel in zip(axes.flat, PANELS):
+        name, label, scale = panel if panel[0] in sol.diagnostics else FALLBACK.get(panel[0], panel)
         if name not in sol.diagnostics:
             ax.set_visible(False)
             continue
@@ -36,7 +41,8 @@ def plot_solution(sol, path, *, overwrite: bool = False, title: str | None = Non
     for ax in axes[-1]:
         ax.set_xlabel("layer (step)")
     p = sol.params
-    fig.suptitle(title or f"{p.get('kernel')} kernel, N={p.get('N')}, d={p.get('d')}, alpha={p.get('alpha')}, "
+    size = f"cells={p['cells']}" if "cells" in p else f"N={p.get('N')}"
+    fig.suptitle(title or f"{p.get('kernel')} kernel, {size}, d={p.get('d')}, alpha={p.get('alpha')}, "
                  f"M={p.get('merge'):.3g}, method={p.get('method')}, dt={p.get('dt'):.3g}")
     with atomic_path(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -23,8 +23,10 @@ TABLE_COLUMNS = (
     ("order_parameter", "|m|", "{:>9.5f}"),
     ("effective_rank", "eff.rank", "{:>9.4f}"),
     ("normalized_entropy", "H_norm", "{:>9.5f}"),
+    ("entropy", "H", "{:>10.4f}"),
     ("entropy_rate", "dH/dt", "{:>10.4g}"),
 )
+GRID_METHODS = ("zonal", "circle")
 
 
 def build_parser() -> ArgumentParser:
@@ -54,8 +56,11 @@ def build_parser() -> ArgumentParser:
     a("--dt", type=float, default=None, help="time per layer h (default: 1.0)")
     a("--time-map", default="unit", help="unit: one layer = dt; paper: dt = 1/N, the paper's t = l/N "
       "(default: %(default)s)")
-    a("--method", default="layer", help="layer (x <- normalize(x + h A x)), euler, heun, adaptive, or a density "
-      "solver (default: %(default)s)")
+    a("--method", default="layer", help="particles: layer (x <- normalize(x + h A x)), euler, heun, adaptive; "
+      "density solvers: characteristics (any d), zonal (d >= 3, axisymmetric init), circle (d = 2) "
+      "(default: %(default)s)")
+    a("--cells", type=int, default=512, help="grid cells of the zonal/circle density solvers; --N is then only "
+      "the token count of --time-map paper (default: %(default)s)")
     a("--seed", type=int, default=0, help="random seed for samples and the query subset (default: %(default)s)")
     a("--precision", default="float32", help="float32 or float64 (default: %(default)s)")
     a("--n-query", type=int, default=512, help="query tokens for the attention spectrum (default: %(default)s)")
@@ -69,16 +74,21 @@ def build_parser() -> ArgumentParser:
 
 
 def format_table(sol, max_rows: int = 30) -> str:
-    """Per-layer summary table (every saved row, or an even subset of ``max_rows`` rows)."""
+    """Per-layer summary table (every saved row, or an even subset of ``max_rows`` rows).
+
+    Columns are those of :data:`TABLE_COLUMNS` that the method reports (grid solvers have no
+    attention spectrum; density solvers add the differential entropy ``H``).
+    """
     import numpy as np
 
+    cols = [c for c in TABLE_COLUMNS if c[0] in ("layer", "t") or c[0] in sol.diagnostics]
     n = len(sol.t)
     rows = np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(int))
-    head = " ".join(f"{label:>{len(fmt.format(0) if 'd' in fmt else fmt.format(0.0))}}" for _, label, fmt in TABLE_COLUMNS)
-    lines = [head]
+    widths = [len(fmt.format(0) if "d}" in fmt else fmt.format(0.0)) for _, _, fmt in cols]
+    lines = [" ".join(f"{label:>{w}}" for (_, label, _), w in zip(cols, widths))]
     for i in rows:
         vals = []
-        for key, _, fmt in TABLE_COLUMNS:
+        for key, _, fmt in cols:
             if key == "layer":
                 vals.append(fmt.format(int(sol.layers[i])))
             elif key == "t":
@@ -113,6 +123,7 @@ def main(argv=None) -> int:
         t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=args.method,
         save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
         progress=not args.no_progress, save_tokens=args.save_tokens,
+        kernel_options={"cells": integer("cells", args.cells, 4)} if args.method in GRID_METHODS else None,
     )
     out = Path(args.out)
     if out.suffix.lower() == ".png":

@@ -68,3 +68,17 @@ def test_existing_output_is_kept(tmp_path, capsys):
     assert out.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["res.h5"]
     assert cli(["--N", "50", "--layers", "2", "--out", str(out), "--no-progress", "--overwrite"]) == 0
     assert h5py.is_hdf5(out) and (tmp_path / "res.png").exists()
+
+
+def test_density_methods_from_the_cli(tmp_path, capsys):
+    # the zonal solver via --cells; its table shows H instead of the attention spectrum
+    out = tmp_path / "z.h5"
+    argv = ["--method", "zonal", "--init", "vmf", "--kappa", "2", "--d", "8", "--cells", "64", "--layers", "4",
+            "--dt", "0.25", "--out", str(out), "--no-progress", "--no-plot"]
+    assert cli(argv) == 0
+    head = capsys.readouterr().out.splitlines()[0].split()
+    assert head == ["layer", "t", "|m|", "H", "dH/dt"]
+    with h5py.File(out) as f:
+        assert f["density/values"].shape == (5, 64) and f["parameters"].attrs["cells"] == 64
+    assert cli(argv[:-4] + ["--cells", "3", "--out", str(tmp_path / "y.h5"), "--no-progress"]) == 2
+    assert "cells must be an integer >= 4, got 3" in capsys.readouterr().err
