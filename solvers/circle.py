@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .finite_volume import peak_fraction, rhs_periodic, ssprk3
+from .finite_volume import cfl_substeps, peak_fraction, rhs_periodic, ssprk3
 
 CIRCLE_KERNELS = ("linear", "softmax", "usa")
 
@@ -96,7 +96,7 @@ class CircleSolver(eqx.Module):
         return ssprk3(self.rhs, rho, dt)
 
     def substeps(self, dt: float, cfl: float = 0.4) -> int:
-        return max(1, math.ceil(abs(dt) * float(self.vbound) / (cfl * float(self.h)) - 1e-9))
+        return cfl_substeps(dt, self.vbound, self.h, cfl)
 
     def entropy_rate(self, rho):
         """``E[div v]`` from THEORY's closed forms, d = 2, at cell centres."""

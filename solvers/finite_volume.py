@@ -24,6 +24,7 @@ time.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import equinox as eqx
@@ -67,6 +68,11 @@ def rhs_periodic(u: Float[Array, " n"], v_faces: Float[Array, " n"], h: float) -
     s = mc_slopes(jnp.roll(u, 1), u, jnp.roll(u, -1))
     flux = upwind_flux(v_faces, u + 0.5 * s, jnp.roll(u - 0.5 * s, -1))
     return -(flux - jnp.roll(flux, 1)) / h
+
+
+def cfl_substeps(dt: float, vbound: float, h: float, cfl: float = 0.4) -> int:
+    """Number of equal substeps of a layer of length ``dt`` so that ``|v| dt_sub / h <= cfl``."""
+    return max(1, math.ceil(abs(dt) * float(vbound) / (cfl * float(h)) - 1e-9))
 
 
 def ssprk3(rhs: Callable[[Array], Array], u: Array, dt) -> Array:

@@ -46,7 +46,7 @@ import numpy as np
 from jax import lax
 from jax.nn import logsumexp
 
-from .finite_volume import peak_fraction, rhs_bounded, ssprk3
+from .finite_volume import cfl_substeps, peak_fraction, rhs_bounded, ssprk3
 from .quadrature import gauss_gegenbauer, log_sphere_area
 
 ZONAL_KERNELS = ("linear", "softmax", "usa")
@@ -166,7 +166,7 @@ class ZonalSolver(eqx.Module):
 
     def substeps(self, dt: float, cfl: float = 0.4) -> int:
         """Number of equal substeps for a layer of length ``dt`` at Courant number ``<= cfl``."""
-        return max(1, math.ceil(abs(dt) * float(self.vbound) / (cfl * float(self.h)) - 1e-9))
+        return cfl_substeps(dt, self.vbound, self.h, cfl)
 
     def entropy_rate(self, F):
         """``E_rho[div_S v]`` from the closed forms (THEORY "Divergence and entropy")."""

@@ -158,3 +158,15 @@ class QKVCapture:
 
 def as_numpy(t) -> np.ndarray:
     return t.detach().float().cpu().numpy()
+
+
+def attach_blocks(blocks, recorder, *, layers=None, check: bool = True, owner: str = "the model") -> QKVCapture:
+    """Hook ``blocks[l]`` (block input) and ``blocks[l].attn`` (q/k) for each ``l`` in ``layers``."""
+    layers = range(len(blocks)) if layers is None else layers
+    cap = QKVCapture(recorder, check=check)
+    for l in layers:
+        if not 0 <= l < len(blocks):
+            raise ValueError(f"layer {l} out of range: {owner} has {len(blocks)} blocks")
+        cap.add(l, blocks[l].attn)
+        cap.add_block_input(l, blocks[l])
+    return cap

@@ -31,15 +31,7 @@ def token_layout(indices, num_prefix_tokens: int, has_class_token: bool = True):
 
 def attach(model, recorder: Recorder, *, layers=None, check: bool = True) -> _torch.QKVCapture:
     """Hook ``model.blocks[l]`` and ``model.blocks[l].attn`` for ``l`` in ``layers`` (default all)."""
-    blocks = model.blocks
-    layers = range(len(blocks)) if layers is None else layers
-    cap = _torch.QKVCapture(recorder, check=check)
-    for l in layers:
-        if not 0 <= l < len(blocks):
-            raise ValueError(f"layer {l} out of range: the model has {len(blocks)} blocks")
-        cap.add(l, blocks[l].attn)
-        cap.add_block_input(l, blocks[l])
-    return cap
+    return _torch.attach_blocks(model.blocks, recorder, layers=layers, check=check, owner="the model")
 
 
 def dump_timm(model, image, *, n_query: int = 512, seed: int = 0, layers=None, sample_rows: int = 1024,

@@ -50,15 +50,8 @@ def token_layout(indices, P: int, patch_start_idx: int):
 
 def attach(aggregator, recorder: Recorder, *, layers=None, check: bool = True) -> _torch.QKVCapture:
     """Hook ``aggregator.global_blocks[l]`` (and its ``.attn``) for each ``l`` in ``layers`` (all)."""
-    blocks = aggregator.global_blocks
-    layers = range(len(blocks)) if layers is None else layers
-    cap = _torch.QKVCapture(recorder, check=check)
-    for l in layers:
-        if not 0 <= l < len(blocks):
-            raise ValueError(f"layer {l} out of range: the aggregator has {len(blocks)} global blocks")
-        cap.add(l, blocks[l].attn)
-        cap.add_block_input(l, blocks[l])
-    return cap
+    return _torch.attach_blocks(aggregator.global_blocks, recorder, layers=layers, check=check,
+                                owner="the aggregator's global stack")
 
 
 def dump_vggt(model, images, *, n_query: int = 512, seed: int = 0, layers=None, sample_rows: int = 1024,
