@@ -154,7 +154,8 @@ def make_circle_solver(n_cells: int, kernel: str = "linear", alpha: float = 1.0,
         psi_f = np.arange(n_cells) * h + 0.5 * h  # face j minus centre i, for j - i = m
         psi_c = np.arange(n_cells) * h
         k0 = lambda p: np.exp(alpha * (np.cos(p) - 1.0))  # noqa: E731
-        r = lambda a: jnp.asarray(np.fft.rfft(a), jnp.result_type(dtype, jnp.complex64))  # noqa: E731
+        cdt = jnp.complex128 if dtype == jnp.float64 else jnp.complex64
+        r = lambda a: jnp.asarray(np.fft.rfft(a), cdt)  # noqa: E731
         khat = {"k0f": r(k0(psi_f)), "k1f": r(-k0(psi_f) * np.sin(psi_f)),
                 "k0c": r(k0(psi_c)), "k1c": r(-k0(psi_c) * np.sin(psi_c)),
                 "kcc": r(k0(psi_c) * np.cos(psi_c)), "kc2c": r(k0(psi_c) * np.cos(psi_c) ** 2)}

@@ -1,4 +1,6 @@
-"""Test-session configuration: 64-bit JAX for precision assertions (never at library import)."""
+"""Test-session configuration (never at library import): 64-bit JAX for precision assertions, and
+strict dtype promotion, so an accidental float32/float64 (or complex) mix in library code fails
+loudly instead of silently changing precision."""
 
 import os
 
@@ -7,3 +9,4 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
