@@ -9,7 +9,7 @@
    method (Heun, h = 0.05, RMS over seeds) at several N, and the compute time each needs for the same
    |m| error (log-log interpolation).
 
-Run: ``PYTHONPATH=. python benchmarks/density.py`` (about 1-2 min); prints a table and writes
+Run: ``python benchmarks/density.py`` (about 1-2 min); prints a table and writes
 ``benchmarks/results/density.json``.
 """
 
@@ -23,7 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "solvers"))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "solvers"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import machine, write_json  # noqa: E402  (shared with benchmarks/particles.py)
