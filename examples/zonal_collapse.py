@@ -63,7 +63,7 @@ for d, (us, dg) in results.items():
     k = -np.sum(g * (H[ok] - H[0])) / np.sum(g * g)
     summary[d] = (H, t_sub, slope, k, ok)
     print(f"d={d:5d}: late slope dH/dt = {slope:9.3f}  vs -(d-1)/M = {-(d - 1) / MERGE:8.1f};"
-          f" sub-grid at t = {t_sub}")
+          f" sub-grid at t = {'never' if t_sub is None else f'{t_sub:.3g}'}")
 
 # ---------------------------------------------------------------- Plot
 fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
