@@ -38,6 +38,7 @@ def test_convergence_order(x0, reference, method, order):
     errs = [np.abs(mf.solve_flow(x0, alpha=ALPHA, t1=T, dt=h, method=method, save_every=10**6).x - reference).max()
             for h in dts]
     slopes = np.diff(np.log(errs)) / np.diff(np.log(dts))
+    print(f"{method}: max |x - x_ref| at dt = {dts}: {errs}; observed orders {slopes}")  # pytest -s shows it
     # asymptotic regime: observed slopes within 0.2 of the formal order
     assert np.all(np.abs(slopes - order) < 0.2), f"{method}: errors {errs}, slopes {slopes}"
     assert INTEGRATORS[method].order == order
