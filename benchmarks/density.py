@@ -4,7 +4,7 @@
    solver at d = 1024 with 2048 cells (linear and softmax) and of the circle solver at 4096 cells.
    Compile time (first call minus the best of 3 later calls) is reported apart from run time; every timing calls
    ``block_until_ready`` after a warm-up.
-2. Accuracy per second against the semi-analytic alpha = 0 solution (THEORY.md "Verification
+2. Accuracy per second against the semi-analytic alpha = 0 solution (docs/theory.md "Verification
    problems"; vMF(2) on S^2, |m| at t = 1): zonal solver at several resolutions versus the particle
    method (Heun, h = 0.05, RMS over seeds) at several N, and the compute time each needs for the same
    |m| error (log-log interpolation).

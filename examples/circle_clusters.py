@@ -4,7 +4,7 @@ Reproduces: the clustering picture of Geshkovski–Letrouit–Polyanskiy–Rigol
 self-attention on S^1 -- from a nearly uniform start, tokens first gather into several clusters
 (their number is set by the most unstable Fourier mode of the uniform state, which grows with alpha)
 which then persist for a long, metastable time before merging.  The finite-volume density solver
-(THEORY.md "Density solvers", 3) and N particles started from the same density show the same
+(docs/theory.md "Density solvers", 3) and N particles started from the same density show the same
 cluster count; the grid solver flags when the clusters become narrower than a cell.
 
 Runtime: about 15 s on 2 shared CPU cores.  Run: ``python examples/circle_clusters.py`` (writes

@@ -21,7 +21,7 @@ from meanfield import fit, paper
 from meanfield.theory import effective_rank_from_normalized_entropy, relative_attention_cost
 
 # ---------------------------------------------------------------- Parameters
-N_QUERY = 500  # the spectrum size that makes Table 1's two columns agree (THEORY.md "Diagnostics")
+N_QUERY = 500  # the spectrum size that makes Table 1's two columns agree (docs/theory.md "Diagnostics")
 
 # ---------------------------------------------------------------- Setup
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

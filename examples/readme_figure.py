@@ -3,7 +3,7 @@
 What it reproduces: ``docs/img/collapse.png``, the four diagnostics of the default
 ``python -m meanfield.simulate --N 10000 --d 4`` run (linear kernel of the paper's Eq. 3,
 alpha = 0.25, uniform start, literal transformer layers with h = 1), plus the same run with the
-paper's fusion strength m = 0.5 (M = 2) to show the mobility time change of THEORY.md.
+paper's fusion strength m = 0.5 (M = 2) to show the mobility time change of docs/theory.md.
 Runtime: about 15 s on a 2-core CPU. Run: ``python examples/readme_figure.py [--out PATH]``.
 """
 

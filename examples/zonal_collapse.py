@@ -1,8 +1,8 @@
 """Collapse of a von Mises–Fisher start on S^{d-1}, d = 3, 64, 1024, with the zonal density solver.
 
 Reproduces: the entropy law of the paper (Eq. 13, ``H(L) ≈ H(0) - O(1/L)``, a decrease that
-saturates) against what the mean-field aggregation equation actually does (THEORY.md "Divergence and
-entropy"): ``dH/dt = E[div v]``, which for the linear kernel tends to ``-(d-1)|m|^2/M`` as the tokens
+saturates) against what the mean-field aggregation equation actually does (docs/theory.md "Entropy: the exact
+identity"): ``dH/dt = E[div v]``, which for the linear kernel tends to ``-(d-1)|m|^2/M`` as the tokens
 collapse, so ``H`` keeps decreasing linearly, at a rate ``(d-1)/M`` -- a Dirac has ``H = -inf``.  The
 grid follows the collapse until the density is narrower than a cell (marked on the plot), after which
 its entropy saturates near the log-measure of a cell.

@@ -1,6 +1,6 @@
 """Compare a real model's dumped attention statistics with the theory, and replay them.
 
-``python -m meanfield.compare DUMP.h5`` (THEORY.md "Comparing with a real model"):
+``python -m meanfield.compare DUMP.h5`` (docs/theory.md "Comparing with a real model"):
 
 (a) **Measured curves** per recorded block ``l``: head-mean effective rank and normalized
     entropy, order parameter ``|m|`` and covariance effective rank of the block input. The

@@ -1,6 +1,6 @@
 """Density solvers behind ``solve_flow(init, method="characteristics" | "zonal" | "circle")``.
 
-THEORY.md "Density solvers"; the engines live in ``solvers.zonal``, ``solvers.circle`` and
+docs/theory.md "Density solvers"; the engines live in ``solvers.zonal``, ``solvers.circle`` and
 ``solvers.characteristics``, the schemes and their limits are described in ``docs/density.md``.
 
 Conventions shared by the three runners (they receive the validated ``FlowSpec`` of

@@ -1,4 +1,4 @@
-"""Diagnostics of THEORY.md ("Diagnostics"), defined once and used for simulations and dumps alike.
+"""Diagnostics of docs/theory.md ("Diagnostics"), defined once and used for simulations and dumps alike.
 
 Attention statistics are computed on the rows of a fixed, seeded subset of ``n`` query tokens over
 **all** ``N`` keys; their singular values come from the ``n x n`` Gram matrix accumulated over key
@@ -89,7 +89,7 @@ def token_statistics(x: Float[Array, "N d"]) -> dict:
 
 
 def entropy_rate(kernel, x: Float[Array, "N d"], merge=1.0) -> Float[Array, ""]:
-    """``dH/dt = E_rho[div_S v]`` from the closed-form divergences (THEORY "Divergence and entropy").
+    """``dH/dt = E_rho[div_S v]`` from the closed-form divergences (docs/theory.md "Entropy: the exact identity").
 
     For ``linear`` this equals ``(1/M)[-(d-1)|m|^2 + alpha(tr Sigma - d tr(Sigma Q))]``; for
     ``softmax``/``usa`` it is the particle average of the blockwise divergence.

@@ -6,7 +6,7 @@
 * :class:`VonMisesFisherMixture` -- a finite mixture of vMFs.
 
 Axisymmetric distributions also give the *zonal marginal* of ``theta = angle(x, axis)``:
-``f(theta) = rho(theta) |S^{d-2}| sin^{d-2} theta`` on ``[0, pi]`` (THEORY "Zonal reduction"),
+``f(theta) = rho(theta) |S^{d-2}| sin^{d-2} theta`` on ``[0, pi]`` (docs/theory.md "Density solvers"),
 which the density solvers start from.
 """
 

@@ -1,4 +1,4 @@
-"""Reference solutions for verification (THEORY "Verification problems"), in float64 NumPy/SciPy.
+"""Reference solutions for verification (docs/theory.md "Verification problems"), in float64 NumPy/SciPy.
 
 Semi-analytic zonal solution for ``alpha = 0``: every token moves by ``theta' = -mu(t) sin(theta)/M``
 with ``mu = E[cos theta] = |m|``, so ``tan(theta/2) = tan(theta_0/2) e^{-s(t)}`` with

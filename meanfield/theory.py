@@ -1,8 +1,8 @@
 """The paper's predictions as functions, and this project's exact results beside them.
 
 Paper: Li, Luo, Shi, Gu, "Analyzing the Mechanism of Attention Collapse in VGGT from a Dynamics
-Perspective", arXiv:2512.21691.  Equation numbers below are the paper's; THEORY.md ("The paper's
-laws", "Divergence and entropy") says which of them this package believes and why.
+Perspective", arXiv:2512.21691.  Equation numbers below are the paper's; docs/theory.md ("The paper's
+laws", "Entropy: the exact identity") says which of them this package believes and why.
 
 Conventions: ``N`` tokens, merge factor ``M >= 1`` (the paper's down-sampling factor "d"), fusion
 strength ``m in [0, 1)`` with ``M = 1/(1-m)``, layer index ``l`` (or depth ``L``).  Every law is
@@ -10,7 +10,7 @@ vectorised with NumPy broadcasting and returns float64 NumPy arrays (or floats f
 
 The paper's laws are *descriptive*: ``C``, ``alpha``, ``k`` are free constants to be fitted
 (see :mod:`meanfield.fit`).  The fitted ``alpha`` of the rank law is a rate constant in units of
-``l/(N M)``; it is not the attention kernel's inverse temperature (THEORY.md).
+``l/(N M)``; it is not the attention kernel's inverse temperature (docs/theory.md).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def entropy_law_inverse(depth, *, H0, k, merge=1.0):
 
     The paper writes ``H(0) - O(1/(M L))``; this is the concrete form we implement, with ``k``
     a free constant.  Note that this form *rises* towards ``H0`` as ``L`` grows, which is not what
-    the flow does: for the linear kernel ``H`` decreases without bound (THEORY.md "Divergence and
+    the flow does: for the linear kernel ``H`` decreases without bound (docs/theory.md "Entropy: the exact
     entropy").  It is shipped so that data can be compared against it, not because it is right.
     """
     L = np.asarray(depth, dtype=np.float64)
@@ -94,7 +94,7 @@ def collapse_time_scaling(tau, merge):
     """Collapse time with merging: ``tau' = M tau`` (paper Eq. 10).
 
     Exact for the mobility model (velocity times ``1/M`` is the time change ``t -> t/M``,
-    THEORY.md "Merging as mobility"); whether real token merging obeys it is an empirical question.
+    docs/theory.md "Merging as mobility"); whether real token merging obeys it is an empirical question.
     """
     return _f(np.asarray(tau, dtype=np.float64) * np.asarray(merge, dtype=np.float64))
 
@@ -116,7 +116,7 @@ def relative_attention_cost(m):
 
 
 def effective_rank_from_normalized_entropy(h, n):
-    """``r_eff = exp(H_sv) = n ** h`` when ``h = H_sv / log n`` (THEORY.md "Diagnostics", Eq. 14).
+    """``r_eff = exp(H_sv) = n ** h`` when ``h = H_sv / log n`` (docs/theory.md "Diagnostics", Eq. 14).
 
     So effective rank and normalized entropy of the same ``n``-row spectrum carry one number;
     Table 1 satisfies this with ``n = 500`` on every row.
@@ -124,12 +124,12 @@ def effective_rank_from_normalized_entropy(h, n):
     return _f(float(n) ** np.asarray(h, dtype=np.float64))
 
 
-# ---------------------------------------------------------------- exact results (THEORY.md)
+# ---------------------------------------------------------------- exact results (docs/theory.md)
 
 def linear_entropy_rate_from_moments(mean, second_moment, alpha, merge=1.0):
     """``dH/dt = (1/M)[ -(d-1)|m|^2 + alpha (tr S - d tr(S Q)) ]`` for the linear kernel.
 
-    THEORY.md "Divergence and entropy": ``m`` the mean (..., d), ``Q`` the second moment (..., d, d)
+    docs/theory.md "Entropy: the exact identity": ``m`` the mean (..., d), ``Q`` the second moment (..., d, d)
     of a measure on the unit sphere (``tr Q = 1``), ``S = Q - m m^T``.  Exact; works on batches.
     The paper's Eq. 5 (a Fisher-information decay) is replaced by this identity.
     """
@@ -149,7 +149,7 @@ def linear_entropy_rate(x, alpha, merge=1.0):
     """Entropy production ``dH/dt`` of the linear-kernel flow at the empirical measure of ``x``.
 
     ``x`` has shape (N, d) or (..., N, d); rows are normalised to the unit sphere first.  This is
-    the mean-field rate ``E_rho[div_S v]`` evaluated at the empirical moments (THEORY.md), computed
+    the mean-field rate ``E_rho[div_S v]`` evaluated at the empirical moments (docs/theory.md), computed
     in NumPy independently of any simulator, so it can check one.
     """
     x = np.asarray(x, dtype=np.float64)

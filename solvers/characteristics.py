@@ -1,5 +1,5 @@
 """Method of characteristics for the density on S^{d-1}, any d, any kernel
-(THEORY.md "Density solvers", 1, and "Divergence and entropy").
+(docs/theory.md "Density solvers", 1, and "Entropy: the exact identity").
 
 Samples ``x_k(0) ~ rho_0`` with known ``log rho_0(x_k)`` move with the mean-field velocity
 (estimated from the samples themselves) and carry ``d/dt log rho(x_k(t)) = -div_S v(x_k(t))``.
@@ -9,7 +9,7 @@ Then ``H(t) = -E_rho[log rho] ≈ -(1/N) sum_k log rho(x_k(t))`` is an unbiased 
 The state is the pair ``(x, logrho)``; a *field* is any function ``x -> (v, div)`` returning the
 tangent velocity ``v`` (N, d) (mobility ``1/M`` included) and ``div_S v`` (N,).
 :func:`field_from_kernel` adapts an object with ``drive_and_divergence(q, k)`` (the foundation's
-``solvers.kernels``); :func:`dense_field` is a self-contained O(N^2 d) version of THEORY's closed
+``solvers.kernels``); :func:`dense_field` is a self-contained O(N^2 d) version of docs/theory.md's closed
 forms for small N and for tests.
 
 Time stepping: Heun's method with the metric-projection retraction (second order):
@@ -43,7 +43,7 @@ def dense_field(kernel: str, alpha: float, merge: float = 1.0) -> Field:
     softmax: ``F = g = E_w[y]``, ``div = alpha(E_w[1-<x,y>^2] - |g|^2 + <x,g>^2) - (d-1)<x,g>``;
     usa:     ``F = (1/N) sum_j e^{alpha<x,y_j>} y_j``,
              ``div = (1/N) sum_j e^{alpha<x,y_j>} (alpha(1 - <x,y_j>^2) - (d-1)<x,y_j>)``;
-    all divided by ``merge`` (THEORY "Divergence and entropy").
+    all divided by ``merge`` (docs/theory.md "Entropy: the exact identity").
     """
     if kernel not in ("linear", "softmax", "usa"):
         raise ValueError(f"dense_field: kernel={kernel!r}, expected 'linear', 'softmax' or 'usa'")

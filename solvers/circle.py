@@ -1,4 +1,4 @@
-"""Density solver on the circle S^1 (d = 2), any kernel (THEORY.md "Density solvers", 3).
+"""Density solver on the circle S^1 (d = 2), any kernel (docs/theory.md "Density solvers", 3).
 
 State: cell averages ``rho_i`` of the density w.r.t. arc length on ``n`` periodic cells of
 ``[-pi, pi)`` (mass ``sum_i h rho_i = 1``).  The velocity ``v(theta) = <g(theta), e_theta>/M``,
@@ -99,7 +99,7 @@ class CircleSolver(eqx.Module):
         return cfl_substeps(dt, self.vbound, self.h, cfl)
 
     def entropy_rate(self, rho):
-        """``E[div v]`` from THEORY's closed forms, d = 2, at cell centres."""
+        """``E[div v]`` from docs/theory.md's closed forms, d = 2, at cell centres."""
         w = rho * self.h
         al = self.alpha
         if self.kernel == "linear":

@@ -1,4 +1,4 @@
-"""Shared finite-volume machinery for the grid density solvers (THEORY.md "Density solvers").
+"""Shared finite-volume machinery for the grid density solvers (docs/theory.md "Density solvers").
 
 A conservation law ``d_t u + d_x (u v) = 0`` on cells of width ``h`` is discretized as
 ``d_t u_i = -(F_{i+1/2} - F_{i-1/2}) / h`` with the upwind flux

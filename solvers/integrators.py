@@ -1,4 +1,4 @@
-"""Time integrators on the sphere for ``dx_i/dt = (1/M) P_{x_i} F(x_i)`` (THEORY "Layers and time").
+"""Time integrators on the sphere for ``dx_i/dt = (1/M) P_{x_i} F(x_i)`` (docs/theory.md "Layers and time").
 
 Each scheme is an immutable equinox Module with an ``order`` and
 ``advance(field, x, n_steps, h) -> (x, n_evals)``, a pure function of its inputs that runs
@@ -33,7 +33,7 @@ from .sphere import project, retract
 
 
 class AttentionField(eqx.Module):
-    """Mean-field velocity of a kernel with mobility ``1/M`` (THEORY "Merging as mobility")."""
+    """Mean-field velocity of a kernel with mobility ``1/M`` (docs/theory.md "Merging as mobility")."""
 
     kernel: eqx.Module
     mobility: float | jnp.ndarray = 1.0

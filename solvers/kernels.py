@@ -1,4 +1,4 @@
-"""Attention kernels of THEORY.md ("Kernels and velocity fields"), evaluated without N x N arrays.
+"""Attention kernels of docs/theory.md ("The three kernels"), evaluated without N x N arrays.
 
 Every kernel is an immutable equinox Module whose inverse temperature ``alpha`` is a pytree leaf
 (so ``jax.vmap`` over ``alpha`` works) and whose block sizes are static. For queries ``q`` (n, d)
@@ -6,7 +6,7 @@ and keys ``k`` (N, d) -- in the particle system ``q = k = x`` -- a kernel provid
 
 * ``drive(q, k)``: ``F(q_i) = sum_j A_ij k_j`` (unprojected; mobility ``1/M`` not applied);
 * ``drive_and_divergence(q, k)``: ``F`` and ``div_S P_x F`` at the queries (closed forms,
-  THEORY "Divergence and entropy"; valid for unit vectors);
+  docs/theory.md "Entropy: the exact identity"; valid for unit vectors);
 * ``attention_statistics(q, k)``: the singular values of the ``n x N`` block ``A[q, :]`` and the
   per-row statistics (entropy, max weight, logit mean and standard deviation) with logits
   ``s_ij = alpha <q_i, k_j>``.
@@ -78,7 +78,7 @@ def spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
 class LinearKernel(eqx.Module):
     """Linearised attention, paper Eq. 3: ``A_ij = (1/N)[1 + alpha(<x_i,x_j> - <x_i,m>)]``.
 
-    ``sum_j A_ij x_j = m + alpha Sigma x_i`` (THEORY), so a step costs O(N d^2) and the matrix is
+    ``sum_j A_ij x_j = m + alpha Sigma x_i`` (docs/theory.md), so a step costs O(N d^2) and the matrix is
     never formed. ``A = L R^T / N`` with ``L = [1, alpha q]`` and ``R = [1, k - m]`` has rank <= d+1,
     and ``A A^T = L diag(1, Sigma) L^T / N`` gives its singular values exactly in O((n + N) d^2).
     Rows sum to one. Entries are guaranteed positive only for ``alpha < 1/2``
@@ -165,7 +165,7 @@ class SoftmaxKernel(_Streamed):
     """Self-attention (SA; Geshkovski, Letrouit, Polyanskiy & Rigollet 2023):
     ``A_ij = exp(alpha<x_i,x_j>) / sum_k exp(alpha<x_i,x_k>)``, ``F(x) = g(x) = E_w[y]``.
 
-    ``div_S P_x g = alpha(E_w[1 - <x,y>^2] - |g|^2 + <x,g>^2) - (d-1)<x,g>`` (THEORY).
+    ``div_S P_x g = alpha(E_w[1 - <x,y>^2] - |g|^2 + <x,g>^2) - (d-1)<x,g>`` (docs/theory.md).
     """
 
     name: ClassVar[str] = "softmax"

@@ -1,6 +1,6 @@
 """Quadrature rules for the density solvers (NumPy only; no SciPy in ``solvers/``).
 
-The zonal reduction of THEORY.md ("Density solvers", item 2) integrates over the azimuth
+The zonal reduction of docs/theory.md ("Density solvers", item 2) integrates over the azimuth
 ``phi in [0, pi]`` between two points at polar angles ``theta, theta'`` with weight
 ``sin^{d-3} phi``.  With ``t = cos phi`` this is the symmetric Jacobi (Gegenbauer) weight
 ``(1 - t^2)^{(d-4)/2}`` on ``[-1, 1]``: the law of one coordinate of a uniform point on

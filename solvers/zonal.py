@@ -1,4 +1,4 @@
-"""Zonal (axisymmetric) density solver on S^{d-1}, any ``d >= 3`` (THEORY.md "Density solvers", 2).
+"""Zonal (axisymmetric) density solver on S^{d-1}, any ``d >= 3`` (docs/theory.md "Density solvers", 2).
 
 If ``rho`` is axisymmetric about a unit vector ``e`` it stays so, and its marginal ``f(theta)``
 in the angle ``theta in [0, pi]`` to ``e`` (``rho = f / (|S^{d-2}| sin^{d-2} theta)``) obeys the
@@ -23,8 +23,8 @@ Velocity ``v_theta = <g, e_theta>/M`` with ``e_theta = -sin(theta) e + cos(theta
   softmax ``v = (G F) / (Z F) / M``, usa ``v = e^{r} h (G F) / M``, with
   ``G_ji = Z_ji (-s_j c_i + c_j s_i R1_ji)``.
 
-Entropy rate (diagnostic): ``dH/dt = E_rho[div_S v]`` with the closed forms of THEORY.md
-"Divergence and entropy" (softmax: ``(1/M)[alpha(E_w[1-<x,y>^2] - |P_x g|^2) - (d-1)<x,g>]``;
+Entropy rate (diagnostic): ``dH/dt = E_rho[div_S v]`` with the closed forms of docs/theory.md
+"Entropy: the exact identity" (softmax: ``(1/M)[alpha(E_w[1-<x,y>^2] - |P_x g|^2) - (d-1)<x,g>]``;
 usa: ``(1/M)[alpha int K (1 - <x,y>^2) drho - (d-1) int K <x,y> drho]``; linear: moments),
 evaluated at faces with the tables ``X = Z E_w<x,y>`` and ``Y = Z E_w<x,y>^2``.
 
@@ -169,7 +169,7 @@ class ZonalSolver(eqx.Module):
         return cfl_substeps(dt, self.vbound, self.h, cfl)
 
     def entropy_rate(self, F):
-        """``E_rho[div_S v]`` from the closed forms (THEORY "Divergence and entropy")."""
+        """``E_rho[div_S v]`` from the closed forms (docs/theory.md "Entropy: the exact identity")."""
         w = F * self.h
         d, al = self.d, self.alpha
         if self.kernel == "linear":

@@ -1,4 +1,4 @@
-"""Diagnostics against plain NumPy definitions (THEORY "Diagnostics")."""
+"""Diagnostics against plain NumPy definitions (docs/theory.md "Diagnostics")."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -9,7 +9,7 @@ from meanfield.reference import zonal_alpha0_solution
 
 
 def test_tracks_semi_analytic_alpha0_solution():
-    # THEORY "Verification problems": vMF(kappa=1) on S^2, alpha = 0. The particle |m| is a mean of
+    # docs/theory.md "Verification problems": vMF(kappa=1) on S^2, alpha = 0. The particle |m| is a mean of
     # N unit vectors, so its fluctuation is <= N^{-1/2}; Heun at dt = 0.05 adds ~1e-4. Allow 4 N^{-1/2}.
     N = 20_000
     init = mf.VonMisesFisher(d=3, kappa=1.0)

@@ -86,7 +86,7 @@ def test_linear_entropy_rate_equals_mean_divergence(alpha, merge, d):
     got = theory.linear_entropy_rate(x, alpha, merge)
     # both are exact formulas for the same finite sum: agreement to round-off
     assert got == pytest.approx(_divergence_rate(x, alpha, merge), rel=1e-10, abs=1e-12)
-    if alpha == 0.0:  # THEORY.md: dH/dt = -(d-1)|m|^2/M
+    if alpha == 0.0:  # docs/theory.md: dH/dt = -(d-1)|m|^2/M
         assert got == pytest.approx(-(d - 1) * np.sum(x.mean(0) ** 2) / merge, rel=1e-12)
 
 

@@ -2,7 +2,7 @@
 
 A dump is what ``python -m meanfield.dump`` writes and what ``python -m meanfield.compare`` and
 the rank-law fit read. Every statistic in it is defined once, in ``meanfield.diagnostics``
-(THEORY.md "Diagnostics"), and computed by the same functions as the simulation diagnostics.
+(docs/theory.md "Diagnostics"), and computed by the same functions as the simulation diagnostics.
 
 Layout (``format="meanfield-dump"``, ``format_version=1``; ``L`` recorded attention blocks,
 ``H`` heads, ``n`` query rows, ``N`` tokens (keys), ``C`` model width, ``m`` sampled rows)::

@@ -6,7 +6,7 @@ positional encoding) and the block-input residual stream. They hand them to a
 :class:`Recorder`, which converts them to NumPy and calls
 
 * ``meanfield.diagnostics.attention_statistics(SoftmaxKernel(alpha=scale), q_h[idx], k_h)`` per
-  head -- the function the simulations use (THEORY.md "Diagnostics"): logits
+  head -- the function the simulations use (docs/theory.md "Diagnostics"): logits
   ``s_ij = scale <q_i, k_j>`` for the fixed query subset ``idx`` over ALL N keys, keys streamed
   in blocks, never an N x N array;
 * :func:`head_mean_singular_values` for the head-averaged block ``(1/H) sum_h A_h[idx, :]``,

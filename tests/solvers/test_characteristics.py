@@ -36,7 +36,7 @@ def sample_von_mises(rng, kappa, n):
 @pytest.mark.parametrize("kernel", ["linear", "softmax", "usa"])
 def test_divergence_matches_autodiff(kernel):
     # div_S V = tr(P_x DV) for a tangent field V (any smooth extension off the sphere); the closed
-    # forms of THEORY "Divergence and entropy" must match jacfwd with the keys frozen (1e-12).
+    # forms of docs/theory.md "Entropy: the exact identity" must match jacfwd with the keys frozen (1e-12).
     rng = np.random.default_rng(0)
     y = rng.normal(size=(12, 5))
     y /= np.linalg.norm(y, axis=1, keepdims=True)

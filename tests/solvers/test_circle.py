@@ -1,4 +1,4 @@
-"""Verification of the circle (d = 2) finite-volume solver (THEORY.md "Verification problems")."""
+"""Verification of the circle (d = 2) finite-volume solver (docs/theory.md "Verification problems")."""
 
 import math
 

@@ -14,7 +14,7 @@ def unit_rows(n, d, seed=0, dtype=np.float64):
 
 
 def dense_attention(name, x, q, alpha):
-    """The textbook n x N attention matrices of THEORY's kernel table."""
+    """The textbook n x N attention matrices of docs/theory.md's kernel table."""
     n_keys = x.shape[0]
     if name == "linear":
         m = x.mean(0)
@@ -99,7 +99,7 @@ def autodiff_divergence(kernel, x, keys):
 
 @pytest.mark.parametrize("name,alpha", [("linear", 0.8), ("softmax", 2.5), ("usa", 1.5)])
 def test_closed_form_divergence_equals_autodiff(name, alpha):
-    # Closed forms (THEORY "Divergence and entropy") vs an independent autodiff trace, float64: 1e-8.
+    # Closed forms (docs/theory.md "Entropy: the exact identity") vs an independent autodiff trace, float64: 1e-8.
     x = jnp.asarray(unit_rows(120, 5, seed=5))
     k = make_kernel(name, alpha, key_block=50)
     _, div = k.drive_and_divergence(x, x)

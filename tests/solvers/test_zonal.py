@@ -1,4 +1,4 @@
-"""Verification of the zonal finite-volume solver (THEORY.md "Verification problems")."""
+"""Verification of the zonal finite-volume solver (docs/theory.md "Verification problems")."""
 
 import math
 

@@ -1,6 +1,6 @@
 """Independent references for the density-solver tests (NumPy only, float64).
 
-``alpha = 0`` semi-analytic solution of THEORY.md "Verification problems": every point moves
+``alpha = 0`` semi-analytic solution of docs/theory.md "Verification problems": every point moves
 by ``theta' = -mu(t) sin(theta)`` (zonal, any d; and the circle, d = 2, with ``theta`` the signed
 angle to the mean direction), so ``tan(theta/2) = tan(theta_0/2) e^{-s(t)}`` with
 ``s' = mu(s) = E_{theta_0}[cos(2 arctan(tan(theta_0/2) e^{-s}))]``.  ``s`` is integrated by RK4 with
