@@ -1,25 +1,42 @@
 """meanfield: the mean-field spherical token flow of attention collapse, in JAX.
 
 Public names (stable): distributions ``Uniform``, ``VonMisesFisher``, ``VonMisesFisherMixture``;
-the driver ``solve_flow`` and its result ``FlowSolution``; ``simulate_batch`` for vmapped batches;
+the driver ``solve_flow`` and its result ``FlowSolution``; kernel objects ``Linear``, ``Softmax``,
+``USA``; method objects ``Layer``, ``Euler``, ``Heun``, ``Adaptive`` (particles) and
+``Characteristics``, ``Zonal``, ``Circle`` (densities); ``methods()`` and ``kernels()`` list the
+names accepted as shorthand; ``simulate_batch`` for vmapped batches;
 results I/O ``save_results``/``load_results``; the modules ``diagnostics``, ``theory`` (the paper's
 laws and this project's exact results) and ``fit`` (``fit_rank_curve``, ``fit_entropy_curve``);
 the paper's tables ``paper_table(1|2)``.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+from solvers import USA, Adaptive, Euler, Heun, Layer, Linear, Softmax
 
 from . import diagnostics, fit, theory
 from .batch import simulate_batch
 from .fit import FitResult, fit_entropy_curve, fit_rank_curve
 from .distributions import Uniform, VonMisesFisher, VonMisesFisherMixture
-from .flow import FlowSolution, methods, register_method, solve_flow
-from . import density  # noqa: E402,F401  (registers the characteristics, zonal and circle methods)
+from .density import Characteristics, Circle, Zonal
+from .flow import FlowSolution, kernels, methods, solve_flow
 from .io import load_results, save_results
 from .paper import PAPER_CITATION, paper_table
 
+
 __all__ = [
     "__version__",
+    "USA",
+    "Adaptive",
+    "Characteristics",
+    "Circle",
+    "Euler",
+    "Heun",
+    "Layer",
+    "Linear",
+    "Softmax",
+    "Zonal",
+    "kernels",
     "FitResult",
     "FlowSolution",
     "PAPER_CITATION",
@@ -33,7 +50,6 @@ __all__ = [
     "load_results",
     "methods",
     "paper_table",
-    "register_method",
     "save_results",
     "simulate_batch",
     "solve_flow",

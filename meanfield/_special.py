@@ -8,9 +8,7 @@ import numpy as np
 from scipy import special
 
 
-def log_sphere_area(d: int) -> float:
-    """``log |S^{d-1}|`` with ``|S^{d-1}| = 2 pi^{d/2} / Gamma(d/2)`` (d >= 1; |S^0| = 2)."""
-    return math.log(2.0) + 0.5 * d * math.log(math.pi) - special.gammaln(0.5 * d)
+from solvers.quadrature import log_sphere_area  # noqa: E402,F401  (the one definition; d convention)
 
 
 def log_bessel_iv(nu: float, x: float) -> float:

@@ -49,12 +49,17 @@ def choice(name: str, value, options) -> str:
 
 
 def merge_factor(merge=None, fusion=None) -> float:
-    """The mobility factor ``M >= 1`` from either ``merge`` or the paper's ``fusion`` ``m``."""
+    """The mobility factor ``M >= 1`` from either ``merge`` or the paper's ``fusion`` ``m``.
+
+    The one place where user input becomes ``M``; the engines receive ``mobility = 1/M``
+    (``FlowSpec.mobility``), and ``fusion -> M`` is :func:`meanfield.theory.merge_from_fusion`.
+    """
+    from .theory import merge_from_fusion
+
     if merge is not None and fusion is not None:
         raise ValueError("give merge or fusion, not both (M = 1/(1 - fusion))")
     if fusion is not None:
-        m = real("fusion", fusion, minimum=0.0, maximum=1.0, open_max=True)
-        return 1.0 / (1.0 - m)
+        return merge_from_fusion(real("fusion", fusion, minimum=0.0, maximum=1.0, open_max=True))
     if merge is None:
         return 1.0
     return real("merge", merge, minimum=1.0)
@@ -84,4 +89,20 @@ def tokens(x, d=None) -> np.ndarray:
     if zero.any():
         raise ValueError(f"tokens contain {int(zero.sum())} zero row(s) (first: row {int(np.argmax(zero))}); "
                          "a zero vector has no direction on the sphere")
+    return arr
+
+
+def weights(w, n: int) -> np.ndarray:
+    """Token masses: ``n`` finite numbers ``>= 0`` with a positive sum (float64 array)."""
+    try:
+        arr = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be an array of {n} non-negative numbers, got {type(w).__name__}") from None
+    if arr.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},) (one mass per token), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        i = int(np.argmax(~np.isfinite(arr) | (arr < 0)))
+        raise ValueError(f"weights must be finite and >= 0, got {float(arr[i])!r} at index {i}")
+    if not arr.sum() > 0:
+        raise ValueError("weights must have a positive sum (at least one token with mass > 0)")
     return arr

@@ -1,20 +1,20 @@
-"""Density solvers behind ``solve_flow(init, method="characteristics" | "zonal" | "circle")``.
+"""Density methods of ``solve_flow``: :class:`Characteristics`, :class:`Zonal` and :class:`Circle`.
 
 docs/theory.md "Density solvers"; the engines live in ``solvers.zonal``, ``solvers.circle`` and
 ``solvers.characteristics``, the schemes and their limits are described in ``docs/density.md``.
+Each method is a small frozen object carrying its own options (``Zonal(cells=1024, cfl=0.3)``);
+``solve_flow(init, method=Zonal(...))`` calls its ``run(spec)`` with the validated
+``meanfield.solution.FlowSpec``. The strings ``"zonal"``, ``"circle"`` and ``"characteristics"``
+stand for the default-configured objects.
 
-Conventions shared by the three runners (they receive the validated ``FlowSpec`` of
-``meanfield.flow``):
+Conventions shared by the three:
 
 * Time: ``n_steps`` layers of length ``dt`` (layer time, ``t = layer * dt``); diagnostics and the
   density are returned at ``save_steps``.  The grid solvers take their own CFL-limited SSPRK3
   substeps inside each layer; characteristics takes ``substeps`` Heun steps per layer
   (default: the smallest number with step ``<= 0.1``).
-* Grid size: for ``zonal`` and ``circle`` the number of cells is ``kernel_options["cells"]`` if
-  given, else ``N`` (``N`` is otherwise the number of particles; with ``time_map="paper"``,
-  ``dt = 1/N``, pass the modelled token count as ``N`` and the grid size as ``cells``).  Other grid options in
-  ``kernel_options``: ``cfl`` (default 0.4, at most 0.5), ``n_phi`` (zonal azimuthal nodes),
-  ``subgrid_threshold`` (default 0.5, see ``solvers.finite_volume.peak_fraction``).
+* Grid size: ``cells`` of the method object (default 512), independent of ``N`` (which for grid
+  methods only matters for ``time_map="paper"``, ``dt = 1/N``: pass the modelled token count).
 * Output: ``FlowSolution`` with ``x = None``, ``density`` (n_saves, cells) the cell averages
   (zonal: of the marginal ``f(theta)`` on ``[0, pi]``, ``int f = 1``; circle: of the density
   w.r.t. arc length on ``[-pi, pi)``), ``grid`` the cell centres/edges, and diagnostics
@@ -27,31 +27,26 @@ Conventions shared by the three runners (they receive the validated ``FlowSpec``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solvers import make_kernel
-from solvers.characteristics import characteristics_rollout, field_from_kernel
+from solvers.characteristics import characteristics_rollout
 from solvers.circle import circle_cell_averages, make_circle_solver
-from solvers.finite_volume import rollout
+from solvers.finite_volume import CFL_POSITIVE, rollout
 from solvers.quadrature import log_sphere_area
 from solvers.zonal import make_zonal_solver, zonal_cell_averages
 
+from . import _validate
+from ._threads import fetch
 from .diagnostics import query_subset, simulation_diagnostics_jit
-from .flow import FlowSolution, initial_tokens, register_method
-
-GRID_OPTIONS = ("cells", "cfl", "n_phi", "subgrid_threshold", "substeps")
-
-
-def _options(spec) -> tuple[dict, dict]:
-    """Split ``kernel_options`` into this module's options and the kernel's own."""
-    opts = dict(spec.kernel_options or {})
-    mine = {k: opts.pop(k) for k in GRID_OPTIONS if k in opts}
-    return mine, opts
+from .particles import attention_field, initial_tokens
+from .solution import FlowSolution, FlowSpec
 
 
 def _solution(spec, diags, density, grid, stats, params, warnings, x=None, snapshots=None, query_indices=None):
@@ -63,7 +58,7 @@ def _solution(spec, diags, density, grid, stats, params, warnings, x=None, snaps
         params={**spec.params(), **params},
         query_indices=query_indices, snapshots=None if snapshots is None else np.asarray(snapshots)[steps], stats=stats,
         grid=grid,
-        density=None if density is None else np.asarray(density)[steps], warnings=warnings)
+        density=None if density is None else np.asarray(density)[steps], warnings=warnings, weights=spec.weights)
 
 
 def _subgrid_warning(diags, spec, threshold, log_cell_measure, density) -> list[str]:
@@ -78,124 +73,170 @@ def _subgrid_warning(diags, spec, threshold, log_cell_measure, density) -> list[
             f"(H >= log(cell measure) = {floor:.4g}) and under-report the collapse"]
 
 
-def _run_grid(spec, method, solver, u0, mine, grid, log_cell_measure, params):
-    cfl = float(mine.get("cfl", 0.4))
+def _run_grid(spec, method, solver, u0, grid, params):
     t0 = time.perf_counter()
-    us, diags = rollout(solver, u0, float(spec.dt), int(spec.n_steps), cfl=cfl)
+    us, diags = rollout(solver, u0, float(spec.dt), int(spec.n_steps), cfl=method.cfl)
     jax.block_until_ready(us)
     elapsed = time.perf_counter() - t0
     us = np.asarray(us)
     diags = {k: np.asarray(v) for k, v in diags.items()}
-    warnings = _subgrid_warning(diags, spec, float(mine.get("subgrid_threshold", 0.5)), log_cell_measure, us)
-    n_sub = solver.substeps(float(spec.dt), cfl)
+    warnings = _subgrid_warning(diags, spec, method.subgrid_threshold, grid["log_cell_measure"], us)
+    n_sub = solver.substeps(float(spec.dt), method.cfl)
     stats = {"wall_time": elapsed, "substeps_per_layer": n_sub, "cells": int(solver.n_cells),
              "cell_steps": int(solver.n_cells) * n_sub * int(spec.n_steps)}
-    return _solution(spec, diags, us, grid, stats, {"cells": int(solver.n_cells), "cfl": cfl, **params},
+    return _solution(spec, diags, us, grid, stats, {"cells": int(solver.n_cells), "cfl": method.cfl, **params},
                      warnings)
 
 
-def _cells(spec, mine) -> int:
-    n = mine.get("cells", spec.N)
-    if n is None or int(n) != n or n < 4:
-        raise ValueError(f"number of cells {n!r} must be an integer >= 4 (pass N=... or kernel_options={{'cells': ...}})")
-    return int(n)
+def _check_grid_start(spec, name):
+    if spec.x0 is not None:
+        raise ValueError(f"method={name!r} starts from a distribution, got explicit tokens; use method='characteristics'")
+    if spec.weights is not None:
+        raise ValueError(f"method={name!r} evolves a density: token weights apply to particle methods only")
 
 
-def _check_no_tokens(spec, method):
-    if getattr(spec, "x0", None) is not None:
-        raise ValueError(f"method={method!r} starts from a distribution, got explicit tokens x0; use method='characteristics'")
+def _grid_options(obj, min_cells: int, even: bool):
+    _validate.integer("cells", obj.cells, min_cells)
+    if even and obj.cells % 2:
+        raise ValueError(f"{obj.name}: cells must be an even integer >= {min_cells}, got {obj.cells!r}")
+    _validate.real("cfl", obj.cfl, minimum=0.0, maximum=CFL_POSITIVE, open_min=True)
+    _validate.real("subgrid_threshold", obj.subgrid_threshold, minimum=0.0, maximum=1.0, open_min=True)
 
 
-def run_zonal(spec):
-    """Zonal finite-volume runner (axisymmetric ``init`` with ``.axis`` and ``.zonal_log_marginal``)."""
-    _check_no_tokens(spec, "zonal")
-    mine, _ = _options(spec)
-    if spec.d < 3:
-        raise ValueError(f"method='zonal' needs d >= 3, got d={spec.d}; use method='circle' for d=2")
-    if getattr(spec.init, "axis", None) is None or not hasattr(spec.init, "zonal_log_marginal"):
-        raise ValueError(f"method='zonal' needs an axisymmetric init (Uniform or VonMisesFisher), got {type(spec.init).__name__}")
-    n = _cells(spec, mine)
-    if n % 2:
-        raise ValueError(f"method='zonal' needs an even number of cells, got {n}")
-    solver = make_zonal_solver(int(spec.d), n, spec.kernel, alpha=float(spec.alpha), merge=float(spec.merge),
-                               n_phi=mine.get("n_phi"), dtype=spec.dtype)
-    F0 = zonal_cell_averages(lambda th: np.asarray(spec.init.zonal_log_marginal(th), np.float64), n)
-    grid = {"theta": np.asarray(solver.centers), "theta_edges": np.linspace(0.0, np.pi, n + 1),
-            "axis": np.asarray(spec.init.axis, np.float64), "log_cell_measure": np.asarray(solver.log_cell_measure)}
-    return _run_grid(spec, "zonal", solver, jnp.asarray(F0, solver.centers.dtype), mine, grid,
-                     grid["log_cell_measure"], {"n_phi": mine.get("n_phi")})
+@dataclasses.dataclass(frozen=True)
+class Zonal:
+    """Zonal finite-volume solver (d >= 3, axisymmetric start: ``Uniform`` or ``VonMisesFisher``).
+
+    ``cells`` even number of cells on ``[0, pi]``; ``cfl`` Courant number in ``(0, 0.5]``
+    (positivity); ``n_phi`` azimuthal Gauss–Gegenbauer nodes of the softmax/usa tables (default
+    ``max(48, alpha + 32)``); ``subgrid_threshold`` the ``peak_fraction`` above which the density is
+    reported as narrower than a cell. Second order in space, third in time.
+    """
+
+    cells: int = 512
+    cfl: float = 0.4
+    n_phi: int | None = None
+    subgrid_threshold: float = 0.5
+    name: ClassVar[str] = "zonal"
+
+    def __post_init__(self):
+        _grid_options(self, 4, even=True)
+        if self.n_phi is not None:
+            _validate.integer("n_phi", self.n_phi, 1)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def run(self, spec: FlowSpec) -> FlowSolution:
+        _check_grid_start(spec, "zonal")
+        if spec.d < 3:
+            raise ValueError(f"method='zonal' needs d >= 3, got d={spec.d}; use method='circle' for d=2")
+        if getattr(spec.init, "axis", None) is None or not hasattr(spec.init, "zonal_log_marginal"):
+            raise ValueError("method='zonal' needs an axisymmetric init (Uniform or VonMisesFisher), "
+                             f"got {type(spec.init).__name__}")
+        n = self.cells
+        solver = make_zonal_solver(int(spec.d), n, spec.kernel, mobility=spec.mobility, n_phi=self.n_phi,
+                                   dtype=spec.dtype)
+        F0 = zonal_cell_averages(lambda th: np.asarray(spec.init.zonal_log_marginal(th), np.float64), n)
+        grid = {"theta": np.asarray(solver.centers), "theta_edges": np.linspace(0.0, np.pi, n + 1),
+                "axis": np.asarray(spec.init.axis, np.float64), "log_cell_measure": np.asarray(solver.log_cell_measure)}
+        return _run_grid(spec, self, solver, jnp.asarray(F0, solver.centers.dtype), grid, {"n_phi": self.n_phi})
 
 
-def run_circle(spec):
-    """Circle (d = 2) finite-volume runner; the density comes from ``init.log_density`` on S^1."""
-    _check_no_tokens(spec, "circle")
-    mine, _ = _options(spec)
-    if spec.d != 2:
-        raise ValueError(f"method='circle' needs d=2, got d={spec.d}; use method='zonal' or 'characteristics'")
-    n = _cells(spec, mine)
-    solver = make_circle_solver(n, spec.kernel, alpha=float(spec.alpha), merge=float(spec.merge), dtype=spec.dtype)
+@dataclasses.dataclass(frozen=True)
+class Circle:
+    """Finite-volume solver on the circle (d = 2); the density comes from ``init.log_density``.
 
-    def log_rho(th):
-        x = np.stack([np.cos(th), np.sin(th)], axis=-1)
-        return np.asarray(spec.init.log_density(jnp.asarray(x.reshape(-1, 2))), np.float64).reshape(th.shape)
+    ``cells`` cells on ``[-pi, pi)``; ``cfl`` and ``subgrid_threshold`` as for :class:`Zonal`.
+    """
 
-    rho0 = circle_cell_averages(log_rho, n)
-    h = 2 * math.pi / n
-    grid = {"theta": np.asarray(solver.centers), "theta_edges": -math.pi + h * np.arange(n + 1),
-            "log_cell_measure": np.full(n, math.log(h))}
-    return _run_grid(spec, "circle", solver, jnp.asarray(rho0, solver.centers.dtype), mine, grid,
-                     grid["log_cell_measure"], {})
+    cells: int = 512
+    cfl: float = 0.4
+    subgrid_threshold: float = 0.5
+    name: ClassVar[str] = "circle"
+
+    def __post_init__(self):
+        _grid_options(self, 4, even=False)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def run(self, spec: FlowSpec) -> FlowSolution:
+        _check_grid_start(spec, "circle")
+        if spec.d != 2:
+            raise ValueError(f"method='circle' needs d=2, got d={spec.d}; use method='zonal' or 'characteristics'")
+        n = self.cells
+        solver = make_circle_solver(n, spec.kernel, mobility=spec.mobility, dtype=spec.dtype)
+
+        def log_rho(th):
+            x = np.stack([np.cos(th), np.sin(th)], axis=-1)
+            return np.asarray(spec.init.log_density(jnp.asarray(x.reshape(-1, 2))), np.float64).reshape(th.shape)
+
+        rho0 = circle_cell_averages(log_rho, n)
+        h = 2 * math.pi / n
+        grid = {"theta": np.asarray(solver.centers), "theta_edges": -math.pi + h * np.arange(n + 1),
+                "log_cell_measure": np.full(n, math.log(h))}
+        return _run_grid(spec, self, solver, jnp.asarray(rho0, solver.centers.dtype), grid, {})
 
 
-def run_characteristics(spec):
-    """Particles carrying ``log rho`` (any d, any kernel); needs ``init.sample`` and ``init.log_density``."""
-    mine, kernel_opts = _options(spec)
-    if spec.init is None or not hasattr(spec.init, "log_density"):
-        raise ValueError("method='characteristics' needs an init distribution with a known log_density, not a token array")
-    x = initial_tokens(spec)
-    lr = jnp.asarray(spec.init.log_density(x), x.dtype)
-    substeps = int(mine.get("substeps", max(1, math.ceil(abs(float(spec.dt)) / 0.1 - 1e-9))))
-    kernel = make_kernel(spec.kernel, float(spec.alpha), **kernel_opts)
-    field = field_from_kernel(kernel, float(spec.merge))
-    q_idx = query_subset(spec.N, spec.n_query, spec.seed)
-    q_dev, merge = jnp.asarray(q_idx), jnp.asarray(spec.merge, x.dtype)
-    t0 = time.perf_counter()
-    # per-layer log-rho diagnostics from the engine; the particle solver's standard statistics
-    # (attention spectrum, token statistics) at the save steps only, as in run_particles
-    layer_diags, saved, snaps = [], [jax.device_get(simulation_diagnostics_jit(kernel, x, q_dev, merge))], [x]
-    steps = np.asarray(spec.save_steps, dtype=int)
-    for a, b in zip(steps[:-1], steps[1:]):
-        x, lr, dg = characteristics_rollout(field, x, lr, float(spec.dt), int(b - a), substeps)
-        layer_diags.append({k: np.asarray(v)[(1 if layer_diags else 0):] for k, v in dg.items()})
-        saved.append(jax.device_get(simulation_diagnostics_jit(kernel, x, q_dev, merge)))
+@dataclasses.dataclass(frozen=True)
+class Characteristics:
+    """Particles carrying ``log rho`` (any d, any kernel); needs ``init.sample`` and ``init.log_density``.
+
+    ``substeps`` Heun steps per layer (default: the smallest number with step ``<= 0.1``).
+    """
+
+    substeps: int | None = None
+    name: ClassVar[str] = "characteristics"
+
+    def __post_init__(self):
+        if self.substeps is not None:
+            _validate.integer("substeps", self.substeps, 1)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def run(self, spec: FlowSpec) -> FlowSolution:
+        if spec.init is None or not hasattr(spec.init, "log_density"):
+            raise ValueError("method='characteristics' needs an init distribution with a known log_density, "
+                             "not a token array")
+        if spec.weights is not None:
+            raise ValueError("method='characteristics' samples its own tokens: token weights do not apply")
+        x = initial_tokens(spec)
+        lr = jnp.asarray(spec.init.log_density(x), x.dtype)
+        substeps = self.substeps or max(1, math.ceil(abs(float(spec.dt)) / 0.1 - 1e-9))
+        field = attention_field(spec)
+        q_idx = query_subset(spec.N, spec.n_query, spec.seed)
+        q_dev = jnp.asarray(q_idx)
+        t0 = time.perf_counter()
+        # per-layer log-rho diagnostics from the engine; the particle solver's standard statistics
+        # (attention spectrum, token statistics) at the save steps only, as in run_particles
+        layer_diags, saved, snaps = [], [fetch(simulation_diagnostics_jit, field, x, q_dev)], [x]
+        steps = np.asarray(spec.save_steps, dtype=int)
+        for a, b in zip(steps[:-1], steps[1:]):
+            x, lr, dg = characteristics_rollout(field.velocity_and_divergence, x, lr, float(spec.dt), int(b - a),
+                                                substeps)
+            layer_diags.append({k: np.asarray(v)[(1 if layer_diags else 0):] for k, v in dg.items()})
+            saved.append(fetch(simulation_diagnostics_jit, field, x, q_dev))
+            if spec.save_tokens:
+                snaps.append(x)
+        elapsed = time.perf_counter() - t0
+        diags = {k: np.concatenate([d[k] for d in layer_diags]) for k in layer_diags[0]}
+        diags["kl_to_uniform"] = log_sphere_area(int(spec.d)) - diags["entropy"]
+        # standard statistics are known at save steps only: spread them on the layer axis for _solution
+        for name in saved[0]:
+            if name in diags:
+                continue
+            full = np.zeros((int(spec.n_steps) + 1,) + np.shape(saved[0][name]), np.asarray(saved[0][name]).dtype)
+            full[steps] = np.stack([np.asarray(r[name]) for r in saved])
+            diags[name] = full
+        stats = {"wall_time": elapsed, "substeps_per_layer": substeps}
+        snapshots = None
         if spec.save_tokens:
-            snaps.append(x)
-    elapsed = time.perf_counter() - t0
-    diags = {k: np.concatenate([d[k] for d in layer_diags]) for k in layer_diags[0]}
-    diags["kl_to_uniform"] = log_sphere_area(int(spec.d) - 1) - diags["entropy"]
-    # standard statistics are known at save steps only: spread them on the layer axis for _solution
-    for name in saved[0]:
-        if name in diags:
-            continue
-        full = np.zeros((int(spec.n_steps) + 1,) + np.shape(saved[0][name]), np.asarray(saved[0][name]).dtype)
-        full[steps] = np.stack([np.asarray(r[name]) for r in saved])
-        diags[name] = full
-    stats = {"wall_time": elapsed, "substeps_per_layer": substeps}
-    snapshots = None
-    if spec.save_tokens:
-        snapshots = np.zeros((int(spec.n_steps) + 1,) + x.shape, np.asarray(x).dtype)
-        snapshots[steps] = np.stack([np.asarray(s) for s in snaps])
-    return _solution(spec, diags, None, None, stats, {"substeps": substeps}, [], x=np.asarray(x), snapshots=snapshots,
-                     query_indices=q_idx)
+            snapshots = np.zeros((int(spec.n_steps) + 1,) + x.shape, np.asarray(x).dtype)
+            snapshots[steps] = np.stack([np.asarray(s) for s in snaps])
+        return _solution(spec, diags, None, None, stats, {"substeps": substeps}, [], x=np.asarray(x),
+                         snapshots=snapshots, query_indices=q_idx)
 
 
-RUNNERS = {"characteristics": run_characteristics, "zonal": run_zonal, "circle": run_circle}
-
-
-def register() -> None:
-    """Register the three density methods with ``meanfield.flow.register_method``."""
-    for name, runner in RUNNERS.items():
-        register_method(name, runner)
-
-
-register()
+DENSITY_METHODS = (Characteristics, Zonal, Circle)

@@ -8,6 +8,11 @@ With ``p_i = sigma_i / sum sigma``: ``H_sv = -sum p_i log p_i``, effective rank 
 
 Token statistics normalise rows first, so raw features from a real model and unit tokens from a
 simulation go through the same code.
+
+Token masses (docs/theory.md "Token masses"): every function takes optional masses ``weights``
+(N,) of the keys/tokens (``None``: unit masses, the unweighted code). Token statistics and the
+entropy rate are expectations over ``rho = sum_j w_j delta_{x_j} / sum_j w_j``; the attention
+statistics are per unit of mass (see ``solvers.kernels``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from solvers import AttentionField
 from solvers.sphere import normalize
 
 DEFAULT_N_QUERY = 512
@@ -47,15 +53,16 @@ def normalized_entropy(sv: Float[Array, "... n"], n: int | None = None) -> Float
     return spectrum_entropy(sv) / jnp.log(jnp.asarray(n, sv.dtype))
 
 
-def attention_statistics(kernel, q: Float[Array, "n d"], k: Float[Array, "N d"]) -> dict:
+def attention_statistics(kernel, q: Float[Array, "n d"], k: Float[Array, "N d"], weights=None) -> dict:
     """Spectrum and per-row statistics of the attention rows of queries ``q`` over keys ``k``.
 
     Returns ``singular_values`` (n,), ``effective_rank``, ``normalized_entropy`` (scalars), and
     per-row (n,) arrays ``row_entropy`` (``-sum_j A_ij log A_ij``; ``log N`` for a uniform row),
     ``max_weight``, ``logit_mean`` and ``logit_std`` (logits ``alpha <q_i, k_j>``).
-    For a real model pass its post-norm/post-RoPE ``q``, ``k`` and ``SoftmaxKernel(alpha=scale)``.
+    For a real model pass its post-norm/post-RoPE ``q``, ``k`` and ``Softmax(alpha=scale)``.
+    ``weights`` are the key masses (``None``: unit masses).
     """
-    sv, rows = kernel.attention_statistics(q, k)
+    sv, rows = kernel.attention_statistics(q, k, weights)
     out = {"singular_values": sv, "effective_rank": effective_rank(sv),
            "normalized_entropy": normalized_entropy(sv)}
     out.update(rows)
@@ -67,52 +74,67 @@ def order_parameter(x: Float[Array, "N d"]) -> Float[Array, ""]:
     return jnp.linalg.norm(jnp.mean(normalize(x), axis=0))
 
 
-def token_statistics(x: Float[Array, "N d"]) -> dict:
+def _mean(values, p):
+    """Mean over the first axis, mass-weighted when ``p`` (normalised masses) is given."""
+    return jnp.mean(values, axis=0) if p is None else jnp.tensordot(p, values, axes=1)
+
+
+def token_statistics(x: Float[Array, "N d"], weights=None) -> dict:
     """Statistics of the (normalised) tokens: ``order_parameter`` |m|; ``mean_cosine``, the mean of
     ``<x_i, x_j>`` over all ordered pairs including ``i = j`` (``= |m|^2``; the mean over ``i != j``
     is ``(N |m|^2 - 1)/(N - 1)``); ``covariance_effective_rank``, the effective rank of the
     eigenvalues of ``Sigma = E[(x-m)(x-m)^T]``; ``collapse_residual`` ``|X - 1 m^T|_F / |X|_F``.
+    With ``weights`` every mean is over the normalised masses.
     """
     u = normalize(x)
-    n = u.shape[0]
-    m = jnp.mean(u, axis=0)
+    p = None if weights is None else jnp.asarray(weights, u.dtype) / jnp.sum(jnp.asarray(weights, u.dtype))
+    m = _mean(u, p)
     c = u - m
-    cov = (c.T @ c) / n
+    cov = (c.T @ c) / u.shape[0] if p is None else (c * p[:, None]).T @ c
     ev = jnp.maximum(jnp.linalg.eigvalsh(0.5 * (cov + cov.T)), 0.0)
     m2 = jnp.sum(m * m)
     return {
         "order_parameter": jnp.sqrt(m2),
         "mean_cosine": m2,
         "covariance_effective_rank": effective_rank(ev),
-        "collapse_residual": jnp.sqrt(jnp.sum(c * c) / jnp.sum(u * u)),
+        "collapse_residual": jnp.sqrt(_mean(jnp.sum(c * c, axis=1), p) / _mean(jnp.sum(u * u, axis=1), p)),
     }
 
 
-def entropy_rate(kernel, x: Float[Array, "N d"], merge=1.0) -> Float[Array, ""]:
+def entropy_rate(kernel, x: Float[Array, "N d"], weights=None, mobility=1.0) -> Float[Array, ""]:
     """``dH/dt = E_rho[div_S v]`` from the closed-form divergences (docs/theory.md "Entropy: the exact identity").
 
-    For ``linear`` this equals ``(1/M)[-(d-1)|m|^2 + alpha(tr Sigma - d tr(Sigma Q))]``; for
-    ``softmax``/``usa`` it is the particle average of the blockwise divergence.
+    ``mobility`` is ``1/M``. For ``linear`` this equals
+    ``(1/M)[-(d-1)|m|^2 + alpha(tr Sigma - d tr(Sigma Q))]``; for ``softmax``/``usa`` it is the
+    (mass-weighted) particle average of the blockwise divergence.
     """
-    _, div = kernel.drive_and_divergence(x, x)
-    return jnp.mean(div) / jnp.asarray(merge, x.dtype)
+    _, div = kernel.drive_and_divergence(x, x, weights)
+    p = None if weights is None else jnp.asarray(weights, x.dtype) / jnp.sum(jnp.asarray(weights, x.dtype))
+    return _mean(div, p) * jnp.asarray(mobility, x.dtype)
 
 
-def simulation_diagnostics(kernel, x, query_idx, merge=1.0) -> dict:
-    """All per-save diagnostics of a particle state (scalars, plus the singular values)."""
-    att = attention_statistics(kernel, x[query_idx], x)
-    out = token_statistics(x)
+def simulation_diagnostics(kernel, x, query_idx, weights=None, mobility=1.0) -> dict:
+    """All per-save diagnostics of a particle state (scalars, plus the singular values).
+
+    ``kernel`` is a kernel object or a ``solvers.AttentionField`` (whose kernel, masses and
+    mobility are then used).
+    """
+    if isinstance(kernel, AttentionField):
+        kernel, weights, mobility = kernel.kernel, kernel.weights, kernel.mobility
+    att = attention_statistics(kernel, x[query_idx], x, weights)
+    out = token_statistics(x, weights)
     out["effective_rank"] = att["effective_rank"]
     out["normalized_entropy"] = att["normalized_entropy"]
     out["attention_singular_values"] = att["singular_values"]
     for name in ("row_entropy", "max_weight", "logit_mean", "logit_std"):
         out[name] = jnp.mean(att[name])
-    out["entropy_rate"] = entropy_rate(kernel, x, merge)
+    out["entropy_rate"] = entropy_rate(kernel, x, weights, mobility)
     out["norm_drift"] = jnp.max(jnp.abs(jnp.linalg.norm(x, axis=-1) - 1.0))
     return out
 
 
 simulation_diagnostics_jit = jax.jit(simulation_diagnostics)
+"""The one jitted copy, used by every runner (through ``meanfield._threads.fetch``)."""
 
 SCALAR_DIAGNOSTICS = (
     "order_parameter", "mean_cosine", "covariance_effective_rank", "collapse_residual",

@@ -1,4 +1,8 @@
-"""HDF5 results files (schema ``meanfield-results`` version 1; docs/formats.md).
+"""HDF5 results files (schema ``meanfield-results`` version 2; docs/formats.md).
+
+Version 2 (this version) adds the optional ``/tokens/weights`` (token masses) and records the
+kernel and method options as ``kernel_options`` and ``method_options`` (no ``rtol``/``atol``);
+version 1 files have the same layout and are read as they are.
 
 Layout (Dedalus-style dimension scales)::
 
@@ -7,7 +11,7 @@ Layout (Dedalus-style dimension scales)::
     /scales/t, /scales/layer           (n_saves,) dimension scales
     /diagnostics/<name>     (n_saves,) or (n_saves, n); dim 0 attached to t and layer
     /query_indices          (n,) int64
-    /tokens/final           (N, d)            optional /tokens/snapshots (n_saves, N, d)
+    /tokens/final           (N, d)            optional /tokens/snapshots (n_saves, N, d), /tokens/weights (N,)
     /density/values         (n_saves, cells)  optional, with /density/grid_<name> (density solvers)
     /stats                  attrs: wall time, field evaluations, ...
     /warnings               attrs: warning_<i> strings
@@ -23,10 +27,11 @@ import jax
 import numpy as np
 
 from .atomic import atomic_path
-from .flow import FlowSolution
+from ._version import __version__
+from .solution import FlowSolution
 
 FORMAT = "meanfield-results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _attr(v):
@@ -55,8 +60,6 @@ def _unattr(v):
 
 def save_results(path, sol: FlowSolution, *, overwrite: bool = False, compression: str | None = "gzip"):
     """Write ``sol`` to ``path`` atomically; refuse to replace an existing file unless ``overwrite``."""
-    from . import __version__
-
     with atomic_path(path, overwrite) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "meanfield_version": __version__,
                         "jax_version": jax.__version__,
@@ -80,6 +83,8 @@ def save_results(path, sol: FlowSolution, *, overwrite: bool = False, compressio
             tok = f.create_group("tokens")
             if sol.x is not None:
                 tok.create_dataset("final", data=np.asarray(sol.x), compression=compression)
+            if sol.weights is not None:
+                tok.create_dataset("weights", data=np.asarray(sol.weights, dtype=np.float64))
             if sol.snapshots is not None:
                 ds = tok.create_dataset("snapshots", data=np.asarray(sol.snapshots), compression=compression)
                 ds.dims[0].attach_scale(t)
@@ -132,4 +137,5 @@ def load_results(path) -> FlowSolution:
             grid={k[5:]: dens[k][()] for k in dens if k.startswith("grid_")} if dens is not None else None,
             density=dens["values"][()] if dens is not None else None,
             warnings=[str(_unattr(v)) for _, v in sorted(f["warnings"].attrs.items())] if "warnings" in f else [],
+            weights=tok["weights"][()] if tok is not None and "weights" in tok else None,
         )

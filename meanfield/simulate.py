@@ -42,7 +42,10 @@ def build_parser() -> ArgumentParser:
     a("--N", type=int, default=10_000, help="number of tokens (particles) (default: %(default)s)")
     a("--d", type=int, default=4, help="ambient dimension: tokens live on S^(d-1) in R^d; NOT the paper's "
       "merge factor d, which is --merge here (default: %(default)s)")
-    a("--kernel", default="linear", help="attention kernel: linear (Eq. 3), softmax, usa (default: %(default)s)")
+    from .flow import KERNELS, METHODS
+
+    a("--kernel", default="linear", help=f"attention kernel: {', '.join(KERNELS)}; linear is Eq. 3 "
+      "(default: %(default)s)")
     a("--alpha", type=float, default=0.25, help="inverse temperature alpha >= 0 (default: %(default)s)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--merge", type=float, default=None, help="merge (mobility) factor M >= 1: velocity x 1/M (default: 1)")
@@ -56,9 +59,9 @@ def build_parser() -> ArgumentParser:
     a("--dt", type=float, default=None, help="time per layer h (default: 1.0)")
     a("--time-map", default="unit", help="unit: one layer = dt; paper: dt = 1/N, the paper's t = l/N "
       "(default: %(default)s)")
-    a("--method", default="layer", help="particles: layer (x <- normalize(x + h A x)), euler, heun, adaptive; "
-      "density solvers: characteristics (any d), zonal (d >= 3, axisymmetric init), circle (d = 2) "
-      "(default: %(default)s)")
+    a("--method", default="layer", help=f"{', '.join(METHODS)}: particle schemes (layer: x <- normalize(x + h A x)) "
+      "and density solvers (characteristics: any d; zonal: d >= 3, axisymmetric init; circle: d = 2); "
+      "see docs/python.md (default: %(default)s)")
     a("--cells", type=int, default=512, help="grid cells of the zonal/circle density solvers; --N is then only "
       "the token count of --time-map paper (default: %(default)s)")
     a("--seed", type=int, default=0, help="random seed for samples and the query subset (default: %(default)s)")
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)  # entry point, not library import
     from . import distributions
     from .atomic import check_writable
-    from .flow import make_spec, methods
+    from .flow import METHODS, make_spec, run
     from .io import save_results
     from .plots import plot_solution
 
@@ -116,14 +119,15 @@ def main(argv=None) -> int:
     integer("N", args.N, 1)
     integer("d", args.d, 2)
     real("kappa", args.kappa, minimum=0.0)
-    choice("method", args.method, methods())
+    choice("method", args.method, tuple(METHODS))
+    cls = METHODS[args.method]
+    method = cls(cells=integer("cells", args.cells, 4)) if args.method in GRID_METHODS else cls()
     init = distributions.make_distribution(args.init, args.d, args.kappa)
     spec = make_spec(
         init, N=args.N, kernel=args.kernel, alpha=args.alpha, merge=args.merge, fusion=args.fusion,
-        t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=args.method,
+        t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=method,
         save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
         progress=not args.no_progress, save_tokens=args.save_tokens,
-        kernel_options={"cells": integer("cells", args.cells, 4)} if args.method in GRID_METHODS else None,
     )
     out = Path(args.out)
     if out.suffix.lower() == ".png":
@@ -133,9 +137,7 @@ def main(argv=None) -> int:
     if not args.no_plot:
         check_writable(png, args.overwrite)
 
-    from .flow import _METHODS
-
-    sol = _METHODS[spec.method](spec)
+    sol = run(spec)
     print(format_table(sol))
     save_results(out, sol, overwrite=args.overwrite)
     written = [str(out)]

@@ -1,28 +1,60 @@
-"""Numerical engines for meanfield: sphere geometry, attention kernels, streaming passes, integrators.
+"""Numerical engines for meanfield: sphere geometry, attention kernels, streaming passes, integrators,
+finite-volume and characteristic density solvers.
 
-This package depends only on jax, numpy, equinox and diffrax and never imports ``meanfield``.
+This package depends only on jax, numpy, equinox and diffrax and never imports ``meanfield``
+(``tests/test_layering.py`` checks it in a fresh interpreter).
+
+Interfaces: :class:`AbstractKernel` (registry :data:`KERNELS`), :class:`AbstractIntegrator`
+(registry :data:`INTEGRATORS`) and :class:`~solvers.finite_volume.AbstractGridSolver`.
 """
 
+from .finite_volume import AbstractGridSolver
 from .integrators import (
     INTEGRATORS,
+    AbstractIntegrator,
+    Adaptive,
     AdaptiveODE,
     AttentionField,
+    Euler,
+    Heun,
+    Layer,
     ProjectedEuler,
     RetractionHeun,
     TransformerLayer,
     make_integrator,
 )
-from .kernels import KERNELS, LinearKernel, SoftmaxKernel, USAKernel, key_moments, make_kernel
+from .kernels import (
+    KERNELS,
+    USA,
+    AbstractKernel,
+    Linear,
+    LinearKernel,
+    Softmax,
+    SoftmaxKernel,
+    USAKernel,
+    key_moments,
+    make_kernel,
+)
 from .sphere import norm_drift, normalize, project, retract
 
 __all__ = [
     "INTEGRATORS",
     "KERNELS",
+    "USA",
+    "AbstractGridSolver",
+    "AbstractIntegrator",
+    "AbstractKernel",
+    "Adaptive",
     "AdaptiveODE",
     "AttentionField",
+    "Euler",
+    "Heun",
+    "Layer",
+    "Linear",
     "LinearKernel",
     "ProjectedEuler",
     "RetractionHeun",
+    "Softmax",
     "SoftmaxKernel",
     "TransformerLayer",
     "USAKernel",

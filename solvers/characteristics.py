@@ -7,10 +7,10 @@ Then ``H(t) = -E_rho[log rho] ≈ -(1/N) sum_k log rho(x_k(t))`` is an unbiased 
 (no kNN bias) with standard error ``std(log rho)/sqrt(N)``.
 
 The state is the pair ``(x, logrho)``; a *field* is any function ``x -> (v, div)`` returning the
-tangent velocity ``v`` (N, d) (mobility ``1/M`` included) and ``div_S v`` (N,).
-:func:`field_from_kernel` adapts an object with ``drive_and_divergence(q, k)`` (the foundation's
-``solvers.kernels``); :func:`dense_field` is a self-contained O(N^2 d) version of docs/theory.md's closed
-forms for small N and for tests.
+tangent velocity ``v`` (N, d) (mobility ``1/M`` included) and ``div_S v`` (N,): in the package,
+``solvers.integrators.AttentionField(kernel, mobility, weights).velocity_and_divergence``.
+:func:`dense_field` is a self-contained O(N^2 d) version of docs/theory.md's closed forms (dense
+matrices, no streaming) for small N and as an independent reference in tests.
 
 Time stepping: Heun's method with the metric-projection retraction (second order):
 ``x* = R_x(h v(x))``, ``x' = R_x(h (v(x) + v(x*))/2)``, ``logrho' = logrho - h (div(x) + div(x*))/2``.
@@ -36,48 +36,42 @@ def _project(x, f):
     return f - jnp.sum(x * f, axis=-1, keepdims=True) * x
 
 
-def dense_field(kernel: str, alpha: float, merge: float = 1.0) -> Field:
-    """Mean-field velocity and divergence of the empirical measure of ``x`` (self-attention).
+def dense_field(kernel, mobility: float = 1.0) -> Field:
+    """Mean-field velocity and divergence of the empirical measure of ``x`` (self-attention),
+    from dense matrices; ``kernel`` a kernel object of ``solvers.kernels`` (its family is read):
 
-    linear:  ``F = m + alpha Sigma x``,  ``div = -(d-1)<x,m> + alpha(tr Sigma - d x^T Sigma x)``;
-    softmax: ``F = g = E_w[y]``, ``div = alpha(E_w[1-<x,y>^2] - |g|^2 + <x,g>^2) - (d-1)<x,g>``;
-    usa:     ``F = (1/N) sum_j e^{alpha<x,y_j>} y_j``,
-             ``div = (1/N) sum_j e^{alpha<x,y_j>} (alpha(1 - <x,y_j>^2) - (d-1)<x,y_j>)``;
-    all divided by ``merge`` (docs/theory.md "Entropy: the exact identity").
+    moments (linear): ``F = m + alpha Sigma x``, ``div = -(d-1)<x,m> + alpha(tr Sigma - d x^T Sigma x)``;
+    normalised profile (softmax): ``F = g = E_w[y]``,
+    ``div = alpha(E_w[1-<x,y>^2] - |g|^2 + <x,g>^2) - (d-1)<x,g>``;
+    unnormalised profile (usa): ``F = (1/N) sum_j e^{alpha<x,y_j>} y_j``,
+    ``div = (1/N) sum_j e^{alpha<x,y_j>} (alpha(1 - <x,y_j>^2) - (d-1)<x,y_j>)``;
+    all times ``mobility`` (docs/theory.md "Entropy: the exact identity").
     """
-    if kernel not in ("linear", "softmax", "usa"):
-        raise ValueError(f"dense_field: kernel={kernel!r}, expected 'linear', 'softmax' or 'usa'")
+    family = getattr(kernel, "family", None)
+    if family not in ("moments", "profile"):
+        raise ValueError(f"dense_field: {kernel!r} is not a kernel object of the moments or profile family")
+    alpha = kernel.alpha
 
     def field(x):
         n, d = x.shape
-        if kernel == "linear":
+        if family == "moments":
             m = jnp.mean(x, axis=0)
             S = x.T @ x / n - jnp.outer(m, m)
             F = m + alpha * x @ S
             div = -(d - 1) * x @ m + alpha * (jnp.trace(S) - d * jnp.sum((x @ S) * x, axis=1))
         else:
             G = x @ x.T
-            if kernel == "softmax":
+            if kernel.normalized:
                 W = jax.nn.softmax(alpha * G, axis=1)
             else:
                 W = jnp.exp(alpha * G) / n
             F = W @ x
             xg = jnp.sum(x * F, axis=1)
-            if kernel == "softmax":
+            if kernel.normalized:
                 div = alpha * (1.0 - jnp.sum(W * G**2, axis=1) - jnp.sum(F * F, axis=1) + xg**2) - (d - 1) * xg
             else:
                 div = jnp.sum(W * (alpha * (1.0 - G**2) - (d - 1) * G), axis=1)
-        return _project(x, F) / merge, div / merge
-
-    return field
-
-
-def field_from_kernel(kernel, merge: float = 1.0) -> Field:
-    """Field from an object with ``drive_and_divergence(q, k) -> (F, div_S P_x F)`` (self-attention)."""
-
-    def field(x):
-        F, div = kernel.drive_and_divergence(x, x)
-        return _project(x, F) / merge, div / merge
+        return _project(x, F) * mobility, div * mobility
 
     return field
 

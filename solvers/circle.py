@@ -5,10 +5,12 @@ State: cell averages ``rho_i`` of the density w.r.t. arc length on ``n`` periodi
 ``e_theta = (-sin, cos)``, is a circular convolution of the cell masses ``w = h rho`` with the
 kernel sampled at the face offsets ``psi_m = m h + h/2``:
 
-* softmax ``v = (k_1 * w)/(k_0 * w)/M``, usa ``v = e^{alpha} (k_1 * w)/M`` with
+* profile kernels (``solvers.kernels``; the solver reads the family, never the name): normalised
+  (softmax) ``v = (k_1 * w)/(k_0 * w)/M``, unnormalised (usa) ``v = e^{alpha} (k_1 * w)/M`` with
   ``k_0(psi) = exp(alpha (cos psi - 1))`` (scaled so that nothing overflows) and
   ``k_1(psi) = -k_0(psi) sin psi``; each convolution costs two real FFTs (``O(n log n)``).
-* linear: ``v = <m + alpha Sigma x, e_theta>/M`` from the moments (midpoint rule).
+* moment kernels (linear): ``v = <F, e_theta>/M`` with ``F`` the kernel's ``from_moments`` at the
+  cell moments (midpoint rule); for linear ``F = m + alpha Sigma x``.
 
 Transport is the conservative MC-MUSCL + upwind + SSPRK3 scheme of ``solvers.finite_volume``,
 positive under the CFL bound ``dt max|v| / h <= 1/2`` with the a-priori bound
@@ -26,16 +28,15 @@ harmless — the convolution giving the velocity.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .finite_volume import cfl_substeps, peak_fraction, rhs_periodic, ssprk3
-
-CIRCLE_KERNELS = ("linear", "softmax", "usa")
+from .finite_volume import AbstractGridSolver, peak_fraction
+from .kernels import make_kernel
 
 
 def circle_cell_averages(log_rho: Callable[[np.ndarray], np.ndarray], n_cells: int, n_sub: int = 8) -> np.ndarray:
@@ -55,13 +56,12 @@ def _conv(kernel_hat, w):
     return jnp.fft.irfft(kernel_hat * jnp.fft.rfft(w), n=w.shape[0])
 
 
-class CircleSolver(eqx.Module):
+class CircleSolver(AbstractGridSolver):
     """Periodic finite-volume solver on S^1; build with :func:`make_circle_solver`."""
 
-    kernel: str = eqx.field(static=True)
+    kernel: eqx.Module  # alpha is an array leaf: solvers that differ only in it share compilations
     n_cells: int = eqx.field(static=True)
-    alpha: jax.Array  # () leaves, not static: solvers that differ only in these share compilations
-    merge: jax.Array
+    mobility: jax.Array  # velocity factor 1/M
     vbound: jax.Array  # a-priori bound on |v| (mobility included)
     h: jax.Array
     centers: jax.Array
@@ -69,50 +69,42 @@ class CircleSolver(eqx.Module):
     ef: jax.Array  # (n, 2) e_theta at right faces
     xf: jax.Array  # (n, 2) unit vectors at right faces
     khat: dict | None  # rfft of the kernels at face ("k0f", "k1f") and centre offsets
+    periodic: ClassVar[bool] = True
 
-    def _moments(self, w):
+    def _moment_field(self, w, x):
         m = w @ self.xc
         Q = (self.xc * w[:, None]).T @ self.xc
-        return m, Q - jnp.outer(m, m), Q
+        return self.kernel.from_moments(x, m, Q - jnp.outer(m, m))
 
     def velocity(self, rho):
         """Velocity at the right face of every cell, clipped to the a-priori bound."""
         w = rho * self.h
-        if self.kernel == "linear":
-            m, S, _ = self._moments(w)
-            v = jnp.sum((m[None, :] + self.alpha * self.xf @ S) * self.ef, axis=1) / self.merge
+        if self.kernel.family == "moments":
+            F, _ = self._moment_field(w, self.xf)
+            v = jnp.sum(F * self.ef, axis=1)
         else:
             num = _conv(self.khat["k1f"], w)
-            if self.kernel == "softmax":
-                v = num / jnp.maximum(_conv(self.khat["k0f"], w), jnp.finfo(rho.dtype).tiny) / self.merge
+            if self.kernel.normalized:
+                v = num / jnp.maximum(_conv(self.khat["k0f"], w), jnp.finfo(rho.dtype).tiny)
             else:
-                v = jnp.exp(self.alpha) * num / self.merge
-        return jnp.clip(v, -self.vbound, self.vbound)
-
-    def rhs(self, rho):
-        return rhs_periodic(rho, self.velocity(rho), self.h)
-
-    def step(self, rho, dt):
-        return ssprk3(self.rhs, rho, dt)
-
-    def substeps(self, dt: float, cfl: float = 0.4) -> int:
-        return cfl_substeps(dt, self.vbound, self.h, cfl)
+                v = jnp.exp(self.kernel.alpha) * num
+        return jnp.clip(v * self.mobility, -self.vbound, self.vbound)
 
     def entropy_rate(self, rho):
-        """``E[div v]`` from docs/theory.md's closed forms, d = 2, at cell centres."""
+        """``E[div v]`` from the closed forms of docs/theory.md, d = 2, at cell centres."""
         w = rho * self.h
-        al = self.alpha
-        if self.kernel == "linear":
-            m, S, Q = self._moments(w)
-            return (-(m @ m) + al * (jnp.trace(S) - 2 * jnp.trace(S @ Q))) / self.merge
+        if self.kernel.family == "moments":
+            _, div = self._moment_field(w, self.xc)
+            return (w @ div) * self.mobility
+        al = self.kernel.alpha
         k = self.khat
         Sw, Gw, Xw, Yw = (_conv(k[name], w) for name in ("k0c", "k1c", "kcc", "kc2c"))
-        if self.kernel == "softmax":
+        if self.kernel.normalized:
             Sw = jnp.maximum(Sw, jnp.finfo(rho.dtype).tiny)
             div = al * (1.0 - Yw / Sw - (Gw / Sw) ** 2) - Xw / Sw
         else:
             div = jnp.exp(al) * (al * (Sw - Yw) - Xw)
-        return (w @ div) / self.merge
+        return (w @ div) * self.mobility
 
     def diagnostics(self, rho) -> dict:
         w = rho * self.h
@@ -132,25 +124,27 @@ class CircleSolver(eqx.Module):
         }
 
 
-def make_circle_solver(n_cells: int, kernel: str = "linear", alpha: float = 1.0, merge: float = 1.0,
-                       dtype=None) -> CircleSolver:
-    """Build a :class:`CircleSolver` on ``n_cells`` cells of ``[-pi, pi)`` (kernel FFTs done here, once)."""
-    if kernel not in CIRCLE_KERNELS:
-        raise ValueError(f"circle solver: kernel={kernel!r}, expected one of {CIRCLE_KERNELS}")
+def make_circle_solver(n_cells: int, kernel="linear", alpha=None, mobility: float = 1.0, dtype=None) -> CircleSolver:
+    """Build a :class:`CircleSolver` on ``n_cells`` cells of ``[-pi, pi)`` (kernel FFTs done here,
+    once). ``kernel`` is a kernel object, or a name with ``alpha`` (``solvers.kernels.make_kernel``);
+    ``mobility`` multiplies the velocity (``1/M``)."""
+    kernel = make_kernel(kernel, alpha)
+    if getattr(kernel, "family", None) not in ("moments", "profile"):
+        raise ValueError(f"circle solver: {kernel!r} is not a kernel object of the moments or profile family")
     if not (isinstance(n_cells, (int, np.integer)) and n_cells >= 4):
         raise ValueError(f"circle solver: n_cells={n_cells!r} must be an integer >= 4")
-    if alpha < 0 or merge < 1:
-        raise ValueError(f"circle solver: alpha={alpha} must be >= 0 and merge={merge} >= 1")
+    alpha = float(kernel.alpha)
+    if alpha < 0 or not 0 < mobility <= 1:
+        raise ValueError(f"circle solver: alpha={alpha} must be >= 0 and mobility={mobility} in (0, 1]")
     dtype = jnp.zeros(0).dtype if dtype is None else jnp.dtype(dtype)
+    kernel = eqx.tree_at(lambda k: k.alpha, kernel, jnp.asarray(alpha, dtype))
     h = 2 * np.pi / n_cells
     centers = -np.pi + h * (np.arange(n_cells) + 0.5)
     faces = centers + 0.5 * h
     unit = lambda th: np.stack([np.cos(th), np.sin(th)], axis=1)  # noqa: E731
     khat = None
-    if kernel == "linear":
-        vbound = 1.0 + alpha
-    else:
-        vbound = 1.0 if kernel == "softmax" else math.exp(alpha)
+    vbound = kernel.speed_bound()  # 1 + alpha (linear), 1 (softmax), e^alpha (usa)
+    if kernel.family == "profile":
         psi_f = np.arange(n_cells) * h + 0.5 * h  # face j minus centre i, for j - i = m
         psi_c = np.arange(n_cells) * h
         k0 = lambda p: np.exp(alpha * (np.cos(p) - 1.0))  # noqa: E731
@@ -159,7 +153,7 @@ def make_circle_solver(n_cells: int, kernel: str = "linear", alpha: float = 1.0,
         khat = {"k0f": r(k0(psi_f)), "k1f": r(-k0(psi_f) * np.sin(psi_f)),
                 "k0c": r(k0(psi_c)), "k1c": r(-k0(psi_c) * np.sin(psi_c)),
                 "kcc": r(k0(psi_c) * np.cos(psi_c)), "kc2c": r(k0(psi_c) * np.cos(psi_c) ** 2)}
-    return CircleSolver(kernel=kernel, n_cells=int(n_cells), alpha=jnp.asarray(alpha, dtype), merge=jnp.asarray(merge, dtype),
-                        vbound=jnp.asarray(vbound / merge, dtype), h=jnp.asarray(h, dtype), centers=jnp.asarray(centers, dtype),
+    return CircleSolver(kernel=kernel, n_cells=int(n_cells), mobility=jnp.asarray(mobility, dtype),
+                        vbound=jnp.asarray(vbound * mobility, dtype), h=jnp.asarray(h, dtype), centers=jnp.asarray(centers, dtype),
                         xc=jnp.asarray(unit(centers), dtype), ef=jnp.asarray(unit(faces + 0.5 * np.pi), dtype),
                         xf=jnp.asarray(unit(faces), dtype), khat=khat)

@@ -24,8 +24,9 @@ time.
 
 from __future__ import annotations
 
+import abc
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -82,6 +83,43 @@ def ssprk3(rhs: Callable[[Array], Array], u: Array, dt) -> Array:
     return u / 3.0 + (2.0 / 3.0) * (u2 + dt * rhs(u2))
 
 
+class AbstractGridSolver(eqx.Module):
+    """Interface and shared time stepping of the finite-volume density solvers.
+
+    A subclass provides the face velocities of a cell-average vector (``velocity``), its
+    diagnostics, and the fields ``h`` (cell width), ``vbound`` (an a-priori bound on ``|v|``
+    valid for every non-negative density of unit mass, mobility included) and ``n_cells``; the
+    class variable ``periodic`` picks the boundary treatment. The flux-form right-hand side, the
+    SSPRK3 step and the CFL substep rule live here once.
+    """
+
+    h: eqx.AbstractVar[Array]
+    vbound: eqx.AbstractVar[Array]
+    n_cells: eqx.AbstractVar[int]
+    periodic: ClassVar[bool]
+
+    @abc.abstractmethod
+    def velocity(self, u):
+        """Face velocities (``n + 1`` faces on an interval, ``n`` right faces on a circle)."""
+
+    @abc.abstractmethod
+    def diagnostics(self, u) -> dict:
+        """Scalar diagnostics of a state (mass, order parameter, entropy, ...)."""
+
+    def rhs(self, u):
+        """``-d_x(u v)`` in flux form."""
+        rhs = rhs_periodic if self.periodic else rhs_bounded
+        return rhs(u, self.velocity(u), self.h)
+
+    def step(self, u, dt):
+        """One SSPRK3 step of size ``dt`` (caller keeps ``dt vbound / h <= 1/2``)."""
+        return ssprk3(self.rhs, u, dt)
+
+    def substeps(self, dt: float, cfl: float = 0.4) -> int:
+        """Number of equal substeps for a layer of length ``dt`` at Courant number ``<= cfl``."""
+        return cfl_substeps(dt, self.vbound, self.h, cfl)
+
+
 def peak_fraction(cell_mass: Float[Array, " n"], periodic: bool, window: int = 2,
                   min_mass: float = 1e-3) -> Array:
     """Largest share of a cell in the mass of its ``2 window + 1``-cell neighbourhood.
@@ -104,7 +142,7 @@ def peak_fraction(cell_mass: Float[Array, " n"], periodic: bool, window: int = 2
 def rollout(solver, u0: Array, dt: float, n_steps: int, cfl: float = 0.4):
     """Advance a grid solver ``n_steps`` layers of length ``dt``; diagnostics after every layer.
 
-    ``solver`` provides ``substeps(dt, cfl)``, ``step(u, dt_sub)`` and ``diagnostics(u)``.  Each
+    ``solver`` is an :class:`AbstractGridSolver` (``substeps``, ``step``, ``diagnostics``).  Each
     layer takes ``solver.substeps(dt, cfl)`` equal SSPRK3 substeps (CFL-limited from the solver's
     a-priori velocity bound).  Returns ``(u, diags)``: ``u`` of shape ``(n_steps + 1, n)`` (index 0
     is ``u0``) and a dict of ``(n_steps + 1,)`` arrays.

@@ -1,7 +1,8 @@
 """Time integrators on the sphere for ``dx_i/dt = (1/M) P_{x_i} F(x_i)`` (docs/theory.md "Layers and time").
 
-Each scheme is an immutable equinox Module with an ``order`` and
-``advance(field, x, n_steps, h) -> (x, n_evals)``, a pure function of its inputs that runs
+Each scheme is an immutable equinox Module (a subclass of :class:`AbstractIntegrator`) with a
+``name``, an ``order`` and ``advance(field, x, n_steps, h) -> (x, n_evals)``, a pure function of
+its inputs that runs
 ``n_steps`` steps of size ``h`` in one ``lax.fori_loop`` (``n_steps`` may be a traced value, so a
 change of chunk length never recompiles). Schemes touch the sphere only through
 ``solvers.sphere.project`` and ``retract``.
@@ -9,19 +10,26 @@ change of chunk length never recompiles). Schemes touch the sphere only through
 =====================  =====  =================================================================
 scheme                 order  update
 =====================  =====  =================================================================
-``TransformerLayer``   1      ``x <- normalize(x + h F(x)/M)`` -- a residual attention layer
+``Layer``              1      ``x <- normalize(x + h F(x)/M)`` -- a residual attention layer
                               followed by normalisation; the scheme of the reference code of
                               Geshkovski et al. (2023), "one layer = one step of size h".
-``ProjectedEuler``     1      ``x <- R_x(h P_x F(x)/M)``
-``RetractionHeun``     2      Heun's method in R^d on the tangent field, then retraction
+``Euler``              1      ``x <- R_x(h P_x F(x)/M)``
+``Heun``               2      Heun's method in R^d on the tangent field, then retraction
                               (Hairer, Lubich & Wanner, *Geometric Numerical Integration*, IV.4).
-``AdaptiveODE``        5(4)   diffrax ``Tsit5`` with a PID step-size controller on the projected
+``Adaptive``           5(4)   diffrax ``Tsit5`` with a PID step-size controller on the projected
                               ODE in R^{N x d}; no renormalisation, the norm drift is reported.
 =====================  =====  =================================================================
+
+:data:`INTEGRATORS` maps each scheme's ``name`` to its class; it is filled when a subclass of
+:class:`AbstractIntegrator` with a ``name`` is defined. The first version's longer class names
+(``TransformerLayer``, ``ProjectedEuler``, ``RetractionHeun``, ``AdaptiveODE``) are aliases.
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+import math
 from typing import ClassVar
 
 import diffrax
@@ -32,15 +40,25 @@ from jax import lax
 from .sphere import project, retract
 
 
+INTEGRATORS: dict[str, type] = {}
+
+
 class AttentionField(eqx.Module):
-    """Mean-field velocity of a kernel with mobility ``1/M`` (docs/theory.md "Merging as mobility")."""
+    """Mean-field velocity of a kernel over tokens with masses, times the mobility ``1/M``.
+
+    ``mobility`` is the one convention for merging-as-mobility in the engines: the velocity is
+    multiplied by it (docs/theory.md "Merging as mobility"; the product layer converts the user's
+    ``merge = M`` or ``fusion = m`` to ``mobility = 1/M`` once). ``weights`` (N,) are the token
+    masses (``None``: unit masses), which every kernel evaluation uses for the keys.
+    """
 
     kernel: eqx.Module
     mobility: float | jnp.ndarray = 1.0
+    weights: jnp.ndarray | None = None
 
     def drive(self, x):
         """``(1/M) sum_j A_ij x_j`` -- the unprojected attention output."""
-        return jnp.asarray(self.mobility, x.dtype) * self.kernel.drive(x, x)
+        return jnp.asarray(self.mobility, x.dtype) * self.kernel.drive(x, x, self.weights)
 
     def velocity(self, x):
         """``(1/M) P_x sum_j A_ij x_j`` -- the tangent velocity of the ODE."""
@@ -48,16 +66,37 @@ class AttentionField(eqx.Module):
 
     def velocity_and_divergence(self, x):
         """Velocity and its surface divergence ``div_S v`` at every particle."""
-        f, div = self.kernel.drive_and_divergence(x, x)
+        f, div = self.kernel.drive_and_divergence(x, x, self.weights)
         mob = jnp.asarray(self.mobility, x.dtype)
         return mob * project(x, f), mob * div
+
+
+class AbstractIntegrator(eqx.Module):
+    """Interface of a particle scheme: ``advance(field, x, n_steps, h) -> (x, n_evals)``."""
+
+    name: ClassVar[str]
+    order: ClassVar[int]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if isinstance(name, str):
+            INTEGRATORS[name] = cls
+
+    @abc.abstractmethod
+    def advance(self, field, x, n_steps, h):
+        """Run ``n_steps`` (may be traced) steps of size ``h``; return ``(x, field evaluations)``."""
+
+    def describe(self) -> dict:
+        """JSON-able description: ``{"name": ..., <option>: <value>, ...}``."""
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
 
 
 def _loop(step, x, n_steps):
     return lax.fori_loop(0, n_steps, lambda _, y: step(y), x)
 
 
-class TransformerLayer(eqx.Module):
+class Layer(AbstractIntegrator):
     """Literal transformer layer ``x <- normalize(x + h (1/M) sum_j A_ij x_j)``; order 1."""
 
     order: ClassVar[int] = 1
@@ -68,7 +107,7 @@ class TransformerLayer(eqx.Module):
         return _loop(lambda y: retract(y, h * field.drive(y)), x, n_steps), n_steps
 
 
-class ProjectedEuler(eqx.Module):
+class Euler(AbstractIntegrator):
     """Projected Euler with retraction ``x <- R_x(h v(x))``; order 1."""
 
     order: ClassVar[int] = 1
@@ -79,7 +118,7 @@ class ProjectedEuler(eqx.Module):
         return _loop(lambda y: retract(y, h * field.velocity(y)), x, n_steps), n_steps
 
 
-class RetractionHeun(eqx.Module):
+class Heun(AbstractIntegrator):
     """Second-order retraction scheme: ``v1 = v(x)``, ``x~ = R_x(h v1)``, ``v2 = v(x~)``,
     ``x <- R_x(h (v1 + v2)/2)``. Local error O(h^3) (Heun in R^d, the retraction moves the
     result by O(h^3)), global error O(h^2); two field evaluations per step."""
@@ -98,7 +137,7 @@ class RetractionHeun(eqx.Module):
         return _loop(step, x, n_steps), 2 * n_steps
 
 
-class AdaptiveODE(eqx.Module):
+class Adaptive(AbstractIntegrator):
     """Adaptive diffrax solve (``Tsit5``, PID controller) of ``dx/dt = v(x)`` over ``n_steps*h``.
 
     The ODE is solved in R^{N x d} as it stands: the exact flow stays on the sphere, the
@@ -111,6 +150,14 @@ class AdaptiveODE(eqx.Module):
     max_steps: int = eqx.field(static=True, default=100_000)
     order: ClassVar[int] = 5
     name: ClassVar[str] = "adaptive"
+
+    def __check_init__(self):
+        for opt in ("rtol", "atol"):
+            v = getattr(self, opt)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"Adaptive: {opt} must be a finite number > 0, got {v!r}")
+        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise ValueError(f"Adaptive: max_steps must be an integer >= 1, got {self.max_steps!r}")
 
     def advance(self, field, x, n_steps, h):
         t1 = jnp.asarray(n_steps, x.dtype) * jnp.asarray(h, x.dtype)
@@ -135,24 +182,36 @@ class AdaptiveODE(eqx.Module):
         return y, 6 * steps
 
 
-INTEGRATORS = {"layer": TransformerLayer, "euler": ProjectedEuler, "heun": RetractionHeun, "adaptive": AdaptiveODE}
+TransformerLayer = Layer
+ProjectedEuler = Euler
+RetractionHeun = Heun
+AdaptiveODE = Adaptive
 
 
-def make_integrator(name: str, **options):
-    """Build an integrator by name (one of :data:`INTEGRATORS`)."""
+def make_integrator(method, **options) -> AbstractIntegrator:
+    """A scheme from a name in :data:`INTEGRATORS` (with ``options``), or an instance as is."""
+    if isinstance(method, AbstractIntegrator):
+        if options:
+            raise ValueError(f"method {method.name!r} is an object: set its options on it")
+        return method
     try:
-        cls = INTEGRATORS[name]
+        cls = INTEGRATORS[method]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown method {name!r}; expected one of: {', '.join(INTEGRATORS)}") from None
+        raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(INTEGRATORS)}") from None
     return cls(**options)
 
 
 __all__ = [
+    "AbstractIntegrator",
+    "Adaptive",
     "AttentionField",
-    "TransformerLayer",
+    "Euler",
+    "Heun",
+    "INTEGRATORS",
+    "Layer",
+    "make_integrator",
+    "AdaptiveODE",
     "ProjectedEuler",
     "RetractionHeun",
-    "AdaptiveODE",
-    "INTEGRATORS",
-    "make_integrator",
+    "TransformerLayer",
 ]

@@ -1,22 +1,47 @@
 """Attention kernels of docs/theory.md ("The three kernels"), evaluated without N x N arrays.
 
-Every kernel is an immutable equinox Module whose inverse temperature ``alpha`` is a pytree leaf
-(so ``jax.vmap`` over ``alpha`` works) and whose block sizes are static. For queries ``q`` (n, d)
-and keys ``k`` (N, d) -- in the particle system ``q = k = x`` -- a kernel provides
+Every kernel is an immutable equinox Module (a subclass of :class:`AbstractKernel`) whose inverse
+temperature ``alpha`` is a pytree leaf (so ``jax.vmap`` over ``alpha`` works) and whose block
+sizes are static. For queries ``q`` (n, d), keys ``k`` (N, d) -- in the particle system
+``q = k = x`` -- and optional key masses ``weights`` (N,), ``w_j >= 0``, a kernel provides
 
-* ``drive(q, k)``: ``F(q_i) = sum_j A_ij k_j`` (unprojected; mobility ``1/M`` not applied);
-* ``drive_and_divergence(q, k)``: ``F`` and ``div_S P_x F`` at the queries (closed forms,
-  docs/theory.md "Entropy: the exact identity"; valid for unit vectors);
-* ``attention_statistics(q, k)``: the singular values of the ``n x N`` block ``A[q, :]`` and the
-  per-row statistics (entropy, max weight, logit mean and standard deviation) with logits
-  ``s_ij = alpha <q_i, k_j>``.
+* ``drive(q, k, weights)``: ``F(q_i) = sum_j A_ij k_j`` (unprojected; mobility not applied);
+* ``drive_and_divergence(q, k, weights)``: ``F`` and ``div_S P_x F`` at the queries (closed
+  forms, docs/theory.md "Entropy: the exact identity"; valid for unit vectors);
+* ``attention_statistics(q, k, weights)``: the singular values of the ``n x N`` block ``A[q, :]``
+  and the per-row statistics (entropy, max weight, logit mean and standard deviation) with
+  logits ``s_ij = alpha <q_i, k_j>``.
+
+Token masses (docs/theory.md "Token masses"). The attention of a query is taken over the weighted
+empirical measure ``rho = sum_j w_j delta_{k_j} / sum_j w_j``: softmax uses proportional attention
+``A_ij ∝ w_j exp(alpha <q_i, k_j>)``, ``usa`` and ``linear`` use mass-weighted sums and moments.
+``weights=None`` means unit masses (``rho`` uniform, ``1/N`` per token) and runs exactly the
+unweighted code. Velocities and divergences depend on ``rho`` only (rescaling every mass changes
+nothing). The attention statistics are defined per unit of mass -- Gram matrix
+``sum_j A_ij A_i'j / w_j``, row entropy ``-sum_j A_ij log(A_ij / w_j)``, max weight
+``max_j A_ij / w_j`` -- so they equal the unweighted ones for unit masses and a key of mass 2
+gives the same numbers as two keys of mass 1 at the same place.
+
+Grid support. The density solvers (``solvers.zonal``, ``solvers.circle``) do not look at kernel
+names. A *profile* kernel (``family = "profile"``) has a positive interaction
+``K(x, y) = exp(log_profile(<x, y>))``, normalised over keys (softmax) or not (usa); the grid
+solvers tabulate it from ``log_profile``. A *moment* kernel (``family = "moments"``) gives its
+drive and divergence from the mean and covariance of the keys (``from_moments``), which the grid
+solvers compute on their cells. ``speed_bound`` bounds ``|F|`` for every probability measure
+(the CFL rule of the grid solvers).
 
 Costs: ``linear`` O(N d^2) from moments; ``softmax`` and ``usa`` O(n N d) streamed over key
 blocks, memory O(query_block * key_block).
+
+Registry: :data:`KERNELS` maps each concrete kernel's ``name`` to its class; it is filled by
+:class:`AbstractKernel` when a subclass with a ``name`` is defined, so a name is written once.
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+import math
 from typing import ClassVar
 
 import equinox as eqx
@@ -26,16 +51,30 @@ from jaxtyping import Array, Float
 from .sphere import rowdot
 from .streaming import fold_key_blocks, logit_pass, map_query_blocks, weighted_moments
 
-KERNELS = ("linear", "softmax", "usa")
+KERNELS: dict[str, type] = {}
 
 
 def _alpha(alpha, dtype):
     return jnp.asarray(alpha, dtype=dtype)
 
 
-def key_moments(k: Float[Array, "N d"]):
+def probabilities(weights, n: int, dtype):
+    """Masses normalised to sum 1 (``None`` -> ``None``: the unweighted code path)."""
+    if weights is None:
+        return None
+    w = jnp.asarray(weights, dtype)
+    return w / jnp.sum(w)
+
+
+def total_mass(weights, n: int, dtype):
+    """``sum_j w_j`` (``n`` for unit masses)."""
+    return jnp.asarray(n, dtype) if weights is None else jnp.sum(jnp.asarray(weights, dtype))
+
+
+def key_moments(k: Float[Array, "N d"], weights=None):
     """Mean ``m`` and covariance ``Sigma = E[(k-m)(k-m)^T]`` of the keys, in one pass.
 
+    ``weights`` (N,) are key masses (the expectation is over ``w / sum w``; ``None``: uniform).
     Uses the shifted-data algorithm (shift ``c = k_0``): ``Sigma = E[(k-c)(k-c)^T] - (m-c)(m-c)^T``.
     Near collapse all keys are close to ``c``, so there is no catastrophic cancellation (the naive
     ``Q - m m^T`` loses every digit of ``Sigma`` once ``|m| -> 1`` in float32).
@@ -43,11 +82,19 @@ def key_moments(k: Float[Array, "N d"]):
     c = k[0]
     y = k - c
     n = k.shape[0]
-    my = jnp.sum(y, axis=0) / n
-    if k.shape[1] <= 8:  # one fused pass; XLA:CPU's skinny y^T y matmul is slower here
-        second = jnp.sum(y[:, :, None] * y[:, None, :], axis=0) / n
+    p = probabilities(weights, n, k.dtype)
+    if p is None:
+        my = jnp.sum(y, axis=0) / n
+        if k.shape[1] <= 8:  # one fused pass; XLA:CPU's skinny y^T y matmul is slower here
+            second = jnp.sum(y[:, :, None] * y[:, None, :], axis=0) / n
+        else:
+            second = (y.T @ y) / n
     else:
-        second = (y.T @ y) / n
+        my = p @ y
+        if k.shape[1] <= 8:
+            second = jnp.sum(p[:, None, None] * y[:, :, None] * y[:, None, :], axis=0)
+        else:
+            second = (y * p[:, None]).T @ y
     cov = second - jnp.outer(my, my)
     return my + c, 0.5 * (cov + cov.T)
 
@@ -75,56 +122,120 @@ def spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
     return jnp.sqrt(jnp.maximum(ev, 0.0))
 
 
-class LinearKernel(eqx.Module):
-    """Linearised attention, paper Eq. 3: ``A_ij = (1/N)[1 + alpha(<x_i,x_j> - <x_i,m>)]``.
+class AbstractKernel(eqx.Module):
+    """Interface of an attention kernel (see the module docstring for the conventions).
 
-    ``sum_j A_ij x_j = m + alpha Sigma x_i`` (docs/theory.md), so a step costs O(N d^2) and the matrix is
-    never formed. ``A = L R^T / N`` with ``L = [1, alpha q]`` and ``R = [1, k - m]`` has rank <= d+1,
-    and ``A A^T = L diag(1, Sigma) L^T / N`` gives its singular values exactly in O((n + N) d^2).
+    A concrete subclass sets the class variables ``name`` (its registry key) and ``family``
+    (``"profile"`` or ``"moments"``) and implements the three methods below plus
+    ``speed_bound``; a profile kernel also implements ``log_profile`` and sets ``normalized``,
+    a moment kernel implements ``from_moments``.
+    """
+
+    alpha: eqx.AbstractVar[float | Array]
+    name: ClassVar[str]
+    family: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if isinstance(name, str):
+            KERNELS[name] = cls
+
+    @abc.abstractmethod
+    def drive(self, q, k, weights=None):
+        """``F(q_i) = sum_j A_ij k_j`` (n, d)."""
+
+    @abc.abstractmethod
+    def drive_and_divergence(self, q, k, weights=None):
+        """``(F, div_S P_x F)`` at the queries: (n, d) and (n,)."""
+
+    @abc.abstractmethod
+    def attention_statistics(self, q, k, weights=None):
+        """``(singular_values (n,), rows)``, ``rows`` a dict of (n,) per-row statistics."""
+
+    @abc.abstractmethod
+    def speed_bound(self) -> float:
+        """A bound on ``|F(x)|`` for unit ``x`` and every probability measure of unit keys."""
+
+    def describe(self) -> dict:
+        """JSON-able description: ``{"name": ..., <field>: <value>, ...}``."""
+        out = {"name": self.name}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = float(v) if f.name == "alpha" else v
+        return out
+
+
+class Linear(AbstractKernel):
+    """Linearised attention, paper Eq. 3: ``A_ij = w_j [1 + alpha(<x_i,x_j> - <x_i,m>)]``
+    (``w`` the normalised masses, ``1/N`` by default).
+
+    ``sum_j A_ij x_j = m + alpha Sigma x_i`` (docs/theory.md), so a step costs O(N d^2) and the
+    matrix is never formed. ``A = L R^T`` with ``L = [1, alpha q]`` and ``R_j = w_j [1, k_j - m]``
+    has rank <= d+1; the Gram matrix per unit mass is ``L diag(1, Sigma) L^T / W`` (``W`` the total
+    mass, ``N`` for unit masses), which gives its singular values exactly in O((n + N) d^2).
     Rows sum to one. Entries are guaranteed positive only for ``alpha < 1/2``
-    (``A_ij >= (1 - 2 alpha)/N``); beyond that it depends on the data, and the row entropy is
+    (``A_ij >= (1 - 2 alpha) w_j``); beyond that it depends on the data, and the row entropy is
     reported as NaN for a row with a non-positive entry.
     """
 
     alpha: float | Array = 1.0
     key_block: int = eqx.field(static=True, default=4096)
     name: ClassVar[str] = "linear"
+    family: ClassVar[str] = "moments"
 
-    def drive(self, q, k):
-        m, cov = key_moments(k)
-        return m + _alpha(self.alpha, q.dtype) * _apply(q, cov)
+    def from_moments(self, q, m, cov, d: int | None = None, trace=None):
+        """Drive and divergence at unit ``q`` from the key mean ``m`` and covariance ``cov``.
 
-    def drive_and_divergence(self, q, k):
-        m, cov = key_moments(k)
+        ``d`` is the ambient dimension and ``trace`` the trace of the full covariance; both
+        default to those of ``cov``. The grid solvers pass them explicitly when they evaluate the
+        field in a reduced frame (the zonal plane of ``e`` and ``u``).
+        """
         a = _alpha(self.alpha, q.dtype)
+        d = q.shape[-1] if d is None else d
+        tr = jnp.trace(cov) if trace is None else trace
         sq = _apply(q, cov)
-        d = q.shape[-1]
-        div = a * (jnp.trace(cov) - d * rowdot(q, sq)) - (d - 1) * rowdot(q, m[None, :])
+        div = a * (tr - d * rowdot(q, sq)) - (d - 1) * rowdot(q, m[None, :])
         return m + a * sq, div
 
-    def attention_statistics(self, q, k):
+    def drive(self, q, k, weights=None):
+        m, cov = key_moments(k, weights)
+        return m + _alpha(self.alpha, q.dtype) * _apply(q, cov)
+
+    def drive_and_divergence(self, q, k, weights=None):
+        m, cov = key_moments(k, weights)
+        return self.from_moments(q, m, cov)
+
+    def speed_bound(self) -> float:
+        return 1.0 + float(self.alpha)  # |m| <= 1 and |Sigma x| <= tr Sigma <= 1
+
+    def attention_statistics(self, q, k, weights=None):
         a = _alpha(self.alpha, q.dtype)
         n_keys = k.shape[0]
-        m, cov = key_moments(k)
+        mass = total_mass(weights, n_keys, q.dtype)
+        m, cov = key_moments(k, weights)
         evals, evecs = jnp.linalg.eigh(cov)
         half = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
         lmat = jnp.concatenate([jnp.ones((q.shape[0], 1), q.dtype), a * (q @ half)], axis=1)
-        sv = jnp.linalg.svd(lmat / jnp.sqrt(jnp.asarray(n_keys, q.dtype)), compute_uv=False)
+        sv = jnp.linalg.svd(lmat / jnp.sqrt(mass), compute_uv=False)
         n = q.shape[0]
         sv = jnp.zeros((n,), q.dtype).at[: min(n, sv.shape[0])].set(sv[:n])
         qm = q @ m
 
-        def body(c, kblk, ok):
+        # per unit of mass A_ij / w_j = c_ij / W with c_ij = 1 + alpha(<q_i,k_j> - <q_i,m>)
+        def body(c, kblk, ok, wblk=None):
             ent, mxw, bad = c
-            w = (1.0 + a * (q @ kblk.T - qm[:, None])) / n_keys
-            w_ok = jnp.where(ok[None, :], w, 1.0)
-            ent = ent - jnp.sum(jnp.where(ok[None, :], w_ok * jnp.log(jnp.abs(w_ok)), 0.0), axis=1)
-            bad = bad | jnp.any(w_ok <= 0.0, axis=1)
-            mxw = jnp.maximum(mxw, jnp.max(jnp.where(ok[None, :], w, -jnp.inf), axis=1))
+            u = (1.0 + a * (q @ kblk.T - qm[:, None])) / mass
+            u_ok = jnp.where(ok[None, :], u, 1.0)
+            p = wblk[None, :] * u_ok if weights is not None else u_ok
+            ent = ent - jnp.sum(jnp.where(ok[None, :], p * jnp.log(jnp.abs(u_ok)), 0.0), axis=1)
+            bad = bad | jnp.any(u_ok <= 0.0, axis=1)
+            mxw = jnp.maximum(mxw, jnp.max(jnp.where(ok[None, :], u, -jnp.inf), axis=1))
             return ent, mxw, bad
 
         z = jnp.zeros((n,), q.dtype)
-        ent, mxw, bad = fold_key_blocks(body, k, self.key_block, (z, z - jnp.inf, jnp.zeros((n,), bool)))
+        init = (z, z - jnp.inf, jnp.zeros((n,), bool))
+        ent, mxw, bad = fold_key_blocks(body, k, self.key_block, init, weights)
         rows = {
             "row_entropy": jnp.where(bad, jnp.nan, ent),
             "max_weight": mxw,
@@ -134,21 +245,29 @@ class LinearKernel(eqx.Module):
         return sv, rows
 
 
-class _Streamed(eqx.Module):
-    """Shared machinery of the exponential kernels (softmax and usa)."""
+class _Streamed(AbstractKernel):
+    """Shared machinery of the exponential (profile) kernels, streamed over key blocks."""
 
     alpha: float | Array = 1.0
     key_block: int = eqx.field(static=True, default=1024)
     query_block: int = eqx.field(static=True, default=1024)
+    family: ClassVar[str] = "profile"
+    normalized: ClassVar[bool]
 
-    def _moments(self, q, k, with_acc2=True):
+    def log_profile(self, t):
+        """``log K`` as a function of the cosine ``t = <x, y>``: ``alpha t``."""
+        return _alpha(self.alpha, t.dtype) * t
+
+    def _moments(self, q, k, weights, with_acc2=True):
         a = _alpha(self.alpha, q.dtype)
+        w = None if weights is None else jnp.asarray(weights, q.dtype)
         return map_query_blocks(
-            lambda qb: weighted_moments(qb, k, a, self.key_block, with_acc2), q, self.query_block
+            lambda qb: weighted_moments(qb, k, a, self.key_block, with_acc2, w), q, self.query_block
         )
 
-    def _pass(self, q, k):
-        return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True)
+    def _pass(self, q, k, weights):
+        w = None if weights is None else jnp.asarray(weights, q.dtype)
+        return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True, weights=w)
 
     @staticmethod
     def _rows(p):
@@ -161,21 +280,23 @@ class _Streamed(eqx.Module):
         }
 
 
-class SoftmaxKernel(_Streamed):
-    """Self-attention (SA; Geshkovski, Letrouit, Polyanskiy & Rigollet 2023):
-    ``A_ij = exp(alpha<x_i,x_j>) / sum_k exp(alpha<x_i,x_k>)``, ``F(x) = g(x) = E_w[y]``.
+class Softmax(_Streamed):
+    """Self-attention (SA; Geshkovski, Letrouit, Polyanskiy & Rigollet 2023) with proportional
+    attention over masses: ``A_ij = w_j exp(alpha<x_i,x_j>) / sum_k w_k exp(alpha<x_i,x_k>)``,
+    ``F(x) = g(x) = E_w[y]``.
 
     ``div_S P_x g = alpha(E_w[1 - <x,y>^2] - |g|^2 + <x,g>^2) - (d-1)<x,g>`` (docs/theory.md).
     """
 
     name: ClassVar[str] = "softmax"
+    normalized: ClassVar[bool] = True
 
-    def drive(self, q, k):
-        mo = self._moments(q, k, with_acc2=False)
+    def drive(self, q, k, weights=None):
+        mo = self._moments(q, k, weights, with_acc2=False)
         return mo.acc / mo.l[:, None]
 
-    def drive_and_divergence(self, q, k):
-        mo = self._moments(q, k)
+    def drive_and_divergence(self, q, k, weights=None):
+        mo = self._moments(q, k, weights)
         a = _alpha(self.alpha, q.dtype)
         g = mo.acc / mo.l[:, None]
         xg = jnp.sum(q * g, axis=-1)
@@ -183,14 +304,18 @@ class SoftmaxKernel(_Streamed):
         div = a * (1.0 - mo.acc2 / mo.l - jnp.sum(g * g, axis=-1) + xg**2) - (d - 1) * xg
         return g, div
 
-    def attention_statistics(self, q, k):
-        p = self._pass(q, k)
+    def speed_bound(self) -> float:
+        return 1.0  # a weighted mean of unit vectors
+
+    def attention_statistics(self, q, k, weights=None):
+        p = self._pass(q, k, weights)
         inv = 1.0 / p.l
         return spectrum_from_gram(p.gram * inv[:, None] * inv[None, :]), self._rows(p)
 
 
-class USAKernel(_Streamed):
-    """Unnormalised self-attention: ``A_ij = exp(alpha<x_i,x_j>) / N``, ``F = E_y[e^{alpha<x,y>} y]``.
+class USA(_Streamed):
+    """Unnormalised self-attention: ``A_ij = w_j exp(alpha<x_i,x_j>)`` (``w`` normalised masses,
+    ``1/N`` by default), ``F = E_y[e^{alpha<x,y>} y]``.
 
     ``div_S P_x F = alpha E_y[e^{alpha<x,y>}(1 - <x,y>^2)] - (d-1)<x,F>``. Values grow like
     ``e^alpha`` and a layer squares them when it normalises, so the flow overflows beyond
@@ -201,40 +326,58 @@ class USAKernel(_Streamed):
     """
 
     name: ClassVar[str] = "usa"
+    normalized: ClassVar[bool] = False
 
-    def _scale(self, mo_mx, n_keys):
-        return jnp.exp(mo_mx) / n_keys
+    @staticmethod
+    def _scale(mo_mx, mass):
+        return jnp.exp(mo_mx) / mass
 
-    def drive(self, q, k):
-        mo = self._moments(q, k, with_acc2=False)
-        return mo.acc * self._scale(mo.mx, k.shape[0])[:, None]
+    def drive(self, q, k, weights=None):
+        mo = self._moments(q, k, weights, with_acc2=False)
+        return mo.acc * self._scale(mo.mx, total_mass(weights, k.shape[0], q.dtype))[:, None]
 
-    def drive_and_divergence(self, q, k):
-        mo = self._moments(q, k)
+    def drive_and_divergence(self, q, k, weights=None):
+        mo = self._moments(q, k, weights)
         a = _alpha(self.alpha, q.dtype)
-        sc = self._scale(mo.mx, k.shape[0])
+        sc = self._scale(mo.mx, total_mass(weights, k.shape[0], q.dtype))
         f = mo.acc * sc[:, None]
         d = q.shape[-1]
         div = a * sc * (mo.l - mo.acc2) - (d - 1) * jnp.sum(q * f, axis=-1)
         return f, div
 
-    def attention_statistics(self, q, k):
-        p = self._pass(q, k)
+    def speed_bound(self) -> float:
+        return math.exp(float(self.alpha))
+
+    def attention_statistics(self, q, k, weights=None):
+        p = self._pass(q, k, weights)
         top = jnp.max(p.mx)
-        sc = self._scale(p.mx - top, k.shape[0])
+        sc = self._scale(p.mx - top, total_mass(weights, k.shape[0], q.dtype))
         return jnp.exp(top) * spectrum_from_gram(p.gram * sc[:, None] * sc[None, :]), self._rows(p)
 
 
-_REGISTRY = {"linear": LinearKernel, "softmax": SoftmaxKernel, "usa": USAKernel}
+# Longer names of the first version, kept as aliases.
+LinearKernel = Linear
+SoftmaxKernel = Softmax
+USAKernel = USA
 
 
-def make_kernel(name: str, alpha=1.0, **options):
-    """Build a kernel by name (one of :data:`KERNELS`); ``options`` are its block sizes."""
+def make_kernel(kernel, alpha=None, **options) -> AbstractKernel:
+    """A kernel object from a name in :data:`KERNELS` (with ``alpha`` and block-size ``options``)
+    or an :class:`AbstractKernel` instance (returned as is; ``alpha`` and options must then be
+    absent)."""
+    if isinstance(kernel, AbstractKernel):
+        if alpha is not None or options:
+            raise ValueError(f"kernel {kernel.name!r} is an object: set alpha and block sizes on it, not beside it")
+        return kernel
     try:
-        cls = _REGISTRY[name]
+        cls = KERNELS[kernel]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown kernel {name!r}; expected one of: {', '.join(KERNELS)}") from None
-    return cls(alpha, **options)
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of: {', '.join(KERNELS)}, "
+                         "or a kernel object") from None
+    return cls(1.0 if alpha is None else alpha, **options)
 
 
-__all__ = ["KERNELS", "LinearKernel", "SoftmaxKernel", "USAKernel", "make_kernel", "key_moments", "spectrum_from_gram"]
+__all__ = [
+    "AbstractKernel", "KERNELS", "Linear", "Softmax", "USA", "LinearKernel", "SoftmaxKernel", "USAKernel",
+    "make_kernel", "key_moments", "probabilities", "spectrum_from_gram", "total_mass",
+]

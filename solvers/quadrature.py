@@ -45,6 +45,7 @@ def gauss_legendre(n: int, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
     return 0.5 * (b - a) * x + 0.5 * (b + a), 0.5 * (b - a) * w
 
 
-def log_sphere_area(n: int) -> float:
-    """``log |S^n|`` with ``|S^n| = 2 pi^{(n+1)/2} / Gamma((n+1)/2)`` (``S^n`` in ``R^{n+1}``)."""
-    return math.log(2.0) + 0.5 * (n + 1) * math.log(math.pi) - math.lgamma(0.5 * (n + 1))
+def log_sphere_area(d: int) -> float:
+    """``log |S^{d-1}|`` with ``|S^{d-1}| = 2 pi^{d/2} / Gamma(d/2)``: the unit sphere in ``R^d``
+    (``d >= 1``; ``|S^0| = 2``). The one definition in the package."""
+    return math.log(2.0) + 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d)

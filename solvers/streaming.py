@@ -15,6 +15,13 @@ Two passes are provided:
   ``n x n`` Gram matrix ``W W^T`` of the weights, rescaled online when a row maximum moves.
 
 Padding keys (when ``N`` is not a multiple of the block) carry weight exactly zero.
+
+Token masses. Both passes take optional key masses ``w`` (N,), ``w_j >= 0``: every exponential
+weight is multiplied by ``w_j`` (the proportional attention of ToMe, ``A_ij ∝ w_j e^{s_ij}``, i.e.
+the log-mass bias added to the logits), and the logit mean and variance are mass-weighted. Keys of
+zero mass take no part at all: they are excluded from the running maximum too, so a block made only
+of them changes nothing. ``w = None`` means unit masses and runs the unweighted code, so its
+round-off is exactly that of the plain pass.
 """
 
 from __future__ import annotations
@@ -31,15 +38,28 @@ def _block_size(n_keys: int, key_block: int) -> int:
     return max(1, min(int(key_block), n_keys))
 
 
-def _key_blocks(k: Float[Array, "N d"], key_block: int):
-    """Reshape keys into ``(nb, block, d)`` with a validity mask for the zero padding."""
+def _key_blocks(k: Float[Array, "N d"], key_block: int, weights=None):
+    """Reshape keys into ``(nb, block, d)`` with a validity mask for the zero padding.
+
+    With ``weights`` (N,) also return them as ``(nb, block)`` (zero on padding) and fold
+    ``weights > 0`` into the mask; otherwise the third value is ``None``.
+    """
     n_keys, d = k.shape
     block = _block_size(n_keys, key_block)
     nb = -(-n_keys // block)
     pad = nb * block - n_keys
     kp = jnp.pad(k, ((0, pad), (0, 0)))
     valid = (jnp.arange(nb * block) < n_keys).reshape(nb, block)
-    return kp.reshape(nb, block, d), valid
+    wb = None
+    if weights is not None:
+        wb = jnp.pad(weights, (0, pad)).reshape(nb, block)
+        valid = valid & (wb > 0)
+    return kp.reshape(nb, block, d), valid, wb
+
+
+def _safe_max(mx):
+    """A running maximum usable as a shift: ``-inf`` (no key seen yet) becomes 0."""
+    return jnp.where(jnp.isneginf(mx), jnp.zeros_like(mx), mx)
 
 
 def map_query_blocks(fn: Callable, q: Float[Array, "n d"], query_block: int):
@@ -67,33 +87,36 @@ class Moments(NamedTuple):
 
 
 def weighted_moments(
-    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_acc2: bool = True
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_acc2: bool = True, weights=None
 ) -> Moments:
     """Stream key blocks; return the softmax moments of each query row (see module doc).
 
     ``with_acc2=False`` skips ``acc2`` (returned as zeros): the velocity alone does not need it.
-    When ``N`` is a multiple of the block there is no padding and no mask is applied (the
+    When ``N`` is a multiple of the block and there are no masses, no mask is applied (the
     masked ``where`` over every logit costs ~30% of a step on CPU).
     """
     n, d = q.shape
-    kb, valid = _key_blocks(k, key_block)
-    padded = k.shape[0] % _block_size(k.shape[0], key_block) != 0
+    kb, valid, wb = _key_blocks(k, key_block, weights)
+    masked = weights is not None or k.shape[0] % _block_size(k.shape[0], key_block) != 0
     dt = q.dtype
     init = Moments(
         jnp.full((n,), -jnp.inf, dt), jnp.zeros((n,), dt), jnp.zeros((n, d), dt), jnp.zeros((n,), dt)
     )
 
     def body(c: Moments, blk):
-        kblk, ok = blk
+        kblk, ok, wblk = blk
         cos = q @ kblk.T
-        s = jnp.where(ok[None, :], alpha * cos, -jnp.inf) if padded else alpha * cos
+        s = jnp.where(ok[None, :], alpha * cos, -jnp.inf) if masked else alpha * cos
         mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
-        scale = jnp.exp(c.mx - mx)
-        w = jnp.exp(s - mx[:, None])
+        shift = _safe_max(mx) if weights is not None else mx
+        scale = jnp.exp(c.mx - shift)
+        w = jnp.exp(s - shift[:, None])
+        if weights is not None:
+            w = w * wblk[None, :]
         acc2 = c.acc2 * scale + jnp.sum(w * cos * cos, axis=1) if with_acc2 else c.acc2
         return Moments(mx, c.l * scale + jnp.sum(w, axis=1), c.acc * scale[:, None] + w @ kblk, acc2), None
 
-    out, _ = lax.scan(body, init, (kb, valid))
+    out, _ = lax.scan(body, init, (kb, valid, wb if wb is not None else valid))
     return out
 
 
@@ -103,23 +126,28 @@ class LogitPass(NamedTuple):
     mx: Float[Array, " n"]
     l: Float[Array, " n"]
     ws: Float[Array, " n"]  # sum_j w_ij s_ij
-    count: Float[Array, ""]  # number of keys seen
+    count: Float[Array, ""]  # number (total mass) of keys seen
     mean: Float[Array, " n"]  # running mean of s_ij over keys
     m2: Float[Array, " n"]  # running sum of squared deviations of s_ij
     gram: Float[Array, "n n"]  # sum_j w_ij w_i'j (zeros if not requested)
 
 
 def logit_pass(
-    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True, weights=None
 ) -> LogitPass:
     """One pass over key blocks for the statistics of the rows ``softmax(alpha q k^T)``.
 
     The Gram matrix of the un-normalised weights ``W`` (``W_ij = exp(s_ij - mx_i)``) is
     rescaled as ``G <- D G D`` (``D = diag(exp(mx_old - mx_new))``) whenever row maxima move,
     so ``A A^T = diag(1/l) G diag(1/l)`` exactly at the end.
+
+    With key masses ``w`` the row sums ``l`` and ``ws`` carry ``w_j``, the logit mean and variance
+    are mass-weighted, and the Gram matrix is ``sum_j w_j W_ij W_i'j``: the Gram matrix per unit
+    of mass, ``sum_j A_ij A_i'j / w_j`` after normalisation, which a key of mass 2 and two keys of
+    mass 1 at the same place give alike.
     """
     n, _ = q.shape
-    kb, valid = _key_blocks(k, key_block)
+    kb, valid, wb = _key_blocks(k, key_block, weights)
     dt = q.dtype
     gram0 = jnp.zeros((n, n) if with_gram else (0, 0), dt)
     init = LogitPass(
@@ -133,36 +161,47 @@ def logit_pass(
     )
 
     def body(c: LogitPass, blk):
-        kblk, ok = blk
+        kblk, ok, wblk = blk
         s_raw = alpha * (q @ kblk.T)
         s = jnp.where(ok[None, :], s_raw, -jnp.inf)
         mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
-        scale = jnp.exp(c.mx - mx)
-        w = jnp.exp(s - mx[:, None])
+        shift = _safe_max(mx) if weights is not None else mx
+        scale = jnp.exp(c.mx - shift)
+        w = jnp.exp(s - shift[:, None])
         s0 = jnp.where(ok[None, :], s_raw, 0.0)
-        # Chan, Golub & LeVeque (1979) parallel mean/variance update, per row.
-        nb = jnp.sum(ok).astype(dt)
-        bmean = jnp.sum(s0, axis=1) / nb
-        bm2 = jnp.sum(jnp.where(ok[None, :], (s_raw - bmean[:, None]) ** 2, 0.0), axis=1)
+        # Chan, Golub & LeVeque (1979) parallel mean/variance update, per row (mass-weighted).
+        if weights is None:
+            mass = ok.astype(dt)
+            wm = w
+        else:
+            mass = jnp.where(ok, wblk, 0.0)
+            wm = w * mass[None, :]
+        nb = jnp.sum(mass)
+        bmean = jnp.sum(s0 * mass[None, :], axis=1) / jnp.where(nb > 0, nb, 1.0)
+        bm2 = jnp.sum(jnp.where(ok[None, :], mass[None, :] * (s_raw - bmean[:, None]) ** 2, 0.0), axis=1)
         tot = c.count + nb
         delta = bmean - c.mean
-        mean = c.mean + delta * (nb / tot)
-        m2 = c.m2 + bm2 + delta**2 * (c.count * nb / tot)
+        frac = nb / jnp.where(tot > 0, tot, 1.0)
+        mean = c.mean + delta * frac
+        m2 = c.m2 + bm2 + delta**2 * (c.count * frac)
         gram = c.gram
         if with_gram:
-            gram = gram * scale[:, None] * scale[None, :] + w @ w.T
+            gram = gram * scale[:, None] * scale[None, :] + wm @ w.T
         return LogitPass(
-            mx, c.l * scale + jnp.sum(w, axis=1), c.ws * scale + jnp.sum(w * s0, axis=1), tot, mean, m2, gram
+            mx, c.l * scale + jnp.sum(wm, axis=1), c.ws * scale + jnp.sum(wm * s0, axis=1), tot, mean, m2, gram
         ), None
 
-    out, _ = lax.scan(body, init, (kb, valid))
+    out, _ = lax.scan(body, init, (kb, valid, wb if wb is not None else valid))
     return out
 
 
-def fold_key_blocks(fn: Callable, k: Float[Array, "N d"], key_block: int, init):
-    """Generic fold over key blocks: ``carry = fn(carry, k_block, valid_mask)``."""
-    kb, valid = _key_blocks(k, key_block)
-    out, _ = lax.scan(lambda c, blk: (fn(c, blk[0], blk[1]), None), init, (kb, valid))
+def fold_key_blocks(fn: Callable, k: Float[Array, "N d"], key_block: int, init, weights=None):
+    """Generic fold over key blocks: ``carry = fn(carry, k_block, valid_mask)``, or with ``weights``
+    ``carry = fn(carry, k_block, valid_mask, mass_block)`` (``mass_block`` the block of masses, zero
+    on padding; keys of zero mass are not valid)."""
+    kb, valid, wb = _key_blocks(k, key_block, weights)
+    xs = (kb, valid) if wb is None else (kb, valid, wb)
+    out, _ = lax.scan(lambda c, blk: (fn(c, *blk), None), init, xs)
     return out
 
 

@@ -9,11 +9,14 @@ Discretization: ``n`` equal cells of width ``h = pi/n`` carrying cell averages `
 ``sin theta = 0``); MC-limited MUSCL + upwind flux + SSPRK3 (see ``solvers.finite_volume`` for
 the positivity and conservation argument).  Second order in ``h``, third in time.
 
-Velocity ``v_theta = <g, e_theta>/M`` with ``e_theta = -sin(theta) e + cos(theta) u``:
+Velocity ``v_theta = <g, e_theta>/M`` with ``e_theta = -sin(theta) e + cos(theta) u``. The solver
+never looks at a kernel's name, only at its family (``solvers.kernels``):
 
-* ``linear``: ``v_theta = (1/M)[-mu sin(theta) + alpha (b - a) sin(theta) cos(theta)]``,
-  ``mu = E[cos]``, ``a = Var(cos)``, ``b = E[sin^2]/(d-1)`` (midpoint moments).
-* ``softmax`` / ``usa``: with ``<x,y> = cc' + ss' t``, ``t = cos(phi)`` distributed as one
+* moment kernels (``linear``): the key mean is ``mu e`` and the covariance ``diag(a, b, ..., b)``
+  in a frame ``(e, u, ...)`` with ``mu = E[cos]``, ``a = Var(cos)``, ``b = E[sin^2]/(d-1)``
+  (midpoint moments), so the kernel's ``from_moments`` evaluated in the plane of ``e`` and ``u``
+  gives the field; for ``linear`` ``v_theta = (1/M)[-mu sin(theta) + alpha (b - a) sin(theta) cos(theta)]``.
+* profile kernels ``exp(alpha <x, y>)``, normalised (softmax) or not (usa): with ``<x,y> = cc' + ss' t``, ``t = cos(phi)`` distributed as one
   coordinate of a uniform point of ``S^{d-2}`` (weight ``sin^{d-3} phi``), define per face
   ``j`` and cell ``i`` ``Z_ji = E_t[exp(alpha <x,y>)]`` and the tilted moments
   ``R1 = E_w[t]``, ``R2 = E_w[t^2]`` (``w ∝ exp(alpha s s' t)``), all by log-sum-exp over a
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from typing import Callable, ClassVar
 
 import equinox as eqx
 import jax
@@ -46,10 +49,9 @@ import numpy as np
 from jax import lax
 from jax.nn import logsumexp
 
-from .finite_volume import cfl_substeps, peak_fraction, rhs_bounded, ssprk3
+from .finite_volume import AbstractGridSolver, peak_fraction
+from .kernels import make_kernel
 from .quadrature import gauss_gegenbauer, log_sphere_area
-
-ZONAL_KERNELS = ("linear", "softmax", "usa")
 
 
 def _cell_log_sin_average(edges: np.ndarray) -> np.ndarray:
@@ -119,17 +121,16 @@ def _table_rows(alpha, c_f, s_f, c_c, s_c, nodes, log_w):
     return lax.map(row, (c_f, s_f), batch_size=32)
 
 
-class ZonalSolver(eqx.Module):
+class ZonalSolver(AbstractGridSolver):
     """Finite-volume solver for the zonal marginal (see module docstring).
 
     Build with :func:`make_zonal_solver`; state is the cell-average vector ``F`` (n,).
     """
 
     d: int = eqx.field(static=True)
-    kernel: str = eqx.field(static=True)
+    kernel: eqx.Module  # alpha is an array leaf: solvers that differ only in it share compilations
     n_cells: int = eqx.field(static=True)
-    alpha: jax.Array  # () leaves, not static: solvers that differ only in these share compilations
-    merge: jax.Array
+    mobility: jax.Array  # velocity factor 1/M
     vbound: jax.Array  # a-priori bound on |v| (mobility included)
     h: jax.Array
     centers: jax.Array
@@ -140,53 +141,52 @@ class ZonalSolver(eqx.Module):
     log_sin_avg: jax.Array
     log_cell_measure: jax.Array
     tables: dict | None
+    periodic: ClassVar[bool] = False
+
+    def _moments(self, w):
+        """``mu``, ``a = Var(cos)``, ``b = E[sin^2]/(d-1)`` and ``E[cos^2]`` of cell masses ``w``."""
+        mu = w @ self.cos_c
+        c2 = w @ self.cos_c**2
+        return mu, c2 - mu**2, (jnp.sum(w) - c2) / (self.d - 1), c2
+
+    def _moment_field(self, w, c, s):
+        """Drive and divergence of a moment kernel at unit vectors ``(c, s)`` of the zonal plane."""
+        mu, a, b, _ = self._moments(w)
+        zero = jnp.zeros_like(mu)
+        m2 = jnp.stack([mu, zero])
+        cov2 = jnp.stack([jnp.stack([a, zero]), jnp.stack([zero, b])])
+        x2 = jnp.stack([c, s], axis=1)
+        return self.kernel.from_moments(x2, m2, cov2, d=self.d, trace=a + (self.d - 1) * b)
 
     def velocity(self, F):
         """Face velocities ``v_theta`` (n+1,), zero at both poles."""
         w = F * self.h
-        if self.kernel == "linear":
-            mu = w @ self.cos_c
-            c2 = w @ self.cos_c**2
-            a = c2 - mu**2
-            b = (jnp.sum(w) - c2) / (self.d - 1)
-            v = -mu * self.sin_f + self.alpha * (b - a) * self.sin_f * self.cos_f
-        elif self.kernel == "softmax":
+        if self.kernel.family == "moments":
+            f2, _ = self._moment_field(w, self.cos_f, self.sin_f)
+            v = -f2[:, 0] * self.sin_f + f2[:, 1] * self.cos_f
+        elif self.kernel.normalized:
             den = self.tables["Z"] @ w
             v = (self.tables["G"] @ w) / jnp.maximum(den, jnp.finfo(F.dtype).tiny)
         else:
             v = jnp.exp(self.tables["r"]) * (self.tables["G"] @ w)
-        return v / self.merge
-
-    def rhs(self, F):
-        return rhs_bounded(F, self.velocity(F), self.h)
-
-    def step(self, F, dt):
-        """One SSPRK3 step of size ``dt`` (caller keeps ``dt vbound / h <= 1/2``)."""
-        return ssprk3(self.rhs, F, dt)
-
-    def substeps(self, dt: float, cfl: float = 0.4) -> int:
-        """Number of equal substeps for a layer of length ``dt`` at Courant number ``<= cfl``."""
-        return cfl_substeps(dt, self.vbound, self.h, cfl)
+        return v * self.mobility
 
     def entropy_rate(self, F):
         """``E_rho[div_S v]`` from the closed forms (docs/theory.md "Entropy: the exact identity")."""
         w = F * self.h
-        d, al = self.d, self.alpha
-        if self.kernel == "linear":
-            mu = w @ self.cos_c
-            c2 = w @ self.cos_c**2
-            a = c2 - mu**2
-            b = (jnp.sum(w) - c2) / (d - 1)
-            return (-(d - 1) * mu**2 + al * (a + (d - 1) * b - d * (a * c2 + (d - 1) * b**2))) / self.merge
+        if self.kernel.family == "moments":
+            _, div = self._moment_field(w, self.cos_c, self.sin_c)
+            return (w @ div) * self.mobility
+        d, al = self.d, self.kernel.alpha
         t = self.tables
         S, Gw, Xw, Yw = t["Z"] @ w, t["G"] @ w, t["X"] @ w, t["Y"] @ w
-        if self.kernel == "softmax":
+        if self.kernel.normalized:
             S = jnp.maximum(S, jnp.finfo(F.dtype).tiny)
             div = al * (1.0 - Yw / S - (Gw / S) ** 2) - (d - 1) * Xw / S
         else:
             div = jnp.exp(t["r"]) * (al * (S - Yw) - (d - 1) * Xw)
         face_w = 0.5 * (jnp.concatenate([w, w[-1:] * 0]) + jnp.concatenate([w[:1] * 0, w]))
-        return (face_w @ div) / self.merge
+        return (face_w @ div) * self.mobility
 
     def diagnostics(self, F) -> dict:
         """Mass, ``mean_cos``, ``order_parameter`` ``|m|``, ``entropy`` H, ``kl_to_uniform``,
@@ -194,37 +194,42 @@ class ZonalSolver(eqx.Module):
         w = F * self.h
         mu = w @ self.cos_c
         logF = jnp.log(jnp.where(F > 0, F, 1.0))
-        H = jnp.sum(w * (-logF + log_sphere_area(self.d - 2) + (self.d - 2) * self.log_sin_avg))
+        H = jnp.sum(w * (-logF + log_sphere_area(self.d - 1) + (self.d - 2) * self.log_sin_avg))
         return {
             "mass": jnp.sum(w),
             "mean_cos": mu,
             "order_parameter": jnp.abs(mu),
             "mean_cosine": mu**2,
             "entropy": H,
-            "kl_to_uniform": log_sphere_area(self.d - 1) - H,
+            "kl_to_uniform": log_sphere_area(self.d) - H,
             "entropy_rate": self.entropy_rate(F),
             "peak_fraction": peak_fraction(w, periodic=False),
         }
 
 
-def make_zonal_solver(d: int, n_cells: int, kernel: str = "linear", alpha: float = 1.0, merge: float = 1.0,
+def make_zonal_solver(d: int, n_cells: int, kernel="linear", alpha=None, mobility: float = 1.0,
                       n_phi: int | None = None, dtype=None) -> ZonalSolver:
-    """Build a :class:`ZonalSolver` (tables for softmax/usa are computed here, once).
+    """Build a :class:`ZonalSolver` (profile tables are computed here, once).
 
-    ``n_phi`` Gauss–Gegenbauer nodes for the azimuthal integral (default ``max(48, alpha + 32)``:
-    the integrand ``exp(kappa t)``, ``kappa <= alpha``, is then integrated to round-off).
-    ``dtype`` defaults to JAX's default float dtype.
+    ``kernel`` is a kernel object, or a name with ``alpha`` (``solvers.kernels.make_kernel``).
+    ``mobility`` multiplies the velocity (``1/M``). ``n_phi`` Gauss–Gegenbauer nodes for the
+    azimuthal integral (default ``max(48, alpha + 32)``: the integrand ``exp(kappa t)``,
+    ``kappa <= alpha``, is then integrated to round-off). ``dtype`` defaults to JAX's default
+    float dtype.
     """
     if not (isinstance(d, (int, np.integer)) and d >= 3):
         raise ValueError(f"zonal solver: d={d!r} must be an integer >= 3 (use the circle solver for d=2)")
-    if kernel not in ZONAL_KERNELS:
-        raise ValueError(f"zonal solver: kernel={kernel!r}, expected one of {ZONAL_KERNELS}")
+    kernel = make_kernel(kernel, alpha)
+    if getattr(kernel, "family", None) not in ("moments", "profile"):
+        raise ValueError(f"zonal solver: {kernel!r} is not a kernel object of the moments or profile family")
     if not (isinstance(n_cells, (int, np.integer)) and n_cells >= 4 and n_cells % 2 == 0):
         raise ValueError(f"zonal solver: n_cells={n_cells!r} must be an even integer >= 4")
-    if alpha < 0 or merge < 1:
-        raise ValueError(f"zonal solver: alpha={alpha} must be >= 0 and merge={merge} >= 1")
+    alpha = float(kernel.alpha)
+    if alpha < 0 or not 0 < mobility <= 1:
+        raise ValueError(f"zonal solver: alpha={alpha} must be >= 0 and mobility={mobility} in (0, 1]")
     dtype = jnp.zeros(0).dtype if dtype is None else jnp.dtype(dtype)
-    if kernel != "linear" and 2 * alpha > 0.9 * -math.log(float(jnp.finfo(dtype).tiny)):
+    kernel = eqx.tree_at(lambda k: k.alpha, kernel, jnp.asarray(alpha, dtype))
+    if kernel.family == "profile" and 2 * alpha > 0.9 * -math.log(float(jnp.finfo(dtype).tiny)):
         warnings.warn(f"zonal solver: alpha={alpha} in {dtype}: kernel-table entries below exp(-2 alpha) underflow; "
                       "velocities far from all the mass are set to 0 (use float64)", stacklevel=2)
     edges = np.linspace(0.0, np.pi, n_cells + 1)
@@ -236,10 +241,10 @@ def make_zonal_solver(d: int, n_cells: int, kernel: str = "linear", alpha: float
     xq, wq = np.polynomial.legendre.leggauss(32)
     nodes = 0.5 * h * xq[None, :] + centers[:, None]
     lcm = _np_logsumexp((d - 2) * np.log(np.sin(nodes)) + np.log(0.5 * h * wq), axis=1)
-    lcm = lcm + log_sphere_area(d - 2)
+    lcm = lcm + log_sphere_area(d - 1)
     tables = None
-    if kernel == "linear":
-        vbound = 1.0 + 0.5 * alpha
+    if kernel.family == "moments":
+        vbound = kernel.speed_bound()
     else:
         n_phi = int(n_phi or max(48, math.ceil(alpha) + 32))
         t, wt = gauss_gegenbauer(n_phi, d)
@@ -248,9 +253,9 @@ def make_zonal_solver(d: int, n_cells: int, kernel: str = "linear", alpha: float
         r = tables["r"]
         # |v| <= 1/M for softmax (weighted mean of |<e_theta, y>| <= 1); for usa
         # |v_j| <= e^{r_j} max_i Z_ji |G/Z| sum_i w_i <= e^{max r} for any unit-mass F >= 0.
-        vbound = 1.0 if kernel == "softmax" else float(np.exp(np.max(np.asarray(r))))
-    return ZonalSolver(d=int(d), kernel=kernel, n_cells=int(n_cells), alpha=jnp.asarray(alpha, dtype), merge=jnp.asarray(merge, dtype),
-                       vbound=jnp.asarray(vbound / merge, dtype), h=jnp.asarray(h, dtype), centers=jnp.asarray(centers, dtype),
+        vbound = kernel.speed_bound() if kernel.normalized else float(np.exp(np.max(np.asarray(r))))
+    return ZonalSolver(d=int(d), kernel=kernel, n_cells=int(n_cells), mobility=jnp.asarray(mobility, dtype),
+                       vbound=jnp.asarray(vbound * mobility, dtype), h=jnp.asarray(h, dtype), centers=jnp.asarray(centers, dtype),
                        cos_c=jnp.asarray(cos_c, dtype), sin_c=jnp.asarray(sin_c, dtype),
                        cos_f=jnp.asarray(cos_f, dtype), sin_f=jnp.asarray(sin_f, dtype),
                        log_sin_avg=jnp.asarray(_cell_log_sin_average(edges), dtype),

@@ -26,7 +26,7 @@ def test_round_trip(tmp_path, sol):
         np.testing.assert_array_equal(back.diagnostics[k], sol.diagnostics[k])
     assert back.params == sol.params
     with h5py.File(path) as f:
-        assert f.attrs["format"] == "meanfield-results" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "meanfield-results" and f.attrs["format_version"] == 2
         ds = f["diagnostics/order_parameter"]
         assert [s.name for s in ds.dims[0].values()] == ["/scales/t", "/scales/layer"]
 

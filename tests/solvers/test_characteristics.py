@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from solvers import make_kernel
 from solvers.characteristics import characteristics_rollout, dense_field
 from solvers.circle import circle_cell_averages, make_circle_solver
 from solvers.finite_volume import rollout
@@ -40,7 +41,7 @@ def test_divergence_matches_autodiff(kernel):
     rng = np.random.default_rng(0)
     y = rng.normal(size=(12, 5))
     y /= np.linalg.norm(y, axis=1, keepdims=True)
-    field = dense_field(kernel, alpha=1.7, merge=1.3)
+    field = dense_field(make_kernel(kernel, 1.7), mobility=1 / 1.3)
 
     def v_query(q, key_set):
         xs = key_set
@@ -94,7 +95,7 @@ def test_particles_agree_with_density_at_rate_sqrt_n(geometry):
         rng = np.random.default_rng(int(N))
         samples = [sampler(rng, N) for _ in range(R)]
         errs.append(_sup_m_errors(np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]),
-                                  dense_field("linear", alpha), ref_m, dt, L, 2))
+                                  dense_field(make_kernel("linear", alpha)), ref_m, dt, L, 2))
     errs = np.array(errs)
     slope = np.polyfit(np.log(Ns), np.log(errs), 1)[0]
     print(f"{geometry}: RMS sup|m| errors {errs}, sqrt(N)*err {errs * np.sqrt(Ns)}, slope {slope:.3f}")
@@ -111,7 +112,7 @@ def test_entropy_agrees_with_zonal(kernel, alpha, N):
     ref = rollout(make_zonal_solver(3, 256, kernel, alpha=alpha), zonal_cell_averages(vmf3_log_marginal(2.0), 256),
                   dt, L)[1]
     x0, lr0 = sample_vmf3(np.random.default_rng(7), 2.0, N)
-    _, _, dg = characteristics_rollout(dense_field(kernel, alpha), jnp.asarray(x0), jnp.asarray(lr0), dt, L, 2)
+    _, _, dg = characteristics_rollout(dense_field(make_kernel(kernel, alpha)), jnp.asarray(x0), jnp.asarray(lr0), dt, L, 2)
     gap = np.abs(np.asarray(dg["entropy"]) - np.asarray(ref["entropy"]))
     tol = 4 * np.asarray(dg["entropy_stderr"]) + 2e-3
     print(f"{kernel}: entropy gap {gap.max():.4f}, tol {tol.min():.4f}, H(T) {float(ref['entropy'][-1]):.4f}")

@@ -76,7 +76,7 @@ def test_merge_is_time_change():
     n = 64
     rho = circle_cell_averages(von_mises_log_density(1.0), n)
     u1, _ = rollout(make_circle_solver(n, "softmax", alpha=2.0), rho, 0.1, 6)
-    u2, _ = rollout(make_circle_solver(n, "softmax", alpha=2.0, merge=3.0), rho, 0.3, 6)
+    u2, _ = rollout(make_circle_solver(n, "softmax", alpha=2.0, mobility=1 / 3.0), rho, 0.3, 6)
     assert np.max(np.abs(np.asarray(u1) - np.asarray(u2))) < 1e-12  # same substeps in rescaled time
 
 

@@ -20,7 +20,7 @@ def x0():
 def reference(x0):
     # Independent reference: adaptive Tsit5 at rtol = atol = 1e-12 (error ~1e-11, far below the
     # smallest fixed-step error measured here, ~3e-4).
-    return mf.solve_flow(x0, alpha=ALPHA, t1=T, method="adaptive", rtol=1e-12, atol=1e-12, save_every=10**6).x
+    return mf.solve_flow(x0, alpha=ALPHA, t1=T, method=mf.Adaptive(rtol=1e-12, atol=1e-12), save_every=10**6).x
 
 
 @pytest.mark.parametrize("method", ["layer", "euler", "heun"])
@@ -45,7 +45,7 @@ def test_convergence_order(x0, reference, method, order):
 
 
 def test_adaptive_meets_tolerance_and_reports_drift(x0, reference):
-    sol = mf.solve_flow(x0, alpha=ALPHA, t1=T, method="adaptive", rtol=1e-6, atol=1e-8, save_every=10**6)
+    sol = mf.solve_flow(x0, alpha=ALPHA, t1=T, method=mf.Adaptive(rtol=1e-6, atol=1e-8), save_every=10**6)
     err = np.abs(sol.x - reference).max()
     drift = sol.diagnostics["norm_drift"][-1]
     # local tolerances 1e-6 accumulate over O(10) steps; the drift off the sphere is of that size too
@@ -67,8 +67,8 @@ def test_merge_is_a_time_change_step_for_step(x0):
 
 def test_merge_identity_of_the_ode(x0):
     # rho^(M)(t) = rho^(1)(t/M), checked with the adaptive solver at tight tolerance (1e-10 local).
-    a = mf.solve_flow(x0, alpha=ALPHA, t1=1.0, method="adaptive", rtol=1e-11, atol=1e-11, save_every=10**6)
-    b = mf.solve_flow(x0, alpha=ALPHA, t1=3.0, fusion=2.0 / 3.0, method="adaptive", rtol=1e-11, atol=1e-11,
+    a = mf.solve_flow(x0, alpha=ALPHA, t1=1.0, method=mf.Adaptive(rtol=1e-11, atol=1e-11), save_every=10**6)
+    b = mf.solve_flow(x0, alpha=ALPHA, t1=3.0, fusion=2.0 / 3.0, method=mf.Adaptive(rtol=1e-11, atol=1e-11),
                       save_every=10**6)
     assert b.params["merge"] == pytest.approx(3.0)
     np.testing.assert_allclose(a.x, b.x, atol=1e-8)

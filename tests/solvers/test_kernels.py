@@ -108,7 +108,7 @@ def test_closed_form_divergence_equals_autodiff(name, alpha):
     # and the particle average is the entropy rate of the diagnostics
     from meanfield.diagnostics import entropy_rate
 
-    np.testing.assert_allclose(entropy_rate(k, x, 2.0), np.mean(ref) / 2.0, atol=1e-8)
+    np.testing.assert_allclose(entropy_rate(k, x, mobility=1 / 2.0), np.mean(ref) / 2.0, atol=1e-8)
 
 
 def test_linear_entropy_rate_closed_form_in_moments():
@@ -120,7 +120,7 @@ def test_linear_entropy_rate_closed_form_in_moments():
     Q = x.T @ x / len(x)
     S = Q - np.outer(m, m)
     ref = (-(d - 1) * m @ m + alpha * (np.trace(S) - d * np.trace(S @ Q))) / M
-    np.testing.assert_allclose(entropy_rate(LinearKernel(alpha), jnp.asarray(x), M), ref, atol=1e-12)
+    np.testing.assert_allclose(entropy_rate(LinearKernel(alpha), jnp.asarray(x), mobility=1 / M), ref, atol=1e-12)
 
 
 def test_alpha_is_a_vmappable_leaf():

@@ -92,7 +92,7 @@ def test_merge_is_time_change():
     F0 = zonal_cell_averages(vmf_log_marginal(5, 1.0), n)
     for kernel in ("linear", "softmax"):
         u1, _ = rollout(make_zonal_solver(5, n, kernel, alpha=1.0), F0, 0.1, 8)
-        u2, _ = rollout(make_zonal_solver(5, n, kernel, alpha=1.0, merge=2.0), F0, 0.2, 8)
+        u2, _ = rollout(make_zonal_solver(5, n, kernel, alpha=1.0, mobility=0.5), F0, 0.2, 8)
         assert np.max(np.abs(np.asarray(u1) - np.asarray(u2))) < 1e-12
 
 

@@ -1,0 +1,86 @@
+"""The types every method shares: the validated run (:class:`FlowSpec`) and its result
+(:class:`FlowSolution`). Lowest layer of the driver: imports nothing else of the package."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._version import __version__
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSpec:
+    """Validated options of one run, handed to a method's runner (built by ``meanfield.flow.make_spec``).
+
+    ``kernel`` and ``method`` are objects (``solvers.AbstractKernel``, ``solvers.AbstractIntegrator``
+    or a density method of ``meanfield.density``), carrying their own options. ``merge`` is the
+    mobility factor ``M`` (the velocity is multiplied by ``mobility = 1/M``); ``weights`` the token
+    masses (``None``: unit masses).
+    """
+
+    init: Any
+    x0: Any
+    weights: np.ndarray | None
+    N: int
+    d: int
+    kernel: Any
+    method: Any
+    merge: float
+    fusion: float | None
+    n_steps: int
+    dt: float
+    time_map: str
+    save_steps: np.ndarray
+    key: Any
+    seed: int
+    dtype: Any
+    n_query: int
+    progress: Any
+    save_tokens: bool
+
+    @property
+    def mobility(self) -> float:
+        """``1/M``: the factor on the velocity (the engines' one convention)."""
+        return 1.0 / self.merge
+
+    def params(self) -> dict:
+        """JSON-able description of the run (stored with the results)."""
+        init = self.init.describe() if self.init is not None and hasattr(self.init, "describe") else {"name": "array"}
+        kernel = self.kernel.describe()
+        method = self.method.describe()
+        return {
+            "N": self.N, "d": self.d, "kernel": kernel.pop("name"), "alpha": kernel.pop("alpha"),
+            "merge": self.merge, "fusion": self.fusion, "method": method.pop("name"), "dt": self.dt,
+            "time_map": self.time_map, "n_steps": self.n_steps, "seed": self.seed,
+            "precision": jnp.dtype(self.dtype).name, "n_query": self.n_query, "init": init,
+            "kernel_options": kernel, "method_options": method, "weighted": self.weights is not None,
+            "meanfield_version": __version__,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSolution:
+    """Result of :func:`meanfield.solve_flow`.
+
+    ``t`` and ``layers`` are the saved times and step (layer) indices, both including 0 and the
+    final step; ``diagnostics[name][i]`` is the value at ``t[i]``; ``x`` the final tokens (unit
+    rows; ``None`` for grid solvers); ``weights`` the token masses (``None``: unit masses);
+    ``snapshots`` the tokens at every save if requested.
+    """
+
+    t: np.ndarray
+    layers: np.ndarray
+    x: np.ndarray | None
+    diagnostics: dict
+    params: dict
+    query_indices: np.ndarray | None = None
+    snapshots: np.ndarray | None = None
+    stats: dict = dataclasses.field(default_factory=dict)
+    grid: dict | None = None
+    density: np.ndarray | None = None
+    warnings: list = dataclasses.field(default_factory=list)
+    weights: np.ndarray | None = None
