@@ -7,7 +7,7 @@ laws and this project's exact results) and ``fit`` (``fit_rank_curve``, ``fit_en
 the paper's tables ``paper_table(1|2)``.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import diagnostics, fit, theory
 from .batch import simulate_batch
