@@ -7,7 +7,8 @@ The convention every tool follows (``meanfield.simulate``, ``meanfield.fit.cli``
   ``meanfield-fit``, ``meanfield-compare``, ``meanfield-dump``; ``[project.scripts]`` in
   pyproject.toml), used as the parser's ``prog``, so errors read ``PROG: error: ...``;
 - ``build_parser()`` returns an :class:`ArgumentParser`; ``main(argv)`` runs the tool and returns
-  an exit status, raising ``ValueError``/``FileExistsError`` on bad input;
+  an exit status, raising ``ValueError``/``FileExistsError`` on bad input (or ending in
+  ``parser.error``, which prints the same one line and exits 2, as ``meanfield.fit.cli`` does);
 - ``cli(argv=None) -> int`` is ``run_cli(main, PROG, argv)``: the console script's target;
 - ``python -m meanfield.<tool>`` calls ``sys.exit(cli())``.
 """
