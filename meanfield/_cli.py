@@ -1,4 +1,17 @@
-"""Shared command-line plumbing: one-line errors and exit status 2, never a traceback."""
+"""Shared command-line plumbing: one-line errors and exit status 2, never a traceback.
+
+The convention every tool follows (``meanfield.simulate``, ``meanfield.fit.cli``,
+``meanfield.compare``, ``meanfield.dump.__main__``):
+
+- the module defines ``PROG``, the name of its console script (``meanfield-simulate``,
+  ``meanfield-fit``, ``meanfield-compare``, ``meanfield-dump``; ``[project.scripts]`` in
+  pyproject.toml), used as the parser's ``prog``, so errors read ``PROG: error: ...``;
+- ``build_parser()`` returns an :class:`ArgumentParser`; ``main(argv)`` runs the tool and returns
+  an exit status, raising ``ValueError``/``FileExistsError`` on bad input (or ending in
+  ``parser.error``, which prints the same one line and exits 2, as ``meanfield.fit.cli`` does);
+- ``cli(argv=None) -> int`` is ``run_cli(main, PROG, argv)``: the console script's target;
+- ``python -m meanfield.<tool>`` calls ``sys.exit(cli())``.
+"""
 
 from __future__ import annotations
 

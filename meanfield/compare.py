@@ -1,11 +1,12 @@
 """Compare a real model's dumped attention statistics with the theory, and replay them.
 
-``python -m meanfield.compare DUMP.h5`` (docs/theory.md "Comparing with a real model"):
+``meanfield-compare DUMP.h5`` or ``python -m meanfield.compare DUMP.h5`` (docs/theory.md
+"Comparing with a real model"):
 
 (a) **Measured curves** per recorded block ``l``: head-mean effective rank and normalized
     entropy, order parameter ``|m|`` and covariance effective rank of the block input. The
     paper's rank law ``r + C exp(-alpha l/(N M))`` (Eq. 1/9/15) is fitted to the rank curve with
-    ``meanfield.fit.fit_rank_curve`` when that module is installed (else the table says so).
+    ``meanfield.fit.fit_rank_curve``.
 (b) **Replay**: the dumped layer-0 token sample, normalized onto the sphere (optionally projected
     on its top-``k`` uncentered principal directions and renormalized, ``--pca k``), is moved by the
     particle flow ``solve_flow(x0, kernel="softmax", alpha, dt, layers)``, one flow step per block.
@@ -18,7 +19,8 @@
     statistics differ from the model's by construction).
 
 Outputs: a table on stdout, ``PREFIX.png`` (four panels) and ``PREFIX.h5`` (everything plotted),
-both written atomically. A bad or foreign file gives one line ``compare: error: ...``, exit 2.
+both written atomically. A bad or foreign file gives one line ``meanfield-compare: error: ...``,
+exit 2 (command-line convention: ``meanfield._cli``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import sys
 
 import numpy as np
 
+from ._cli import ArgumentParser, run_cli
 from .dump.format import merge_factor, read_dump
 
+PROG = "meanfield-compare"
 STATS = (
     ("effective_rank", "effective rank (head mean)"),
     ("normalized_entropy", "normalized entropy H_sv/log n"),
@@ -54,11 +58,9 @@ def measured_curves(dump) -> dict:
 
 
 def fit_rank_law(dump, curves):
-    """The paper's rank law fitted with ``meanfield.fit`` if present; ``(result, note)``."""
-    try:
-        from meanfield.fit import fit_rank_curve
-    except ImportError:
-        return None, "rank-law fit skipped: meanfield.fit is not installed in this version"
+    """The paper's rank law fitted with ``meanfield.fit.fit_rank_curve``; ``(result, note)``."""
+    from meanfield.fit import fit_rank_curve
+
     M = merge_factor(dump.meta.get("merge"))
     try:
         res = fit_rank_curve(curves["layer"], curves["effective_rank"], N=int(dump.meta["N"]), merge=M)
@@ -248,11 +250,9 @@ def write_report(path, dump, curves, fit, fit_note, rep, overwrite=False) -> Non
                     s.create_dataset(key, data=rep[name][key]).dims[0].attach_scale(layer)
 
 
-def _parser():
-    from meanfield._cli import ArgumentParser
-
-    p = ArgumentParser(prog="compare", description="Compare a meanfield dump with the theory and replay it.")
-    p.add_argument("dump", help="dump file written by python -m meanfield.dump")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description="Compare a meanfield dump with the theory and replay it.")
+    p.add_argument("dump", help="dump file written by meanfield-dump (python -m meanfield.dump)")
     p.add_argument("--out", default=None, help="output prefix for PREFIX.png and PREFIX.h5 [DUMP_compare]")
     p.add_argument("--alpha", type=float, default=None, help="replay inverse temperature [fitted]")
     p.add_argument("--dt", type=float, default=None, help="replay time per block [fitted]")
@@ -263,7 +263,8 @@ def _parser():
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the comparison; bad input raises ``ValueError``/``FileExistsError`` (see :func:`cli`)."""
+    args = build_parser().parse_args(argv)
     from meanfield.atomic import check_writable
 
     for name, value in (("--alpha", args.alpha), ("--dt", args.dt)):
@@ -284,7 +285,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from meanfield._cli import run_cli
+def cli(argv=None) -> int:
+    """Entry point of the ``meanfield-compare`` script: one error line and exit status 2 on bad input."""
+    return run_cli(main, PROG, argv)
 
-    sys.exit(run_cli(main, "compare"))
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -7,7 +7,8 @@ version 1 files have the same layout and are read as they are.
 Layout (Dedalus-style dimension scales)::
 
     /                       attrs: format, format_version, meanfield_version, jax_version, created
-    /parameters             attrs: the run's parameters (JSON for nested values)
+    /parameters             attrs: the run's parameters (JSON for nested values, "null" for None;
+                            meanfield._hdf5.encode_attr/decode_attr)
     /scales/t, /scales/layer           (n_saves,) dimension scales
     /diagnostics/<name>     (n_saves,) or (n_saves, n); dim 0 attached to t and layer
     /query_indices          (n,) int64
@@ -20,42 +21,18 @@ Layout (Dedalus-style dimension scales)::
 from __future__ import annotations
 
 import datetime
-import json
 
 import h5py
 import jax
 import numpy as np
 
-from .atomic import atomic_path
+from ._hdf5 import decode_attr, encode_attr, read_attrs
 from ._version import __version__
+from .atomic import atomic_path
 from .solution import FlowSolution
 
 FORMAT = "meanfield-results"
 FORMAT_VERSION = 2
-
-
-def _attr(v):
-    if v is None:
-        return "null"
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v)
-    return v
-
-
-def _unattr(v):
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, str):
-        if v == "null":
-            return None
-        if v[:1] in "[{":
-            try:
-                return json.loads(v)
-            except json.JSONDecodeError:
-                return v
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 def save_results(path, sol: FlowSolution, *, overwrite: bool = False, compression: str | None = "gzip"):
@@ -66,7 +43,7 @@ def save_results(path, sol: FlowSolution, *, overwrite: bool = False, compressio
                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         p = f.create_group("parameters")
         for k, v in sol.params.items():
-            p.attrs[k] = _attr(v)
+            p.attrs[k] = encode_attr(v)
         sc = f.create_group("scales")
         t = sc.create_dataset("t", data=np.asarray(sol.t, dtype=np.float64))
         lay = sc.create_dataset("layer", data=np.asarray(sol.layers, dtype=np.int64))
@@ -96,7 +73,7 @@ def save_results(path, sol: FlowSolution, *, overwrite: bool = False, compressio
                 dens.create_dataset(f"grid_{k}", data=np.asarray(v))
         st = f.create_group("stats")
         for k, v in sol.stats.items():
-            st.attrs[k] = _attr(v)
+            st.attrs[k] = encode_attr(v)
         w = f.create_group("warnings")
         for i, msg in enumerate(sol.warnings):
             w.attrs[f"warning_{i}"] = str(msg)
@@ -112,7 +89,7 @@ def load_results(path) -> FlowSolution:
     except OSError as e:
         raise ValueError(f"{path} is not a readable HDF5 file ({e})") from None
     with f:
-        fmt = _unattr(f.attrs.get("format"))
+        fmt = decode_attr(f.attrs.get("format"))
         if fmt != FORMAT:
             raise ValueError(f"{path} is not a meanfield results file (format attribute {fmt!r})")
         version = int(f.attrs.get("format_version", -1))
@@ -121,7 +98,7 @@ def load_results(path) -> FlowSolution:
         for need in ("parameters", "scales/t", "scales/layer", "diagnostics"):
             if need not in f:
                 raise ValueError(f"{path} is missing /{need}")
-        params = {k: _unattr(v) for k, v in f["parameters"].attrs.items()}
+        params = read_attrs(f["parameters"])
         diags = {k: f["diagnostics"][k][()] for k in f["diagnostics"]}
         tok = f.get("tokens")
         dens = f.get("density")
@@ -133,9 +110,9 @@ def load_results(path) -> FlowSolution:
             params=params,
             query_indices=f["query_indices"][()] if "query_indices" in f else None,
             snapshots=tok["snapshots"][()] if tok is not None and "snapshots" in tok else None,
-            stats={k: _unattr(v) for k, v in f["stats"].attrs.items()} if "stats" in f else {},
+            stats=read_attrs(f["stats"]) if "stats" in f else {},
             grid={k[5:]: dens[k][()] for k in dens if k.startswith("grid_")} if dens is not None else None,
             density=dens["values"][()] if dens is not None else None,
-            warnings=[str(_unattr(v)) for _, v in sorted(f["warnings"].attrs.items())] if "warnings" in f else [],
+            warnings=[str(decode_attr(v)) for _, v in sorted(f["warnings"].attrs.items())] if "warnings" in f else [],
             weights=tok["weights"][()] if tok is not None and "weights" in tok else None,
         )

@@ -65,7 +65,7 @@ def entropy_law_inverse(depth, *, H0, k, merge=1.0):
     The paper writes ``H(0) - O(1/(M L))``; this is the concrete form we implement, with ``k``
     a free constant.  Note that this form *rises* towards ``H0`` as ``L`` grows, which is not what
     the flow does: for the linear kernel ``H`` decreases without bound (docs/theory.md "Entropy: the exact
-    entropy").  It is shipped so that data can be compared against it, not because it is right.
+    identity").  It is shipped so that data can be compared against it, not because it is right.
     """
     L = np.asarray(depth, dtype=np.float64)
     if np.any(L <= 0):

@@ -94,7 +94,7 @@ def test_cli_rejects_foreign_files(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, check=False)  # fmt: skip
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("compare: error:") and "not a meanfield dump" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("meanfield-compare: error:") and "not a meanfield dump" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.h5"]  # no output files
     with pytest.raises(ValueError, match="--dt must be a finite number > 0"):
         compare.main([SHIPPED, "--out", str(tmp_path / "x"), "--dt", "-1"])

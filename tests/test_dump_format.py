@@ -160,7 +160,7 @@ def test_import_meanfield_does_not_import_torch():
 
 def test_fit_cli_reads_the_summary(dump_file):
     """The fit tool's reader (another module) takes layer, rank, N and M from /summary."""
-    from meanfield.fit_cli import load_curve
+    from meanfield.fit.cli import load_curve
 
     xname, x, y, sigma, quantity, meta = load_curve(dump_file)
     d = make_dump()
@@ -168,3 +168,43 @@ def test_fit_cli_reads_the_summary(dump_file):
     np.testing.assert_array_equal(x, [0, 1, 2])
     np.testing.assert_allclose(y, d.attention["effective_rank"], rtol=1e-12)
     assert meta == {"N": 40.0, "merge": 1.0}
+
+
+def test_shipped_dump_attributes_read_as_before():
+    """examples/data/minilm_dump.h5 (written before the shared attribute helper): every root
+    attribute reads back as the original rules give it (JSON for JSON_ATTRS, bytes to str, NumPy
+    scalars to Python, "" kept as ""), and the fit reader takes N and M from it."""
+    import json
+
+    from meanfield.dump.format import JSON_ATTRS
+    from meanfield.fit.cli import load_curve
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "data" / "minilm_dump.h5"
+    with h5py.File(path, "r") as f:
+        raw = dict(f.attrs)
+        names = json.loads(f["query/token_type"].attrs["names"])
+    expected = {}
+    for k, v in raw.items():
+        v = v.decode() if isinstance(v, bytes) else v
+        v = json.loads(v) if k in JSON_ATTRS and isinstance(v, str) else v
+        expected[k] = v.item() if isinstance(v, np.generic) else v
+    d = read_dump(path)
+    skip = {"format", "format_version"}
+    assert d.meta == {k: v for k, v in expected.items() if k not in skip}
+    assert all(type(d.meta[k]) is type(expected[k]) for k in d.meta)
+    assert d.token_type_names == names
+    assert load_curve(str(path))[5] == {"N": float(expected["N"]), "merge": 1.0}
+
+
+def test_fit_reader_detects_hdf5_by_signature(dump_file, tmp_path):
+    """A dump renamed to .csv is still read as HDF5; a CSV named .h5 is read as CSV."""
+    import shutil
+
+    from meanfield.fit.cli import load_curve
+
+    renamed = shutil.copy(dump_file, tmp_path / "dump.csv")
+    assert load_curve(str(renamed))[5] == {"N": 40.0, "merge": 1.0}
+    text = tmp_path / "curve.h5"
+    text.write_text("layer,effective_rank\n0,5\n1,4\n2,3\n")
+    xname, x, y, *_ = load_curve(str(text))
+    assert xname == "layer" and list(y) == [5.0, 4.0, 3.0]

@@ -1,5 +1,5 @@
 """``python -m meanfield.fit``: CSV, results HDF5 and dump HDF5 inputs; bad inputs exit 2 with one
-line and no PNG.  Mostly in-process (``fit_cli.main``) so compiled fits are shared; one subprocess
+line and no PNG.  Mostly in-process (``meanfield.fit.cli.main``) so compiled fits are shared; one subprocess
 run checks the ``-m`` entry point."""
 
 import os
@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from meanfield import fit_cli
+from meanfield.fit import cli as fit_cli
 
 jax.config.update("jax_enable_x64", True)  # tests only
 
@@ -123,7 +123,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_png(tmp_path, capsys, case):
         fit_cli.main(argv + ["--optimizer", "lm"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("fit: error: ") and needle in err, err
+    assert err.count("\n") == 1 and err.startswith("meanfield-fit: error: ") and needle in err, err
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -132,5 +132,5 @@ def test_python_dash_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "meanfield.fit", str(tmp_path / "none.csv")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("fit: error: no such file"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("meanfield-fit: error: no such file"), proc.stderr
     assert "Traceback" not in proc.stderr

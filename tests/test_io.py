@@ -69,3 +69,43 @@ def test_foreign_files(tmp_path):
         f.attrs["format"] = "something-else"
     with pytest.raises(ValueError, match="not a meanfield results file"):
         mf.load_results(other)
+
+
+def test_attribute_helper_conventions():
+    """meanfield._hdf5: the results convention (defaults) and the dump convention (keywords)."""
+    from meanfield._hdf5 import decode_attr, encode_attr, read_attrs
+
+    # results: None <-> "null", nested values as JSON detected on reading
+    assert encode_attr(None) == "null" and decode_attr("null") is None and decode_attr(b"null") is None
+    assert encode_attr({"b": [1, 2], "a": None}) == '{"b": [1, 2], "a": null}'
+    assert decode_attr('{"b": [1, 2], "a": null}') == {"b": [1, 2], "a": None}
+    assert decode_attr("[not json") == "[not json" and decode_attr("") == ""
+    assert decode_attr(np.float32(0.5)) == 0.5 and type(decode_attr(np.int64(3))) is int
+    assert type(decode_attr(np.bool_(True))) is bool and decode_attr(b"text") == "text"
+    arr = np.arange(3)
+    assert encode_attr(arr) is arr and decode_attr(arr) is arr
+    # dumps: None <-> "", sorted JSON, only named keys parsed
+    assert encode_attr(None, none="") == ""
+    assert encode_attr({"b": 1, "a": 2}, as_json=True, sort_keys=True) == '{"a": 2, "b": 1}'
+    assert encode_attr(None, as_json=True) == "null"
+    assert decode_attr("null", parse_json=False, null=None) == "null"
+    assert decode_attr("[1]", parse_json=False, null=None) == "[1]"
+    with pytest.raises(ValueError):
+        decode_attr("{bad", parse_json=True)
+    attrs = {"merge": b'{"M": 2}', "name": "[x]", "n": np.int64(4)}
+    assert read_attrs(attrs, json_keys=("merge",), null=None) == {"merge": {"M": 2}, "name": "[x]", "n": 4}
+    assert read_attrs(attrs) == {"merge": {"M": 2}, "name": "[x]", "n": 4}
+
+
+def test_results_parameters_with_none_and_nested_values(tmp_path, sol):
+    """Parameters that are None or nested survive a round trip exactly as before ("null", JSON)."""
+    import dataclasses
+
+    params = {**sol.params, "extra_none": None, "extra_nested": {"a": [1, 2.5], "b": "x"}}
+    s2 = dataclasses.replace(sol, params=params)
+    path = tmp_path / "p.h5"
+    mf.save_results(path, s2)
+    with h5py.File(path) as f:
+        assert f["parameters"].attrs["extra_none"] == "null"
+        assert f["parameters"].attrs["extra_nested"] == '{"a": [1, 2.5], "b": "x"}'
+    assert mf.load_results(path).params == params

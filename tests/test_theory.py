@@ -153,7 +153,7 @@ def test_library_import_leaves_x64_alone():
     import subprocess
     import sys
 
-    code = ("import jax, meanfield.theory, meanfield.fit, meanfield.fit_cli, meanfield.paper; "
+    code = ("import jax, meanfield.theory, meanfield.fit, meanfield.fit.cli, meanfield.paper; "
             "assert not jax.config.jax_enable_x64; import sys; "
             "assert 'matplotlib' not in sys.modules")
     env = {"PYTHONPATH": ":".join(sys.path), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}

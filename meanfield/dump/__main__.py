@@ -14,11 +14,13 @@ import json
 import sys
 import time
 
+PROG = "meanfield-dump"  # the console script; python -m meanfield.dump is the same (meanfield._cli)
+
 
 def _parser():
     from meanfield._cli import ArgumentParser
 
-    p = ArgumentParser(prog="python -m meanfield.dump", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="adapter", required=True)
     for name in ("hf", "vggt"):
         s = sub.add_parser(name, help={"hf": "Hugging Face encoder on a text", "vggt": "VGGT on images"}[name])
@@ -123,7 +125,15 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+build_parser = _parser
+
+
+def cli(argv=None) -> int:
+    """Entry point of the ``meanfield-dump`` script (one error line and exit status 2 on bad input)."""
     from meanfield._cli import run_cli
 
-    sys.exit(run_cli(main, "dump"))
+    return run_cli(main, PROG, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -39,6 +39,8 @@ import os
 import h5py
 import numpy as np
 
+from meanfield._hdf5 import decode_attr, encode_attr
+
 FORMAT = "meanfield-dump"
 FORMAT_VERSION = 1
 
@@ -109,10 +111,8 @@ def _put(group, name, data, *, dtype=None, scale=None):
 
 
 def _attr_value(key, value):
-    """Python value to an HDF5 attribute: JSON for structured ones, "" for None."""
-    if key in JSON_ATTRS or isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True, default=str)
-    return "" if value is None else value
+    """Python value to an HDF5 attribute: JSON (sorted keys) for structured ones, "" for None."""
+    return encode_attr(value, as_json=key in JSON_ATTRS, none="", sort_keys=True, default=str)
 
 
 def write_dump(path, dump: Dump, *, overwrite: bool = False) -> str:
@@ -297,21 +297,15 @@ def validate_dump(path) -> None:
 
 
 def _attr(key, value):
-    """Root attribute back to Python: JSON-encoded ones decoded, numpy scalars unwrapped."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    if key in JSON_ATTRS and isinstance(value, str):
-        return json.loads(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    """Root attribute back to Python: JSON-encoded ones (``JSON_ATTRS``) decoded, numpy scalars unwrapped."""
+    return decode_attr(value, parse_json=key in JSON_ATTRS, null=None)
 
 
 def read_dump(path) -> Dump:
     """Validate and load a dump file into a :class:`Dump`."""
     with _open(path) as f:
         attrs, arr = _validate_open(f)
-        names = json.loads(f["query/token_type"].attrs.get("names", "[]"))
+        names = decode_attr(f["query/token_type"].attrs.get("names", "[]"), parse_json=True, null=None)
         text = f["input/text"][()].decode() if "text" in f["input"] else None
         images = [s.decode() for s in f["input/images"][()]] if "images" in f["input"] else None
     skip = {"format", "format_version", "created", "meanfield_version"}

@@ -1,8 +1,8 @@
-"""``python -m meanfield.fit DATA``: see :mod:`meanfield.fit_cli`."""
+"""``python -m meanfield.fit DATA``, the same as the ``meanfield-fit`` script (:mod:`meanfield.fit.cli`)."""
 
 import sys
 
-from meanfield.fit_cli import main
+from meanfield.fit.cli import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from meanfield._fitmodels import N_STARTS
+from ._models import N_STARTS
 
 U_BOUND = 40.0  # |log theta| <= 40 keeps exp() finite; reaching it is reported as a bound hit
 N_LBFGS = 40

@@ -1,4 +1,4 @@
-"""``python -m meanfield.fit DATA``: fit the paper's laws to a measured curve.
+"""``meanfield-fit DATA`` (or ``python -m meanfield.fit DATA``): fit the paper's laws to a measured curve.
 
 DATA is one of
 - a CSV file (``#`` comment lines allowed) with a header row: an abscissa column ``layer`` (block
@@ -13,8 +13,11 @@ DATA is one of
 Which law: ``layer`` + effective_rank -> rank law (Eq. 1/9/15); ``layer`` + normalized_entropy ->
 Eq. 13 in depth; ``m`` + normalized_entropy -> Eq. 13 in m; ``m`` + effective_rank -> rank law at
 fixed depth in m.  Prints estimates, 95 % intervals and the model comparison, and writes a PNG
-(data, fit, 95 % confidence band) atomically.  Bad input: one line ``fit: error: ...`` on stderr,
-exit status 2, no PNG.
+(data, fit, 95 % confidence band) atomically.  Bad input: one line ``meanfield-fit: error: ...``
+on stderr, exit status 2, no PNG.
+
+Command-line convention (``meanfield._cli``): ``build_parser()``, ``main(argv)`` and
+``cli(argv=None) -> int``, the target of the ``meanfield-fit`` script.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import sys
 
 import numpy as np
 
-from ._cli import ArgumentParser
-from .atomic import atomic_path
+from meanfield._cli import ArgumentParser, run_cli
+from meanfield._hdf5 import decode_attr, is_hdf5, read_attrs
+from meanfield.atomic import atomic_path
 
+PROG = "meanfield-fit"
 QUANTITIES = ("effective_rank", "normalized_entropy")
 
 
@@ -50,17 +55,16 @@ def _read_hdf5(path):
     import h5py
 
     with h5py.File(path, "r") as f:
-        fmt = f.attrs.get("format")
-        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+        fmt = decode_attr(f.attrs.get("format"))
         if fmt == "meanfield-results":
             need = ["scales/layer"]
             cols = {"layer": "scales/layer"}
             cols.update({q: f"diagnostics/{q}" for q in QUANTITIES})
-            attrs = dict(f["parameters"].attrs) if "parameters" in f else {}
+            attrs = read_attrs(f["parameters"]) if "parameters" in f else {}
         elif fmt == "meanfield-dump":
             need = ["summary/layer"]
             cols = {k: f"summary/{k}" for k in ("layer",) + QUANTITIES}
-            attrs = {**dict(f.attrs), **dict(f["summary"].attrs)} if "summary" in f else {}
+            attrs = {**read_attrs(f), **read_attrs(f["summary"])} if "summary" in f else {}
         else:
             raise ValueError(f"{path}: unknown HDF5 format {fmt!r} (expected 'meanfield-results' "
                              f"or 'meanfield-dump')")
@@ -89,9 +93,7 @@ def load_curve(path, quantity=None):
     """Read DATA; return (abscissa name, x, y, sigma or None, quantity, metadata dict)."""
     if not os.path.isfile(path):
         raise ValueError(f"no such file: {path}")
-    with open(path, "rb") as fh:
-        is_hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
-    cols, meta = _read_hdf5(path) if is_hdf5 else _read_csv(path)
+    cols, meta = _read_hdf5(path) if is_hdf5(path) else _read_csv(path)  # by signature, not by name
     xname = "layer" if "layer" in cols else "m" if "m" in cols else None
     if xname is None:
         raise ValueError(f"{path}: no abscissa column 'layer' or 'm' (found {sorted(cols)})")
@@ -160,7 +162,7 @@ def plot_fit(result, xname, quantity, out):
 
 
 def build_parser():
-    p = ArgumentParser(prog="fit", description="Fit the paper's rank/entropy laws to a measured curve.")
+    p = ArgumentParser(prog=PROG, description="Fit the paper's rank/entropy laws to a measured curve.")
     p.add_argument("data", help="CSV or HDF5 (results from meanfield.simulate, or a meanfield-dump)")
     p.add_argument("--quantity", choices=QUANTITIES, default=None,
                    help="curve to fit (default: effective_rank if present, else normalized_entropy)")
@@ -174,7 +176,8 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Run the command; bad input ends in ``parser.error`` (one line on stderr, exit status 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -194,7 +197,7 @@ def main(argv=None):
               + (f", N = {N:g}, merge = {merge:g}" if xname == "layer" else ""))
         print(result.summary())
         if not result.ok:
-            print("fit: warning: the fit has problems, see the notes above", file=sys.stderr)
+            print(f"{PROG}: warning: the fit has problems, see the notes above", file=sys.stderr)
         if not args.no_plot:
             plot_fit(result, xname, quantity, out)
             print(f"wrote {out}")
@@ -203,5 +206,10 @@ def main(argv=None):
     return 0
 
 
+def cli(argv=None) -> int:
+    """Entry point of the ``meanfield-fit`` script: ``main`` with the shared error handling."""
+    return run_cli(main, PROG, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(cli())
