@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ._cli import ArgumentParser, run_cli
 
-PROG = "python -m meanfield.simulate"
+PROG = "meanfield-simulate"  # the console script; python -m meanfield.simulate is the same (meanfield._cli)
 TABLE_COLUMNS = (
     ("layer", "layer", "{:>5d}"),
     ("t", "t", "{:>9.4g}"),

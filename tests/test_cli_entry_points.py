@@ -29,9 +29,8 @@ def test_entry_point_target_exists(script):
     module, func = _target(SCRIPTS[script])
     assert func == "cli" and callable(getattr(module, func))
     assert callable(getattr(module, "main")) and callable(getattr(module, "build_parser"))
-    if script != "meanfield-simulate":  # simulate's PROG is the lead's to change (see docs/cli.md)
-        assert module.PROG == script
-        assert module.build_parser().prog == script
+    assert module.PROG == script
+    assert module.build_parser().prog == script
 
 
 @pytest.mark.parametrize("script", sorted(set(SCRIPTS) - {"meanfield-dump"}))

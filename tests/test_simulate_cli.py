@@ -56,7 +56,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, msg):
         sys.exit(cli([*argv, "--out", str(out), "--no-progress"]))
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("python -m meanfield.simulate: error: ") and msg in err, err
+    assert err.count("\n") == 1 and err.startswith("meanfield-simulate: error: ") and msg in err, err
     assert list(tmp_path.iterdir()) == []
 
 
