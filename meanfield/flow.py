@@ -7,8 +7,9 @@ method: a particle scheme (a ``solvers.AbstractIntegrator``: :class:`Layer`, :cl
 method (:class:`~meanfield.density.Characteristics`, :class:`~meanfield.density.Zonal`,
 :class:`~meanfield.density.Circle`) runs itself (``method.run(spec)``). Kernels are objects too
 (:class:`Linear`, :class:`Softmax`, :class:`USA`). Names are accepted as shorthand for the
-default-configured objects; :data:`METHODS` is the explicit table behind them (nothing registers
-itself at import).
+default-configured objects; :func:`method_table` is the explicit table behind them (the
+integrator registry and :data:`~meanfield.density.DENSITY_METHODS`; nothing registers itself as a
+side effect of importing ``meanfield``).
 """
 
 from __future__ import annotations
@@ -32,13 +33,17 @@ TIME_MAPS = ("unit", "paper")
 DEFAULT_LAYERS = 24
 DEFAULT_ALPHA = 0.25
 
-METHODS: dict[str, type] = {**INTEGRATORS, **{cls.name: cls for cls in DENSITY_METHODS}}
-"""Method name -> class: the particle schemes of ``solvers.INTEGRATORS`` and the density methods."""
+
+
+def method_table() -> dict[str, type]:
+    """Method name -> class: the particle schemes (the registry ``solvers.INTEGRATORS``, filled by
+    subclassing ``AbstractIntegrator``) and the density methods (:data:`DENSITY_METHODS`)."""
+    return {**INTEGRATORS, **{cls.name: cls for cls in DENSITY_METHODS}}
 
 
 def methods() -> tuple:
     """Names accepted by ``solve_flow(method=...)``."""
-    return tuple(METHODS)
+    return tuple(method_table())
 
 
 def kernels() -> tuple:
@@ -47,12 +52,13 @@ def kernels() -> tuple:
 
 
 def resolve_method(method):
-    """A method object from a name in :data:`METHODS` or an object (returned as is)."""
+    """A method object from a name in :func:`method_table` or an object (returned as is)."""
     if isinstance(method, AbstractIntegrator) or callable(getattr(method, "run", None)):
         return method
-    if isinstance(method, str) and method in METHODS:
-        return METHODS[method]()
-    raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}, or a method object")
+    table = method_table()
+    if isinstance(method, str) and method in table:
+        return table[method]()
+    raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(table)}, or a method object")
 
 
 def resolve_kernel(kernel, alpha):
@@ -191,5 +197,5 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
     ))
 
 
-__all__ = ["METHODS", "FlowSolution", "FlowSpec", "kernels", "make_spec", "methods", "resolve_kernel", "resolve_method",
+__all__ = ["FlowSolution", "FlowSpec", "kernels", "make_spec", "method_table", "methods", "resolve_kernel", "resolve_method",
            "run", "solve_flow"]

@@ -42,7 +42,7 @@ def build_parser() -> ArgumentParser:
     a("--N", type=int, default=10_000, help="number of tokens (particles) (default: %(default)s)")
     a("--d", type=int, default=4, help="ambient dimension: tokens live on S^(d-1) in R^d; NOT the paper's "
       "merge factor d, which is --merge here (default: %(default)s)")
-    from .flow import KERNELS, METHODS
+    from .flow import KERNELS, methods
 
     a("--kernel", default="linear", help=f"attention kernel: {', '.join(KERNELS)}; linear is Eq. 3 "
       "(default: %(default)s)")
@@ -59,7 +59,7 @@ def build_parser() -> ArgumentParser:
     a("--dt", type=float, default=None, help="time per layer h (default: 1.0)")
     a("--time-map", default="unit", help="unit: one layer = dt; paper: dt = 1/N, the paper's t = l/N "
       "(default: %(default)s)")
-    a("--method", default="layer", help=f"{', '.join(METHODS)}: particle schemes (layer: x <- normalize(x + h A x)) "
+    a("--method", default="layer", help=f"{', '.join(methods())}: particle schemes (layer: x <- normalize(x + h A x)) "
       "and density solvers (characteristics: any d; zonal: d >= 3, axisymmetric init; circle: d = 2); "
       "see docs/python.md (default: %(default)s)")
     a("--cells", type=int, default=512, help="grid cells of the zonal/circle density solvers; --N is then only "
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)  # entry point, not library import
     from . import distributions
     from .atomic import check_writable
-    from .flow import METHODS, make_spec, run
+    from .flow import make_spec, method_table, run
     from .io import save_results
     from .plots import plot_solution
 
@@ -119,8 +119,9 @@ def main(argv=None) -> int:
     integer("N", args.N, 1)
     integer("d", args.d, 2)
     real("kappa", args.kappa, minimum=0.0)
-    choice("method", args.method, tuple(METHODS))
-    cls = METHODS[args.method]
+    table = method_table()
+    choice("method", args.method, tuple(table))
+    cls = table[args.method]
     method = cls(cells=integer("cells", args.cells, 4)) if args.method in GRID_METHODS else cls()
     init = distributions.make_distribution(args.init, args.d, args.kappa)
     spec = make_spec(

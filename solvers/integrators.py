@@ -37,6 +37,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 
+from ._registry import register
 from .sphere import project, retract
 
 
@@ -79,9 +80,7 @@ class AbstractIntegrator(eqx.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("name")
-        if isinstance(name, str):
-            INTEGRATORS[name] = cls
+        register(INTEGRATORS, cls)
 
     @abc.abstractmethod
     def advance(self, field, x, n_steps, h):

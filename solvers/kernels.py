@@ -48,6 +48,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._registry import register
 from .sphere import rowdot
 from .streaming import fold_key_blocks, logit_pass, map_query_blocks, weighted_moments
 
@@ -137,9 +138,7 @@ class AbstractKernel(eqx.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("name")
-        if isinstance(name, str):
-            KERNELS[name] = cls
+        register(KERNELS, cls)
 
     @abc.abstractmethod
     def drive(self, q, k, weights=None):
