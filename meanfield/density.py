@@ -44,8 +44,8 @@ from solvers.zonal import make_zonal_solver, zonal_cell_averages
 
 from . import _validate
 from ._threads import fetch
-from .diagnostics import query_subset, simulation_diagnostics_jit
-from .particles import attention_field, initial_tokens
+from .diagnostics import simulation_diagnostics_jit
+from .particles import attention_field, diagnostic_subsets, initial_tokens
 from .solution import FlowSolution, FlowSpec
 
 
@@ -206,18 +206,21 @@ class Characteristics:
         lr = jnp.asarray(spec.init.log_density(x), x.dtype)
         substeps = self.substeps or max(1, math.ceil(abs(float(spec.dt)) / 0.1 - 1e-9))
         field = attention_field(spec)
-        q_idx = query_subset(spec.N, spec.n_query, spec.seed)
+        q_idx, key_idx = diagnostic_subsets(spec)
         q_dev = jnp.asarray(q_idx)
         t0 = time.perf_counter()
         # per-layer log-rho diagnostics from the engine; the particle solver's standard statistics
         # (attention spectrum, token statistics) at the save steps only, as in run_particles
-        layer_diags, saved, snaps = [], [fetch(simulation_diagnostics_jit, field, x, q_dev)], [x]
+        def record(x):
+            return fetch(simulation_diagnostics_jit, field, x, q_dev, None, 1.0, key_idx)
+
+        layer_diags, saved, snaps = [], [record(x)], [x]
         steps = np.asarray(spec.save_steps, dtype=int)
         for a, b in zip(steps[:-1], steps[1:]):
             x, lr, dg = characteristics_rollout(field.velocity_and_divergence, x, lr, float(spec.dt), int(b - a),
                                                 substeps)
             layer_diags.append({k: np.asarray(v)[(1 if layer_diags else 0):] for k, v in dg.items()})
-            saved.append(fetch(simulation_diagnostics_jit, field, x, q_dev))
+            saved.append(record(x))
             if spec.save_tokens:
                 snaps.append(x)
         elapsed = time.perf_counter() - t0

@@ -26,6 +26,8 @@ from solvers import AttentionField
 from solvers.sphere import normalize
 
 DEFAULT_N_QUERY = 512
+DEFAULT_KEY_SAMPLE = 4096
+DIAGNOSTIC_MODES = ("sampled", "exact")
 
 
 def query_subset(N: int, n: int = DEFAULT_N_QUERY, seed: int = 0) -> np.ndarray:
@@ -113,22 +115,47 @@ def entropy_rate(kernel, x: Float[Array, "N d"], weights=None, mobility=1.0) -> 
     return _mean(div, p) * jnp.asarray(mobility, x.dtype)
 
 
-def simulation_diagnostics(kernel, x, query_idx, weights=None, mobility=1.0) -> dict:
+def key_sample_masses(x, key_idx, weights=None):
+    """Keys and masses of a key subsample that estimates the statistics over all keys.
+
+    Each sampled key stands for ``W / W_S`` times its own mass (``W`` the total mass, ``W_S`` the
+    sampled mass; ``N / K`` for unit masses), so the per-unit-mass attention statistics of the
+    subsample (docs/theory.md "Token masses") are ratio estimators of those over all keys.
+    """
+    w = jnp.ones(x.shape[0], x.dtype) if weights is None else jnp.asarray(weights, x.dtype)
+    ws = w[key_idx]
+    return x[key_idx], ws * (jnp.sum(w) / jnp.sum(ws))
+
+
+def simulation_diagnostics(kernel, x, query_idx, weights=None, mobility=1.0, key_idx=None, div=None) -> dict:
     """All per-save diagnostics of a particle state (scalars, plus the singular values).
 
     ``kernel`` is a kernel object or a ``solvers.AttentionField`` (whose kernel, masses and
-    mobility are then used).
+    mobility are then used). ``key_idx=None`` computes the attention statistics exactly (rows of
+    the queries over all keys); with ``key_idx`` (a seeded key subsample, docs/theory.md
+    "Diagnostics") they are estimated from the rows over the sampled keys
+    (:func:`key_sample_masses`). The token statistics and the entropy rate are always exact.
+    ``div`` (N,), the surface divergence of the velocity at every token (mobility included), if
+    already known (the particle runner reads it off the next step's key pass), gives the entropy
+    rate as its (mass-weighted) mean at no extra pass.
     """
     if isinstance(kernel, AttentionField):
         kernel, weights, mobility = kernel.kernel, kernel.weights, kernel.mobility
-    att = attention_statistics(kernel, x[query_idx], x, weights)
+    if key_idx is None:
+        att = attention_statistics(kernel, x[query_idx], x, weights)
+    else:
+        att = attention_statistics(kernel, x[query_idx], *key_sample_masses(x, key_idx, weights))
     out = token_statistics(x, weights)
     out["effective_rank"] = att["effective_rank"]
     out["normalized_entropy"] = att["normalized_entropy"]
     out["attention_singular_values"] = att["singular_values"]
     for name in ("row_entropy", "max_weight", "logit_mean", "logit_std"):
         out[name] = jnp.mean(att[name])
-    out["entropy_rate"] = entropy_rate(kernel, x, weights, mobility)
+    if div is None:
+        out["entropy_rate"] = entropy_rate(kernel, x, weights, mobility)
+    else:
+        p = None if weights is None else jnp.asarray(weights, x.dtype) / jnp.sum(jnp.asarray(weights, x.dtype))
+        out["entropy_rate"] = _mean(div, p)
     out["norm_drift"] = jnp.max(jnp.abs(jnp.linalg.norm(x, axis=-1) - 1.0))
     return out
 

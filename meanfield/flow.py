@@ -24,7 +24,7 @@ from solvers import INTEGRATORS, KERNELS, AbstractIntegrator, AbstractKernel, ma
 
 from . import _validate
 from .density import DENSITY_METHODS
-from .diagnostics import DEFAULT_N_QUERY
+from .diagnostics import DEFAULT_KEY_SAMPLE, DEFAULT_N_QUERY, DIAGNOSTIC_MODES
 from .distributions import as_key
 from .particles import run_particles
 from .solution import FlowSolution, FlowSpec
@@ -116,8 +116,11 @@ def _save_steps(n_steps, save_every):
 
 def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
               layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
-              n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False) -> FlowSpec:
+              n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
+              key_sample=DEFAULT_KEY_SAMPLE) -> FlowSpec:
     """Validate :func:`solve_flow`'s options (static checks only) and build the run's spec."""
+    _validate.choice("diagnostics", diagnostics, DIAGNOSTIC_MODES)
+    key_sample = _validate.integer("key_sample", key_sample, 1)
     kernel = resolve_kernel(kernel, alpha)
     method = resolve_method(method)
     _validate.choice("time_map", time_map, TIME_MAPS)
@@ -146,6 +149,7 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
         init=init, x0=x0, weights=w, N=N, d=d, kernel=kernel, method=method, merge=M, fusion=fusion,
         n_steps=n_steps, dt=h, time_map=time_map, save_steps=_save_steps(n_steps, save_every), key=as_key(key),
         seed=seed, dtype=dtype, n_query=n_query, progress=progress, save_tokens=bool(save_tokens),
+        diagnostics=diagnostics, key_sample=key_sample,
     )
 
 
@@ -158,7 +162,8 @@ def run(spec: FlowSpec) -> FlowSolution:
 
 def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
                layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
-               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False) -> FlowSolution:
+               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
+               key_sample=DEFAULT_KEY_SAMPLE) -> FlowSolution:
     """Solve the mean-field token flow ``dx_i/dt = (1/M) P_{x_i} sum_j A_ij x_j`` on S^{d-1}.
 
     Parameters (keyword-only after ``init``; defaults in brackets)
@@ -187,13 +192,19 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
     dtype : float32 or float64 [float32, or float64 when 64-bit JAX is enabled].
     progress : ``True`` for a tqdm bar, or an object with init/step/close [False].
     save_tokens : keep the tokens at every save in ``sol.snapshots`` [False].
+    diagnostics : ``"sampled"`` -- when ``N > key_sample`` the attention statistics at each save
+        are estimated from the query rows over a fixed, seeded subsample of ``key_sample`` keys and
+        (softmax/usa) the entropy rate is averaged over the query tokens, so saving costs about as
+        much as a step at most; ``"exact"`` -- rows over all N keys, entropy rate over all tokens
+        [sampled; exact anyway when N <= key_sample]. ``params["diagnostics"]`` records which.
+    key_sample : keys in the subsample of sampled diagnostics [4096].
 
     Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
     """
     return run(make_spec(
         init, N=N, weights=weights, kernel=kernel, alpha=alpha, merge=merge, fusion=fusion, t1=t1, layers=layers,
         dt=dt, time_map=time_map, method=method, save_every=save_every, key=key, n_query=n_query, dtype=dtype,
-        progress=progress, save_tokens=save_tokens,
+        progress=progress, save_tokens=save_tokens, diagnostics=diagnostics, key_sample=key_sample,
     ))
 
 

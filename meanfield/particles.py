@@ -36,6 +36,14 @@ def token_weights(spec: FlowSpec):
     return None if spec.weights is None else jnp.asarray(spec.weights, spec.dtype)
 
 
+def diagnostic_subsets(spec: FlowSpec):
+    """The fixed, seeded query subset (host array), and the key subsample of sampled diagnostics
+    (a device array, or ``None`` when every statistic is exact)."""
+    q_idx = query_subset(spec.N, spec.n_query, spec.seed)
+    key_idx = jnp.asarray(query_subset(spec.N, spec.key_sample, spec.seed + 1)) if spec.sampled else None
+    return q_idx, key_idx
+
+
 def attention_field(spec: FlowSpec) -> AttentionField:
     """The mean-field velocity of the run: its kernel over the token masses, times ``1/M``."""
     return AttentionField(spec.kernel, jnp.asarray(spec.mobility, spec.dtype), token_weights(spec))
@@ -44,6 +52,16 @@ def attention_field(spec: FlowSpec) -> AttentionField:
 @jax.jit
 def _advance(integrator, field, x, n_steps, h):
     return integrator.advance(field, x, n_steps, h)
+
+
+@jax.jit
+def _step_with_divergence(integrator, field, x, h):
+    return integrator.step_with_divergence(field, x, h)
+
+
+@jax.jit
+def _divergence(field, x):
+    return field.velocity_and_divergence(x)[1]
 
 
 def chunks(save_steps: np.ndarray, n_steps: int, max_chunk: int | None = None):
@@ -63,28 +81,60 @@ def stack_records(records: list) -> dict:
 
 
 def run_particles(spec: FlowSpec) -> FlowSolution:
-    """Runner of the particle schemes (any ``solvers.AbstractIntegrator``)."""
+    """Runner of the particle schemes (any ``solvers.AbstractIntegrator``).
+
+    The diagnostics of a saved state are computed when the next step has run: that step's first
+    field evaluation at the saved state also gives the divergence, so the exact entropy rate costs
+    no extra pass over the keys (``AbstractIntegrator.step_with_divergence``). Only the last save
+    takes one extra evaluation.
+    """
     t_start = time.perf_counter()
     field = attention_field(spec)
-    q_idx = query_subset(spec.N, spec.n_query, spec.seed)
+    q_idx, key_idx = diagnostic_subsets(spec)
     q_dev = jnp.asarray(q_idx)
     h = jnp.asarray(spec.dt, spec.dtype)
     x = initial_tokens(spec)
 
-    records = [fetch(simulation_diagnostics_jit, field, x, q_dev)]
+    def record(x_saved, div):
+        return fetch(simulation_diagnostics_jit, field, x_saved, q_dev, None, 1.0, key_idx, div)
+
+    fused = spec.method.fused_divergence
+    records = []
+    extra = 0  # field evaluations made for the diagnostics only
+    pending = None  # a saved state whose diagnostics wait for the divergence from the next step
+
+    def save_state(x):
+        nonlocal pending, extra
+        if fused:
+            pending = x
+        else:
+            records.append(record(x, _divergence(field, x)))
+            extra += 1
+
     snaps = [np.asarray(x)] if spec.save_tokens else None
     evals = 0
     bar = make_progress(spec.progress)
     bar.init(spec.n_steps, desc=f"{spec.kernel.name}/{spec.method.name} N={spec.N} d={spec.d}")
     try:
+        save_state(x)
         for k, save in chunks(spec.save_steps, spec.n_steps):
-            x, nev = _advance(spec.method, field, x, jnp.asarray(k, jnp.int32), h)
-            evals += int(nev)
+            todo = k
+            if pending is not None:
+                x_saved = pending
+                x, div, nev = _step_with_divergence(spec.method, field, x, h)
+                records.append(record(x_saved, div))
+                pending, todo, evals = None, todo - 1, evals + int(nev)
+            if todo > 0:
+                x, nev = _advance(spec.method, field, x, jnp.asarray(todo, jnp.int32), h)
+                evals += int(nev)
             bar.step(k)
             if save is not None:
-                records.append(fetch(simulation_diagnostics_jit, field, x, q_dev))
+                save_state(x)
                 if snaps is not None:
                     snaps.append(np.asarray(x))
+        if pending is not None:
+            records.append(record(pending, _divergence(field, pending)))
+            extra += 1
     finally:
         bar.close()
 
@@ -98,7 +148,8 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
         params=spec.params(),
         query_indices=q_idx,
         snapshots=None if snaps is None else np.stack(snaps),
-        stats={"field_evaluations": evals, "wall_time": time.perf_counter() - t_start},
+        stats={"field_evaluations": evals, "diagnostic_field_evaluations": extra,
+               "wall_time": time.perf_counter() - t_start},
         weights=spec.weights,
     )
 

@@ -67,6 +67,11 @@ def build_parser() -> ArgumentParser:
     a("--seed", type=int, default=0, help="random seed for samples and the query subset (default: %(default)s)")
     a("--precision", default="float32", help="float32 or float64 (default: %(default)s)")
     a("--n-query", type=int, default=512, help="query tokens for the attention spectrum (default: %(default)s)")
+    a("--diagnostics", default="sampled", help="sampled: when N > --key-sample, attention statistics from the "
+      "query rows over a seeded key subsample and the softmax/usa entropy rate over the query tokens (a save "
+      "then costs at most about a step); exact: rows over all N keys (default: %(default)s)")
+    a("--key-sample", type=int, default=4096, help="keys in the subsample of --diagnostics sampled "
+      "(default: %(default)s)")
     a("--save-every", type=int, default=None, help="layers between saved rows (default: every layer up to 100)")
     a("--save-tokens", action="store_true", help="store the tokens at every save in the HDF5 file")
     a("--out", default="meanfield_results.h5", help="results file (default: %(default)s)")
@@ -128,7 +133,8 @@ def main(argv=None) -> int:
         init, N=args.N, kernel=args.kernel, alpha=args.alpha, merge=args.merge, fusion=args.fusion,
         t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=method,
         save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
-        progress=not args.no_progress, save_tokens=args.save_tokens,
+        progress=not args.no_progress, save_tokens=args.save_tokens, diagnostics=args.diagnostics,
+        key_sample=args.key_sample,
     )
     out = Path(args.out)
     if out.suffix.lower() == ".png":

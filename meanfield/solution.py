@@ -41,6 +41,13 @@ class FlowSpec:
     n_query: int
     progress: Any
     save_tokens: bool
+    diagnostics: str = "sampled"
+    key_sample: int = 4096
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the saved attention statistics are estimated on a key subsample (``N > key_sample``)."""
+        return self.diagnostics == "sampled" and self.N > self.key_sample
 
     @property
     def mobility(self) -> float:
@@ -58,6 +65,7 @@ class FlowSpec:
             "time_map": self.time_map, "n_steps": self.n_steps, "seed": self.seed,
             "precision": jnp.dtype(self.dtype).name, "n_query": self.n_query, "init": init,
             "kernel_options": kernel, "method_options": method, "weighted": self.weights is not None,
+            "diagnostics": "sampled" if self.sampled else "exact", "key_sample": self.key_sample,
             "meanfield_version": __version__,
         }
 

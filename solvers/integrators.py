@@ -65,11 +65,16 @@ class AttentionField(eqx.Module):
         """``(1/M) P_x sum_j A_ij x_j`` -- the tangent velocity of the ODE."""
         return project(x, self.drive(x))
 
-    def velocity_and_divergence(self, x):
-        """Velocity and its surface divergence ``div_S v`` at every particle."""
+    def drive_and_divergence(self, x):
+        """``(1/M) sum_j A_ij x_j`` and the surface divergence ``div_S v`` at every particle."""
         f, div = self.kernel.drive_and_divergence(x, x, self.weights)
         mob = jnp.asarray(self.mobility, x.dtype)
-        return mob * project(x, f), mob * div
+        return mob * f, mob * div
+
+    def velocity_and_divergence(self, x):
+        """Velocity and its surface divergence ``div_S v`` at every particle."""
+        f, div = self.drive_and_divergence(x)
+        return project(x, f), div
 
 
 class AbstractIntegrator(eqx.Module):
@@ -77,6 +82,7 @@ class AbstractIntegrator(eqx.Module):
 
     name: ClassVar[str]
     order: ClassVar[int]
+    fused_divergence: ClassVar[bool] = False  # step_with_divergence reads div off the step's own evaluation
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -85,6 +91,17 @@ class AbstractIntegrator(eqx.Module):
     @abc.abstractmethod
     def advance(self, field, x, n_steps, h):
         """Run ``n_steps`` (may be traced) steps of size ``h``; return ``(x, field evaluations)``."""
+
+    def step_with_divergence(self, field, x, h):
+        """One step, and ``div_S v`` at the starting ``x``: ``(x_new, div, field evaluations)``.
+
+        The runner records the entropy rate of a saved state from the first step after it. This
+        default takes one more field evaluation (not counted in the step's evaluations); schemes
+        with ``fused_divergence`` read the divergence off the evaluation the step makes anyway.
+        """
+        _, div = field.velocity_and_divergence(x)
+        x_new, n = self.advance(field, x, 1, h)
+        return x_new, div, n
 
     def describe(self) -> dict:
         """JSON-able description: ``{"name": ..., <option>: <value>, ...}``."""
@@ -100,10 +117,15 @@ class Layer(AbstractIntegrator):
 
     order: ClassVar[int] = 1
     name: ClassVar[str] = "layer"
+    fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.drive(y)), x, n_steps), n_steps
+
+    def step_with_divergence(self, field, x, h):
+        f, div = field.drive_and_divergence(x)
+        return retract(x, jnp.asarray(h, x.dtype) * f), div, 1
 
 
 class Euler(AbstractIntegrator):
@@ -111,10 +133,15 @@ class Euler(AbstractIntegrator):
 
     order: ClassVar[int] = 1
     name: ClassVar[str] = "euler"
+    fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.velocity(y)), x, n_steps), n_steps
+
+    def step_with_divergence(self, field, x, h):
+        v, div = field.velocity_and_divergence(x)
+        return retract(x, jnp.asarray(h, x.dtype) * v), div, 1
 
 
 class Heun(AbstractIntegrator):
@@ -124,6 +151,7 @@ class Heun(AbstractIntegrator):
 
     order: ClassVar[int] = 2
     name: ClassVar[str] = "heun"
+    fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
         h = jnp.asarray(h, x.dtype)
@@ -134,6 +162,12 @@ class Heun(AbstractIntegrator):
             return retract(y, 0.5 * h * (v1 + v2))
 
         return _loop(step, x, n_steps), 2 * n_steps
+
+    def step_with_divergence(self, field, x, h):
+        h = jnp.asarray(h, x.dtype)
+        v1, div = field.velocity_and_divergence(x)
+        v2 = field.velocity(retract(x, h * v1))
+        return retract(x, 0.5 * h * (v1 + v2)), div, 2
 
 
 class Adaptive(AbstractIntegrator):
