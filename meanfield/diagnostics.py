@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from solvers import AttentionField
+from solvers.kernels import key_moments
 from solvers.sphere import normalize
 
 DEFAULT_N_QUERY = 512
@@ -89,17 +90,15 @@ def token_statistics(x: Float[Array, "N d"], weights=None) -> dict:
     With ``weights`` every mean is over the normalised masses.
     """
     u = normalize(x)
-    p = None if weights is None else jnp.asarray(weights, u.dtype) / jnp.sum(jnp.asarray(weights, u.dtype))
-    m = _mean(u, p)
-    c = u - m
-    cov = (c.T @ c) / u.shape[0] if p is None else (c * p[:, None]).T @ c
-    ev = jnp.maximum(jnp.linalg.eigvalsh(0.5 * (cov + cov.T)), 0.0)
+    m, cov = key_moments(u, weights)  # one shifted pass: accurate near collapse, fused for small d
+    ev = jnp.maximum(jnp.linalg.eigvalsh(cov), 0.0)
     m2 = jnp.sum(m * m)
+    # |X - 1 m^T|_F^2 / |X|_F^2 = tr(Sigma) / E|u|^2, and E|u|^2 = 1 for the normalised rows
     return {
         "order_parameter": jnp.sqrt(m2),
         "mean_cosine": m2,
         "covariance_effective_rank": effective_rank(ev),
-        "collapse_residual": jnp.sqrt(_mean(jnp.sum(c * c, axis=1), p) / _mean(jnp.sum(u * u, axis=1), p)),
+        "collapse_residual": jnp.sqrt(jnp.maximum(jnp.trace(cov), 0.0)),
     }
 
 
