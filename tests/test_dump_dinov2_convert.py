@@ -29,7 +29,8 @@ class Builder:
 
     def const(self, value, dtype=np.int64):
         out = self.name("Constant")
-        self.nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(np.asarray(value, dtype))))
+        value = numpy_helper.from_array(np.asarray(value, dtype))
+        self.nodes.append(helper.make_node("Constant", [], [out], value=value))
         return out
 
     def init(self, name, value):

@@ -236,12 +236,15 @@ def dump_dinov2(model, pixels, *, view: str = "frame", n_query: int = 512, seed:
     frame, pos, kind = token_layout(idx, P)
     layers_done = sorted(rec.attn)
     names = list(image_names) if image_names is not None else [f"frame_{s}" for s in range(S)]
-    per_frame = {
-        "frames": names if view == "frame" or S == 1 else None,
-        "effective_rank": [[float(rec.per_frame[l][s][0]) for l in layers_done] for s in range(len(rec.per_frame[layers_done[0]]))],
-        "normalized_entropy": [[float(rec.per_frame[l][s][1]) for l in layers_done] for s in range(len(rec.per_frame[layers_done[0]]))],
-        "n_query": [int(np.sum(frame == s)) for s in range(S)],
-    } if rec.per_frame else None  # fmt: skip
+    per_frame = None
+    if rec.per_frame:
+        n_frames = len(rec.per_frame[layers_done[0]])
+        per_frame = {
+            "frames": names if view == "frame" or S == 1 else None,
+            "effective_rank": [[float(rec.per_frame[l][s][0]) for l in layers_done] for s in range(n_frames)],
+            "normalized_entropy": [[float(rec.per_frame[l][s][1]) for l in layers_done] for s in range(n_frames)],
+            "n_query": [int(np.sum(frame == s)) for s in range(S)],
+        }
     cfg = model.config
     meta = {
         "model_id": (model_id or type(model).__name__) + (" [cross-frame counterfactual]" if view == "cross" else ""),
