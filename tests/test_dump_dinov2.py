@@ -308,3 +308,30 @@ def test_capture_check_catches_a_modified_attention(eager, astronaut224, x64):
             dump_dinov2(model, pixels, layers=[1, 2], n_query=32, sample_rows=8)
     finally:
         del inner.forward
+
+
+def test_shipped_dump_is_reproduced(eager, x64):
+    """examples/data/dinov2_astronaut_dump.h5 is what the code produces (518 px; the last block, which
+    depends on the whole forward pass; one hooked pass, no plain one, to keep the test short)."""
+    import os
+
+    from meanfield.dump.dinov2 import dump_dinov2
+
+    shipped_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data",
+                                "dinov2_astronaut_dump.h5")  # fmt: skip
+    shipped = read_dump(shipped_path)
+    model, info = eager
+    pixels, names = load_images(ASTRONAUT, size=518)
+    dump = dump_dinov2(model, pixels, layers=[11], n_query=500, sample_rows=256, self_check=False,
+                       checkpoint=info["onnx_path"], image_names=names)  # fmt: skip
+    assert shipped.meta["checkpoint_hash"] == dump.meta["checkpoint_hash"]
+    assert shipped.input_images == names and shipped.meta["N"] == dump.meta["N"] == 1370
+    np.testing.assert_array_equal(shipped.query_indices, dump.query_indices)
+    rows = [11]
+    # same code and weights; the shipped file ran SDPA, this run eager, maybe on another CPU/BLAS:
+    # float32 forward differences of ~1e-6 move these statistics by far less than 1e-4
+    for name in ("effective_rank", "normalized_entropy", "mean_singular_values", "head_effective_rank"):
+        np.testing.assert_allclose(shipped.attention[name][rows], dump.attention[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)  # fmt: skip
+    for name, value in dump.tokens.items():
+        np.testing.assert_allclose(shipped.tokens[name][rows], value, rtol=1e-4, err_msg=name)
