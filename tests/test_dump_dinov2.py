@@ -96,12 +96,32 @@ def test_onnx_equivalence_224_and_518(eager, astronaut224):
         assert np.abs(ref).max() > 1.0  # not a vacuous comparison of near-zero outputs
 
 
+def _recomputed_qk(model, hidden, l, N):
+    """Per-head q, k (H, N, 64) of block ``l`` from its input hidden states, float64 (no hook code)."""
+    layer = model.encoder.layer[l]
+    with torch.no_grad():
+        h = layer.norm1(hidden)
+        q, k = (lin(h) for lin in onnx_convert.linears(layer)[:2])
+    return (t.double().numpy().reshape(N, 6, 64).transpose(1, 0, 2) for t in (q, k))
+
+
 def test_live_dump_equals_dense_from_the_models_own_attention(eager, astronaut224, x64):
+    """All 12 blocks at 224 px against two dense references:
+
+    (1) a float64 dense softmax of q/k recomputed here from the model's hidden states: this is the
+        same quantity, so the streaming pass must agree to round-off;
+    (2) the model's own float32 attention probabilities (``output_attentions``, eager): agreement to
+        1e-5, plus the float32 rounding of those probabilities themselves -- where a block's logits
+        reach |s| ~ 300 (block 3) the model's own softmax is only accurate to ~2e-5, and no method
+        can agree with it better. The allowance is computed from the model's probabilities vs (1):
+        Weyl's inequality for singular values, max |dA| for the largest weights, the first-order
+        change of -sum A log A for the row entropies.
+    """
     from meanfield.dump.dinov2 import dump_dinov2
 
     model, info = eager
     pixels, names = astronaut224
-    dump = dump_dinov2(model, pixels, layers=LAYERS, n_query=512, sample_layers=[0], model_id=info["model_id"],
+    dump = dump_dinov2(model, pixels, n_query=512, sample_layers=[0], model_id=info["model_id"],
                        checkpoint=info["onnx_path"], image_names=names)  # fmt: skip
     assert (dump.meta["N"], dump.meta["P"], dump.meta["S"]) == (257, 257, 1)  # 1 class token + 16 x 16 patches
     assert dump.meta["num_heads"] == 6 and dump.meta["head_dim"] == 64 and dump.meta["d_model"] == 384
@@ -109,23 +129,40 @@ def test_live_dump_equals_dense_from_the_models_own_attention(eager, astronaut22
     assert dump.meta["extra"]["self_check_max_abs_diff"] == 0.0
     assert dump.meta["checkpoint_hash"] == "sha256:" + info["onnx_sha256"]
     idx = dump.query_indices
-    assert len(idx) == 257  # N <= n_query: every token is a query row
+    assert len(idx) == 257 and list(dump.layers) == list(range(12))  # N <= n_query: every token a query
     with torch.no_grad():
         out = model(pixel_values=pixels, output_attentions=True, output_hidden_states=True)
-    for i, l in enumerate(LAYERS):
-        ref = _dense(out.attentions[l][0].double().numpy()[:, idx], idx)
-        # float64 statistics of float32 q/k vs the model's own float32 softmax: both carry float32
-        # rounding of logits |s| <~ 20 (~1e-6 on a weight); 1e-5 absolute is the issue's bound
-        np.testing.assert_allclose(dump.attention["head_singular_values"][i], ref["sv"], atol=1e-5)
-        np.testing.assert_allclose(dump.attention["mean_singular_values"][i], ref["mean_sv"], atol=1e-5)
-        assert dump.attention["effective_rank"][i] == pytest.approx(ref["erank"], rel=1e-5)
-        assert dump.attention["normalized_entropy"][i] == pytest.approx(ref["hnorm"], abs=1e-5)
-        np.testing.assert_allclose(dump.attention["row_entropy"][i], ref["row_entropy"], atol=1e-5)
-        np.testing.assert_allclose(dump.attention["max_weight"][i], ref["max_weight"], atol=1e-5)
-        # the residual stream entering layer l: hidden_states[l] of the model's own output
+    worst = {"sv": 0.0, "row_entropy": 0.0, "max_weight": 0.0}
+    for l in range(12):
+        q, k = _recomputed_qk(model, out.hidden_states[l], l, 257)
+        exact = _softmax(0.125 * q[:, idx] @ k.transpose(0, 2, 1))  # (1) float64, dense
+        ref = _dense(exact, idx)
+        smax = float(ref["sv"].max())
+        # Gram route: eigenvalues of A A^T carry ~eps64 * s_max^2, i.e. ~sqrt(eps64) s_max = 2e-7 on sigma
+        np.testing.assert_allclose(dump.attention["head_singular_values"][l], ref["sv"], atol=1e-7 * max(1, smax))
+        np.testing.assert_allclose(dump.attention["mean_singular_values"][l], ref["mean_sv"], atol=1e-7 * max(1, smax))
+        assert dump.attention["effective_rank"][l] == pytest.approx(ref["erank"], rel=1e-8)
+        assert dump.attention["normalized_entropy"][l] == pytest.approx(ref["hnorm"], abs=1e-8)
+        np.testing.assert_allclose(dump.attention["row_entropy"][l], ref["row_entropy"], atol=1e-9)
+        np.testing.assert_allclose(dump.attention["max_weight"][l], ref["max_weight"], atol=1e-12)
+        A = out.attentions[l][0].double().numpy()[:, idx]  # (2) the model's own float32 softmax
+        dA = A - exact
+        weyl = np.array([np.linalg.norm(d, 2) for d in dA])[:, None]
+        own = _dense(A, idx)
+        err_sv = np.abs(dump.attention["head_singular_values"][l] - own["sv"])
+        assert np.all(err_sv <= 1e-5 + weyl), (l, err_sv.max(), weyl.max())
+        err_mx = np.abs(dump.attention["max_weight"][l] - own["max_weight"])
+        assert np.all(err_mx <= 1e-5 + np.abs(dA).max(-1)), l
+        slope = np.abs(dA) * (1 + np.abs(np.log(exact)))
+        err_ent = np.abs(dump.attention["row_entropy"][l] - own["row_entropy"])
+        assert np.all(err_ent <= 1e-5 + 2 * slope.sum(-1)), l
+        worst = {"sv": max(worst["sv"], err_sv.max()), "row_entropy": max(worst["row_entropy"], err_ent.max()),
+                 "max_weight": max(worst["max_weight"], err_mx.max())}  # fmt: skip
+        # the residual stream entering block l: hidden_states[l] of the model's own output
         x = out.hidden_states[l][0].double().numpy()
         u = x / np.linalg.norm(x, axis=1, keepdims=True)
-        assert dump.tokens["order_parameter"][i] == pytest.approx(np.linalg.norm(u.mean(0)), rel=1e-6)
+        assert dump.tokens["order_parameter"][l] == pytest.approx(np.linalg.norm(u.mean(0)), rel=1e-6)
+    print(f"\ndump vs the model's own float32 attention, max over 12 blocks: {worst}")
     np.testing.assert_allclose(dump.sample[0].astype(float), out.hidden_states[0][0].numpy()[dump.sample_indices],
                                rtol=1e-3, atol=1e-3)  # float16 rows  # fmt: skip
 
@@ -154,21 +191,32 @@ def test_hooked_outputs_equal_unhooked_exactly(eager, astronaut224, x64):
 
 
 def test_sdpa_and_eager_dumps_agree(eager, cache, astronaut224, x64):
-    """Dumps need no eager attention: the hooks recompute q/k, so SDPA gives the same statistics."""
+    """Dumps need no eager attention: the hooks recompute q/k, so SDPA gives the same statistics.
+
+    Block 0 sees the same input under both implementations: its statistics must be identical.
+    Deeper blocks see hidden states that the two float32 forward passes rounded differently
+    (~1e-6 relative); singular values, weights and spectral entropies stay within the issue's
+    1e-5 (measured <= 5.3e-6 over all 12 blocks). Per-row entropies sum N terms -A log A with
+    |log A| up to ~50 and move more: measured up to 2.4e-5 (block 4); bound 5e-5. To keep the test
+    short it dumps blocks 0 (identical input), 4 (the largest difference measured over all 12
+    blocks, docs/vision.md) and 11 (the last).
+    """
     from meanfield.dump.dinov2 import dump_dinov2
 
     sdpa, _ = onnx_convert.load_backbone(attn_implementation="sdpa", cache=cache)
     assert sdpa.config._attn_implementation == "sdpa"
     pixels, _ = astronaut224
-    layers = [0, 6, 11]
-    a = dump_dinov2(eager[0], pixels, layers=layers, n_query=128, sample_rows=8)
-    b = dump_dinov2(sdpa, pixels, layers=layers, n_query=128, sample_rows=8)
-    # the two implementations round differently in float32 (~1e-6 on the hidden states after
-    # 11 layers); statistics move by far less than the issue's bound 1e-5
-    for name in ("mean_singular_values", "head_singular_values", "row_entropy", "max_weight"):
+    a = dump_dinov2(eager[0], pixels, layers=[0, 4, 11], n_query=512, sample_rows=8)
+    b = dump_dinov2(sdpa, pixels, layers=[0, 4, 11], n_query=512, sample_rows=8)
+    for name, value in a.attention.items():
+        np.testing.assert_array_equal(np.asarray(value)[0], np.asarray(b.attention[name])[0], err_msg=name)
+    for name in ("mean_singular_values", "head_singular_values", "max_weight"):
         np.testing.assert_allclose(a.attention[name], b.attention[name], atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(a.attention["row_entropy"], b.attention["row_entropy"], atol=5e-5)
     np.testing.assert_allclose(a.attention["effective_rank"], b.attention["effective_rank"], rtol=1e-5)
     np.testing.assert_allclose(a.attention["normalized_entropy"], b.attention["normalized_entropy"], atol=1e-5)
+    print("\nSDPA vs eager, blocks 0, 4, 11: " + ", ".join(
+        f"{k} {np.abs(np.asarray(a.attention[k]) - np.asarray(b.attention[k])).max():.2g}" for k in a.attention))
     assert a.meta["extra"]["attn_implementation"] == "eager" and b.meta["extra"]["attn_implementation"] == "sdpa"
 
 
