@@ -109,7 +109,6 @@ def figure(results, path, overwrite):
     a_m.set_title("|m| of block input (dashed: pure-attention replay)")
     a_m.set_xlabel("relative depth  l / (L-1)")
     a_rank.legend(fontsize=7, loc="upper right")
-    a_expl.legend(fontsize=7, loc="lower left")
     width = 0.8 / max(1, sum(r["replay"] is not None for r in results))
     j = 0
     for i, r in enumerate(results):
@@ -119,6 +118,7 @@ def figure(results, path, overwrite):
         a_expl.bar(np.arange(4) + j * width, np.clip(vals, -1, 1), width, color=f"C{i}", label=r["label"])
         j += 1
     a_expl.axhline(0, color="k", lw=0.5)
+    a_expl.legend(fontsize=7, loc="lower left")
     a_expl.set_xticks(np.arange(4) + 0.4 - width / 2, ["eff. rank", "H_norm", "|m|", "cov. eff. rank"])
     a_expl.set_ylim(-1, 1)
     a_expl.set_title("explained fraction of the measured change (replay; clipped to [-1, 1])")
