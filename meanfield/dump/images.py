@@ -71,9 +71,18 @@ def expand(sources) -> list[tuple[str, str]]:
     return out
 
 
+def _pil():
+    try:
+        import PIL.Image
+    except ImportError:
+        raise ValueError("reading images needs Pillow: pip install pillow") from None
+    return PIL.Image
+
+
 def read_rgb(path: str, name: str | None = None):
     """A PIL RGB image; one-line ValueError for unreadable files and images smaller than a patch."""
-    from PIL import Image, UnidentifiedImageError
+    Image = _pil()
+    UnidentifiedImageError = Image.UnidentifiedImageError
 
     name = name or path
     try:
@@ -98,7 +107,7 @@ def target_size(width: int, height: int, size: int, mode: str) -> tuple[int, int
 
 def preprocess(img, size: int = 518, mode: str = "crop") -> np.ndarray:
     """(3, H, W) float32, ImageNet-normalized, H and W multiples of 14 (module docstring)."""
-    from PIL import Image
+    Image = _pil()
 
     if size < PATCH or size % PATCH:
         raise ValueError(f"--size must be a positive multiple of {PATCH}, got {size}")
