@@ -98,7 +98,8 @@ class FramesRecorder(Recorder):
         parts, own = [], []
         for s in range(S):
             loc = pos[frame == s]
-            if len(loc) == 0:
+            if len(loc) == 0:  # no query row fell in this frame
+                own.append((None, None))
                 continue
             p = attention_block_statistics(q[s], k[s], self.scale, loc, key_block=self.key_block, dtype=self.dtype)
             parts.append(p)
@@ -241,8 +242,8 @@ def dump_dinov2(model, pixels, *, view: str = "frame", n_query: int = 512, seed:
         n_frames = len(rec.per_frame[layers_done[0]])
         per_frame = {
             "frames": names if view == "frame" or S == 1 else None,
-            "effective_rank": [[float(rec.per_frame[l][s][0]) for l in layers_done] for s in range(n_frames)],
-            "normalized_entropy": [[float(rec.per_frame[l][s][1]) for l in layers_done] for s in range(n_frames)],
+            "effective_rank": [[_num(rec.per_frame[l][s][0]) for l in layers_done] for s in range(n_frames)],
+            "normalized_entropy": [[_num(rec.per_frame[l][s][1]) for l in layers_done] for s in range(n_frames)],
             "n_query": [int(np.sum(frame == s)) for s in range(S)],
         }
     cfg = model.config
@@ -265,6 +266,10 @@ def dump_dinov2(model, pixels, *, view: str = "frame", n_query: int = 512, seed:
                   "per_frame": per_frame, **(extra or {})},
     }  # fmt: skip
     return build_dump(rec, meta, idx, frame, pos, kind, TOKEN_TYPES, sample_indices=smp, input_images=names)
+
+
+def _num(value):
+    return None if value is None else float(value)
 
 
 def _onnx_versions() -> dict:
