@@ -50,7 +50,7 @@ def test_streaming_statistics_at_1e5_tokens(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"\nN={N}, d={D}, n={N_QUERY}: {info['seconds']:.1f} s, peak RSS {info['peak_mb']:.0f} MB")
-    assert info["peak_mb"] < 2048  # the bound; measured ~0.7 GB, most of it the JAX runtime
+    assert info["peak_mb"] < 2048  # the bound; measured 0.71-1.49 GB, mostly the JAX runtime
     got = np.load(out)
     q, k, idx = _inputs()
     fro2, ent, mx = 0.0, [], []
