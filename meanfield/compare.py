@@ -32,7 +32,7 @@ import sys
 import numpy as np
 
 from ._cli import ArgumentParser, run_cli
-from .dump.format import merge_factor, read_dump
+from .dump.format import read_dump, recorded_merge_factor
 
 PROG = "meanfield-compare"
 STATS = (
@@ -61,7 +61,7 @@ def fit_rank_law(dump, curves):
     """The paper's rank law fitted with ``meanfield.fit.fit_rank_curve``; ``(result, note)``."""
     from meanfield.fit import fit_rank_curve
 
-    M = merge_factor(dump.meta.get("merge"))
+    M = recorded_merge_factor(dump.meta.get("merge"))
     try:
         res = fit_rank_curve(curves["layer"], curves["effective_rank"], N=int(dump.meta["N"]), merge=M)
     except (ValueError, RuntimeError, FloatingPointError) as exc:
@@ -69,7 +69,7 @@ def fit_rank_law(dump, curves):
     return res, None
 
 
-def initial_tokens(dump, pca: int | None = None) -> np.ndarray:
+def replay_tokens(dump, pca: int | None = None) -> np.ndarray:
     """Layer-0 sample rows, normalized; optionally on the top-``pca`` uncentered principal axes."""
     if dump.sample is None:
         raise ValueError(
@@ -126,7 +126,7 @@ def replay(dump, curves, *, alpha=None, dt=None, pca=None, alphas=ALPHA_GRID, dt
 
     layers = curves["layer"]
     steps = (layers - layers[0]).astype(int)
-    x0 = initial_tokens(dump, pca)
+    x0 = replay_tokens(dump, pca)
     note = "alpha and dt given"
     loss = None
     if alpha is None or dt is None:

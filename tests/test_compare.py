@@ -30,22 +30,22 @@ def test_explained_fraction_definition():
     assert np.isnan(compare.explained_fraction([0.0, 1.0], [2.0, 2.0]))
 
 
-def test_initial_tokens_and_pca(dump):
-    x = compare.initial_tokens(dump)
+def test_replay_tokens_and_pca(dump):
+    x = compare.replay_tokens(dump)
     assert x.shape == (314, 384)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-12)
-    xp = compare.initial_tokens(dump, pca=8)
+    xp = compare.replay_tokens(dump, pca=8)
     assert xp.shape == (314, 8)
     np.testing.assert_allclose(np.linalg.norm(xp, axis=1), 1.0, atol=1e-12)
     with pytest.raises(ValueError, match="--pca must lie in"):
-        compare.initial_tokens(dump, pca=1)
+        compare.replay_tokens(dump, pca=1)
 
 
 def test_replay_fit_recovers_known_parameters(dump):
     """|m| curves simulated with a grid point (alpha, dt) are fitted back to that very point."""
     from meanfield.batch import simulate_batch
 
-    x0 = compare.initial_tokens(dump, pca=16)
+    x0 = compare.replay_tokens(dump, pca=16)
     steps = np.arange(6)
     m = np.asarray(simulate_batch(x0[None], kernel="softmax", alpha=4.0, dt=0.3, layers=5)["order_parameter"])[0]
     alpha, dt, loss = compare.fit_replay(x0, steps, m, alphas=np.array([1.0, 4.0, 16.0]), dts=np.array([0.1, 0.3]))

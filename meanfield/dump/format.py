@@ -83,13 +83,13 @@ class Dump:
         }
 
 
-def merge_factor(merge) -> float:
-    """The mobility factor ``M >= 1`` of recorded merge settings: their ``"M"`` entry, else 1."""
+def recorded_merge_factor(merge) -> float:
+    """The mobility factor ``M >= 1`` of a dump's recorded merge settings: their ``"M"`` entry, else 1
+    (checked by ``meanfield._validate.merge_factor``, the one place where input becomes ``M``)."""
+    from meanfield._validate import merge_factor
+
     if isinstance(merge, dict) and merge.get("M") is not None:
-        M = float(merge["M"])
-        if not M >= 1.0:
-            raise ValueError(f"merge setting M must be >= 1, got {merge['M']!r}")
-        return M
+        return merge_factor(merge["M"])
     return 1.0
 
 
@@ -131,12 +131,9 @@ def _write(tmp, dump: Dump) -> None:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        try:
-            from importlib.metadata import PackageNotFoundError, version
+        from meanfield._version import __version__
 
-            f.attrs["meanfield_version"] = version("meanfield")
-        except PackageNotFoundError:  # running from a source tree (PYTHONPATH)
-            f.attrs["meanfield_version"] = "unknown"
+        f.attrs["meanfield_version"] = __version__
         for key, value in dump.meta.items():
             f.attrs[key] = _attr_value(key, value)
         inp = f.create_group("input")
@@ -156,7 +153,7 @@ def _write(tmp, dump: Dump) -> None:
         layer.make_scale("layer")
         s.attrs["N"] = int(dump.meta["N"])
         s.attrs["n_query"] = len(dump.query_indices)
-        s.attrs["merge"] = merge_factor(dump.meta.get("merge"))
+        s.attrs["merge"] = recorded_merge_factor(dump.meta.get("merge"))
         for name in ("effective_rank", "normalized_entropy"):
             _put(s, name, dump.attention[name], dtype=np.float64, scale=layer)
         a = f.create_group("attention")
