@@ -9,6 +9,7 @@ Interfaces: :class:`AbstractKernel` (registry :data:`KERNELS`), :class:`Abstract
 """
 
 from .finite_volume import AbstractGridSolver
+from .general import Bilinear, MultiHead
 from .integrators import (
     INTEGRATORS,
     AbstractIntegrator,
@@ -47,6 +48,8 @@ __all__ = [
     "Adaptive",
     "AdaptiveODE",
     "AttentionField",
+    "Bilinear",
+    "MultiHead",
     "Euler",
     "Heun",
     "Layer",
