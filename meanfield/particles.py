@@ -42,8 +42,14 @@ def attention_field(spec: FlowSpec) -> AttentionField:
 
 
 @jax.jit
-def _advance(integrator, field, x, n_steps, h):
-    return integrator.advance(field, x, n_steps, h)
+def _advance(integrator, field, x, n_steps, h, *key):
+    return integrator.advance(field, x, n_steps, h, *key)
+
+
+def _tokens(method, state):
+    """Unit tokens of a scheme's state (a pre-/peri-LN scheme carries the residual stream)."""
+    view = getattr(method, "tokens", None)
+    return state if view is None else view(state)
 
 
 def chunks(save_steps: np.ndarray, n_steps: int, max_chunk: int | None = None):
@@ -73,18 +79,20 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
 
     records = [fetch(simulation_diagnostics_jit, field, x, q_dev)]
     snaps = [np.asarray(x)] if spec.save_tokens else None
+    noise_key = jax.random.fold_in(spec.key, 2) if getattr(spec.method, "stochastic", False) else None
     evals = 0
     bar = make_progress(spec.progress)
     bar.init(spec.n_steps, desc=f"{spec.kernel.name}/{spec.method.name} N={spec.N} d={spec.d}")
     try:
-        for k, save in chunks(spec.save_steps, spec.n_steps):
-            x, nev = _advance(spec.method, field, x, jnp.asarray(k, jnp.int32), h)
+        for i, (k, save) in enumerate(chunks(spec.save_steps, spec.n_steps)):
+            key = () if noise_key is None else (jax.random.fold_in(noise_key, i),)  # fresh noise per chunk
+            x, nev = _advance(spec.method, field, x, jnp.asarray(k, jnp.int32), h, *key)
             evals += int(nev)
             bar.step(k)
             if save is not None:
-                records.append(fetch(simulation_diagnostics_jit, field, x, q_dev))
+                records.append(fetch(simulation_diagnostics_jit, field, _tokens(spec.method, x), q_dev))
                 if snaps is not None:
-                    snaps.append(np.asarray(x))
+                    snaps.append(np.asarray(_tokens(spec.method, x)))
     finally:
         bar.close()
 
@@ -93,7 +101,7 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     return FlowSolution(
         t=spec.save_steps * spec.dt,
         layers=spec.save_steps.copy(),
-        x=np.asarray(x),
+        x=np.asarray(_tokens(spec.method, x)),
         diagnostics=diags,
         params=spec.params(),
         query_indices=q_idx,

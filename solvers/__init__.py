@@ -36,6 +36,8 @@ from .kernels import (
     key_moments,
     make_kernel,
 )
+from .noise import SphereSDE
+from .normalization import NGPT, PeriLN, PostLN, PreLN
 from .sphere import norm_drift, normalize, project, retract
 
 __all__ = [
@@ -54,6 +56,11 @@ __all__ = [
     "Heun",
     "Layer",
     "Linear",
+    "NGPT",
+    "PeriLN",
+    "PostLN",
+    "PreLN",
+    "SphereSDE",
     "LinearKernel",
     "ProjectedEuler",
     "RetractionHeun",
