@@ -63,7 +63,8 @@ def build_parser() -> ArgumentParser:
       "and density solvers (characteristics: any d; zonal: d >= 3, axisymmetric init; circle: d = 2); "
       "see docs/python.md (default: %(default)s)")
     a("--sigma", type=float, default=None, help="noise strength sigma >= 0: Brownian motion on the sphere, "
-      "dx = v dt + sigma P_x o dW, solved by the sde scheme (implies --method sde) (default: no noise)")
+      "dx = v dt + sigma P_x o dW, solved by the sde scheme (particles; implies --method sde), or the "
+      "diffusion (sigma^2/2) Laplacian in --method circle/zonal (default: no noise)")
     a("--cells", type=int, default=512, help="grid cells of the zonal/circle density solvers; --N is then only "
       "the token count of --time-map paper (default: %(default)s)")
     a("--seed", type=int, default=0, help="random seed for samples and the query subset (default: %(default)s)")
@@ -123,9 +124,12 @@ def main(argv=None) -> int:
     real("kappa", args.kappa, minimum=0.0)
     choice("method", args.method, tuple(METHODS))
     cls = METHODS[args.method]
-    if args.sigma is not None:
+    if args.sigma is not None and args.method in GRID_METHODS:
+        method = cls(cells=integer("cells", args.cells, 4), sigma=real("sigma", args.sigma, minimum=0.0))
+    elif args.sigma is not None:
         if args.method not in ("layer", "sde"):
-            raise ValueError(f"--sigma runs the sde scheme; it cannot be combined with --method {args.method}")
+            raise ValueError(f"--sigma runs the sde scheme (particles) or a grid solver's diffusion; "
+                             f"it cannot be combined with --method {args.method}")
         method = METHODS["sde"](sigma=real("sigma", args.sigma, minimum=0.0))
     else:
         method = cls(cells=integer("cells", args.cells, 4)) if args.method in GRID_METHODS else cls()

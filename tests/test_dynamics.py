@@ -87,3 +87,21 @@ def test_cli_sigma_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and msg in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["circle", "zonal"])
+def test_density_methods_take_sigma(method):
+    """solve_flow with Circle(sigma=)/Zonal(sigma=): the first mode of a vMF start (kappa = 0.01)
+    moves at (d-1)(K/d - D), D = sigma^2/2, K = 1 (linear kernel, alpha = 0; docs/theory.md "Noise").
+    The vMF start has a second harmonic of relative size kappa/4: tolerance 3e-3."""
+    from meanfield import Circle, VonMisesFisher, Zonal
+
+    d = 2 if method == "circle" else 4
+    D = 0.2
+    m = (Circle if method == "circle" else Zonal)(cells=128, sigma=math.sqrt(2 * D))
+    sol = solve_flow(VonMisesFisher(d, 0.01), N=1000, kernel="linear", alpha=0.0, method=m, dt=0.5, layers=8,
+                     dtype=jnp.float64)
+    r = sol.diagnostics["order_parameter"]
+    rate = np.polyfit(sol.t, np.log(r), 1)[0]
+    assert abs(rate - (d - 1) * (1 / d - D)) <= 3e-3, rate
+    assert sol.params["method_options"]["sigma"] == pytest.approx(math.sqrt(2 * D))
