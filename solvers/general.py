@@ -191,8 +191,11 @@ class Bilinear(AbstractKernel):
     def speed_bound(self) -> float:
         """``sum_h |O_h V_h|_2`` (``1`` for identity values)."""
         total = 0.0
-        for _, m, sc in self._mats(jnp.float32 if not jax.config.read("jax_enable_x64") else jnp.float64):
-            total += sc * (1.0 if m is None else float(np.linalg.norm(np.asarray(m), 2)))
+        for h in range(self.heads):
+            pick = lambda a: None if a is None else (np.asarray(a)[h] if np.ndim(a) == 3 else np.asarray(a))  # noqa: E731
+            v, o = pick(self.V), pick(self.O)
+            m = v if o is None else (o if v is None else o @ v)
+            total += (1.0 if m is None else float(np.linalg.norm(m, 2))) / (self.heads if o is None else 1.0)
         return total
 
     def logits(self, q, k):
