@@ -91,7 +91,9 @@ class CircleSolver(AbstractGridSolver):
 
     def substeps(self, dt: float, cfl: float = 0.4) -> int:
         """Equal substeps of a layer with ``dt_sub (max|v|/h + D/h^2) <= cfl`` (positivity for cfl <= 1/2)."""
-        rate = float(self.vbound) / float(self.h) + (0.0 if self.diffusion is None else float(self.diffusion) / float(self.h) ** 2)
+        rate = float(self.vbound) / float(self.h)
+        if self.diffusion is not None:
+            rate += float(self.diffusion) / float(self.h) ** 2
         return max(1, math.ceil(abs(dt) * rate / cfl - 1e-9))
 
     def _fisher(self, rho):

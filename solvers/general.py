@@ -192,8 +192,8 @@ class Bilinear(AbstractKernel):
         """``sum_h |O_h V_h|_2`` (``1`` for identity values)."""
         total = 0.0
         for h in range(self.heads):
-            pick = lambda a: None if a is None else (np.asarray(a)[h] if np.ndim(a) == 3 else np.asarray(a))  # noqa: E731
-            v, o = pick(self.V), pick(self.O)
+            v, o = (None if a is None else np.asarray(a)[h] if np.ndim(a) == 3 else np.asarray(a)
+                    for a in (self.V, self.O))
             m = v if o is None else (o if v is None else o @ v)
             total += (1.0 if m is None else float(np.linalg.norm(m, 2))) / (self.heads if o is None else 1.0)
         return total
@@ -219,7 +219,10 @@ class Bilinear(AbstractKernel):
         H, n = qbs.shape[0], q.shape[0]
 
         def logits(kblk, ok, jj):
-            okq = ok[None, :] & (jj[None, :] <= pos[:, None]) if self.causal else jnp.broadcast_to(ok[None, :], (n, ok.shape[0]))
+            if self.causal:
+                okq = ok[None, :] & (jj[None, :] <= pos[:, None])
+            else:
+                okq = jnp.broadcast_to(ok[None, :], (n, ok.shape[0]))
             return a * jnp.einsum("hnd,kd->hnk", qbs, kblk), okq
 
         def first(c, xs):
@@ -254,7 +257,8 @@ class Bilinear(AbstractKernel):
             return (gram, ent, mxw, m2), None
 
         (gram, ent, mxw, m2), _ = lax.scan(second, (jnp.zeros((n, n), dt), z, z - jnp.inf, z), (kb, valid, wxs, idx))
-        rows = {"row_entropy": ent, "max_weight": mxw, "logit_mean": mean, "logit_std": jnp.sqrt(jnp.maximum(m2 / cnt, 0.0))}
+        rows = {"row_entropy": ent, "max_weight": mxw, "logit_mean": mean,
+                "logit_std": jnp.sqrt(jnp.maximum(m2 / cnt, 0.0))}
         return spectrum_from_gram(gram), rows
 
     def describe(self) -> dict:
