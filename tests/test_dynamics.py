@@ -80,8 +80,20 @@ def test_cli_bilinear_kernel_with_noise(tmp_path, capsys):
         assert np.all(np.isfinite(f["diagnostics/order_parameter"][()]))
 
 
+def test_cli_causal(tmp_path, capsys):
+    out = tmp_path / "causal.h5"
+    argv = ["--kernel", "softmax", "--causal", "--alpha", "2", "--N", "40", "--d", "3", "--layers", "2",
+            "--out", str(out), "--no-progress", "--no-plot", "--precision", "float64", "--save-tokens"]
+    assert cli(argv) == 0, capsys.readouterr().err
+    with h5py.File(out) as f:
+        assert f["parameters"].attrs["kernel"] == "bilinear"
+        snaps = f["tokens/snapshots"][()]
+    assert np.max(np.abs(snaps[-1][0] - snaps[0][0])) <= 1e-15  # the first token does not move
+    assert np.max(np.abs(snaps[-1][1] - snaps[0][1])) > 1e-3
+
+
 def test_cli_sigma_errors(tmp_path, capsys):
-    for argv, msg in ((["--sigma", "-1"], "sigma must be a finite number >= 0"),
+    for argv, msg in ((["--causal", "--kernel", "linear"], "--causal needs --kernel softmax or bilinear"),(["--sigma", "-1"], "sigma must be a finite number >= 0"),
                       (["--sigma", "0.2", "--method", "heun"], "--sigma runs the sde scheme")):
         assert cli([*argv, "--out", str(tmp_path / "r.h5"), "--no-progress"]) == 2
         err = capsys.readouterr().err
