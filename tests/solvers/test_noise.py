@@ -39,9 +39,12 @@ def test_registered_and_needs_key():
 
 
 def test_weak_and_strong_order():
-    """Weak order 1: successive differences of E<x_T, e_3> halve when h halves (log2 ratio within
-    0.25 of 1). Strong order 1/2: the rms distance between successive resolutions of the same path
-    shrinks by sqrt 2 (log2 ratio within 0.15 of 0.5). N = 4000 paths, sigma = 0.5, T = 1."""
+    """Weak order 1: successive differences of E<x_T, e_3> (h -> h/2, same Brownian paths) halve
+    when h halves; strong order 1/2: the rms distance between successive resolutions shrinks by
+    sqrt 2. Orders are the least-squares slopes of log2 of the three differences against log2 h.
+    N = 4000 paths, sigma = 0.5, T = 1. The Monte-Carlo error of a weak difference is ~10% of it
+    (single ratios of two differences scatter over 0.78-1.23 across seeds 0-3; the slope over three
+    scatters 0.94-1.01): tolerance 0.2 for weak, 0.1 for strong (measured 0.47-0.52 single ratios)."""
     n_tok, sigma, T = 4000, 0.5, 1.0
     x0 = jnp.tile(jnp.asarray([[0.0, 0.0, 1.0]]), (n_tok, 1))
     key = jax.random.PRNGKey(0)
@@ -51,10 +54,11 @@ def test_weak_and_strong_order():
     assert abs(float(jnp.mean(ys[-1][:, 2])) - exact) <= 0.02  # MC error ~ 0.4/sqrt(4000) plus bias
     weak = [float(jnp.mean(a[:, 2]) - jnp.mean(b[:, 2])) for a, b in zip(ys, ys[1:])]
     strong = [float(jnp.sqrt(jnp.mean(jnp.sum((a - b) ** 2, axis=1)))) for a, b in zip(ys, ys[1:])]
-    weak_orders = np.log2(np.abs(weak[:-1]) / np.abs(weak[1:]))
-    strong_orders = np.log2(np.asarray(strong[:-1]) / np.asarray(strong[1:]))
-    assert np.all(np.abs(weak_orders - 1.0) <= 0.25), (weak, weak_orders)
-    assert np.all(np.abs(strong_orders - 0.5) <= 0.15), (strong, strong_orders)
+    log_h = -np.arange(3.0)  # log2 of h relative to the coarsest difference
+    weak_order = np.polyfit(log_h, np.log2(np.abs(weak)), 1)[0]
+    strong_order = np.polyfit(log_h, np.log2(strong), 1)[0]
+    assert abs(weak_order - 1.0) <= 0.2, (weak, weak_order)
+    assert abs(strong_order - 0.5) <= 0.1, (strong, strong_order)
     assert float(jnp.max(jnp.abs(jnp.linalg.norm(ys[-1], axis=1) - 1))) <= 1e-14
 
 
