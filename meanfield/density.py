@@ -101,6 +101,7 @@ def _grid_options(obj, min_cells: int, even: bool):
         raise ValueError(f"{obj.name}: cells must be an even integer >= {min_cells}, got {obj.cells!r}")
     _validate.real("cfl", obj.cfl, minimum=0.0, maximum=CFL_POSITIVE, open_min=True)
     _validate.real("subgrid_threshold", obj.subgrid_threshold, minimum=0.0, maximum=1.0, open_min=True)
+    _validate.real("sigma", obj.sigma, minimum=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,13 +111,15 @@ class Zonal:
     ``cells`` even number of cells on ``[0, pi]``; ``cfl`` Courant number in ``(0, 0.5]``
     (positivity); ``n_phi`` azimuthal Gauss–Gegenbauer nodes of the softmax/usa tables (default
     ``max(48, alpha + 32)``); ``subgrid_threshold`` the ``peak_fraction`` above which the density is
-    reported as narrower than a cell. Second order in space, third in time.
+    reported as narrower than a cell. Second order in space, third in time. ``sigma`` adds the noise
+    term ``(sigma^2/2) Delta_S rho`` (docs/theory.md "Noise").
     """
 
     cells: int = 512
     cfl: float = 0.4
     n_phi: int | None = None
     subgrid_threshold: float = 0.5
+    sigma: float = 0.0
     name: ClassVar[str] = "zonal"
 
     def __post_init__(self):
@@ -136,7 +139,7 @@ class Zonal:
                              f"got {type(spec.init).__name__}")
         n = self.cells
         solver = make_zonal_solver(int(spec.d), n, spec.kernel, mobility=spec.mobility, n_phi=self.n_phi,
-                                   dtype=spec.dtype)
+                                   dtype=spec.dtype, diffusion=0.5 * float(self.sigma) ** 2)
         F0 = zonal_cell_averages(lambda th: np.asarray(spec.init.zonal_log_marginal(th), np.float64), n)
         grid = {"theta": np.asarray(solver.centers), "theta_edges": np.linspace(0.0, np.pi, n + 1),
                 "axis": np.asarray(spec.init.axis, np.float64), "log_cell_measure": np.asarray(solver.log_cell_measure)}
@@ -147,12 +150,13 @@ class Zonal:
 class Circle:
     """Finite-volume solver on the circle (d = 2); the density comes from ``init.log_density``.
 
-    ``cells`` cells on ``[-pi, pi)``; ``cfl`` and ``subgrid_threshold`` as for :class:`Zonal`.
+    ``cells`` cells on ``[-pi, pi)``; ``cfl``, ``subgrid_threshold`` and ``sigma`` as for :class:`Zonal`.
     """
 
     cells: int = 512
     cfl: float = 0.4
     subgrid_threshold: float = 0.5
+    sigma: float = 0.0
     name: ClassVar[str] = "circle"
 
     def __post_init__(self):
@@ -166,7 +170,8 @@ class Circle:
         if spec.d != 2:
             raise ValueError(f"method='circle' needs d=2, got d={spec.d}; use method='zonal' or 'characteristics'")
         n = self.cells
-        solver = make_circle_solver(n, spec.kernel, mobility=spec.mobility, dtype=spec.dtype)
+        solver = make_circle_solver(n, spec.kernel, mobility=spec.mobility, dtype=spec.dtype,
+                                    diffusion=0.5 * float(self.sigma) ** 2)
 
         def log_rho(th):
             x = np.stack([np.cos(th), np.sin(th)], axis=-1)

@@ -56,16 +56,21 @@ def normalized_entropy(sv: Float[Array, "... n"], n: int | None = None) -> Float
     return spectrum_entropy(sv) / jnp.log(jnp.asarray(n, sv.dtype))
 
 
-def attention_statistics(kernel, q: Float[Array, "n d"], k: Float[Array, "N d"], weights=None) -> dict:
+def attention_statistics(kernel, q: Float[Array, "n d"], k: Float[Array, "N d"], weights=None,
+                         query_positions=None) -> dict:
     """Spectrum and per-row statistics of the attention rows of queries ``q`` over keys ``k``.
 
     Returns ``singular_values`` (n,), ``effective_rank``, ``normalized_entropy`` (scalars), and
     per-row (n,) arrays ``row_entropy`` (``-sum_j A_ij log A_ij``; ``log N`` for a uniform row),
     ``max_weight``, ``logit_mean`` and ``logit_std`` (logits ``alpha <q_i, k_j>``).
     For a real model pass its post-norm/post-RoPE ``q``, ``k`` and ``Softmax(alpha=scale)``.
-    ``weights`` are the key masses (``None``: unit masses).
+    ``weights`` are the key masses (``None``: unit masses). ``query_positions`` (n,) are the
+    queries' indices among the keys, needed by a causal kernel (``solvers.general.Bilinear``).
     """
-    sv, rows = kernel.attention_statistics(q, k, weights)
+    if getattr(kernel, "causal", False):
+        sv, rows = kernel.attention_statistics(q, k, weights, positions=query_positions)
+    else:
+        sv, rows = kernel.attention_statistics(q, k, weights)
     out = {"singular_values": sv, "effective_rank": effective_rank(sv),
            "normalized_entropy": normalized_entropy(sv)}
     out.update(rows)
@@ -140,8 +145,8 @@ def simulation_diagnostics(kernel, x, query_idx, weights=None, mobility=1.0, key
     """
     if isinstance(kernel, AttentionField):
         kernel, weights, mobility = kernel.kernel, kernel.weights, kernel.mobility
-    if key_idx is None:
-        att = attention_statistics(kernel, x[query_idx], x, weights)
+    if key_idx is None or getattr(kernel, "causal", False):  # a causal mask needs every key's position
+        att = attention_statistics(kernel, x[query_idx], x, weights, query_positions=query_idx)
     else:
         att = attention_statistics(kernel, x[query_idx], *key_sample_masses(x, key_idx, weights))
     out = token_statistics(x, weights)

@@ -50,8 +50,14 @@ def attention_field(spec: FlowSpec) -> AttentionField:
 
 
 @jax.jit
-def _advance(integrator, field, x, n_steps, h):
-    return integrator.advance(field, x, n_steps, h)
+def _advance(integrator, field, x, n_steps, h, *key):
+    return integrator.advance(field, x, n_steps, h, *key)
+
+
+def _tokens(method, state):
+    """Unit tokens of a scheme's state (a pre-/peri-LN scheme carries the residual stream)."""
+    view = getattr(method, "tokens", None)
+    return state if view is None else view(state)
 
 
 @jax.jit
@@ -103,21 +109,24 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     extra = 0  # field evaluations made for the diagnostics only
     pending = None  # a saved state whose diagnostics wait for the divergence from the next step
 
-    def save_state(x):
+    def save_state(state):
         nonlocal pending, extra
         if fused:
-            pending = x
+            pending = state
         else:
+            x = _tokens(spec.method, state)  # a pre-/peri-LN scheme's state is the residual stream
             records.append(record(x, _divergence(field, x)))
             extra += 1
 
     snaps = [np.asarray(x)] if spec.save_tokens else None
+    noise_key = jax.random.fold_in(spec.key, 2) if getattr(spec.method, "stochastic", False) else None
     evals = 0
     bar = make_progress(spec.progress)
     bar.init(spec.n_steps, desc=f"{spec.kernel.name}/{spec.method.name} N={spec.N} d={spec.d}")
     try:
         save_state(x)
-        for k, save in chunks(spec.save_steps, spec.n_steps):
+        for i, (k, save) in enumerate(chunks(spec.save_steps, spec.n_steps)):
+            key = () if noise_key is None else (jax.random.fold_in(noise_key, i),)  # fresh noise per chunk
             todo = k
             if pending is not None:
                 x_saved = pending
@@ -125,13 +134,13 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
                 records.append(record(x_saved, div))
                 pending, todo, evals = None, todo - 1, evals + int(nev)
             if todo > 0:
-                x, nev = _advance(spec.method, field, x, jnp.asarray(todo, jnp.int32), h)
+                x, nev = _advance(spec.method, field, x, jnp.asarray(todo, jnp.int32), h, *key)
                 evals += int(nev)
             bar.step(k)
             if save is not None:
                 save_state(x)
                 if snaps is not None:
-                    snaps.append(np.asarray(x))
+                    snaps.append(np.asarray(_tokens(spec.method, x)))
         if pending is not None:
             records.append(record(pending, _divergence(field, pending)))
             extra += 1
@@ -143,7 +152,7 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     return FlowSolution(
         t=spec.save_steps * spec.dt,
         layers=spec.save_steps.copy(),
-        x=np.asarray(x),
+        x=np.asarray(_tokens(spec.method, x)),
         diagnostics=diags,
         params=spec.params(),
         query_indices=q_idx,

@@ -62,6 +62,11 @@ def build_parser() -> ArgumentParser:
     a("--method", default="layer", help=f"{', '.join(methods())}: particle schemes (layer: x <- normalize(x + h A x)) "
       "and density solvers (characteristics: any d; zonal: d >= 3, axisymmetric init; circle: d = 2); "
       "see docs/python.md (default: %(default)s)")
+    a("--causal", action="store_true", help="causal mask: token i attends to tokens j <= i (softmax-type "
+      "attention, the bilinear kernel with B = V = I)")
+    a("--sigma", type=float, default=None, help="noise strength sigma >= 0: Brownian motion on the sphere, "
+      "dx = v dt + sigma P_x o dW, solved by the sde scheme (particles; implies --method sde), or the "
+      "diffusion (sigma^2/2) Laplacian in --method circle/zonal (default: no noise)")
     a("--cells", type=int, default=512, help="grid cells of the zonal/circle density solvers; --N is then only "
       "the token count of --time-map paper (default: %(default)s)")
     a("--seed", type=int, default=0, help="random seed for samples and the query subset (default: %(default)s)")
@@ -127,10 +132,25 @@ def main(argv=None) -> int:
     table = method_table()
     choice("method", args.method, tuple(table))
     cls = table[args.method]
-    method = cls(cells=integer("cells", args.cells, 4)) if args.method in GRID_METHODS else cls()
+    if args.sigma is not None and args.method in GRID_METHODS:
+        method = cls(cells=integer("cells", args.cells, 4), sigma=real("sigma", args.sigma, minimum=0.0))
+    elif args.sigma is not None:
+        if args.method not in ("layer", "sde"):
+            raise ValueError(f"--sigma runs the sde scheme (particles) or a grid solver's diffusion; "
+                             f"it cannot be combined with --method {args.method}")
+        method = table["sde"](sigma=real("sigma", args.sigma, minimum=0.0))
+    else:
+        method = cls(cells=integer("cells", args.cells, 4)) if args.method in GRID_METHODS else cls()
     init = distributions.make_distribution(args.init, args.d, args.kappa)
+    kernel, alpha = args.kernel, args.alpha
+    if args.causal:
+        if kernel not in ("softmax", "bilinear"):
+            raise ValueError(f"--causal needs --kernel softmax or bilinear, got {kernel}")
+        from solvers import Bilinear
+
+        kernel, alpha = Bilinear(real("alpha", alpha, minimum=0.0), causal=True), None
     spec = make_spec(
-        init, N=args.N, kernel=args.kernel, alpha=args.alpha, merge=args.merge, fusion=args.fusion,
+        init, N=args.N, kernel=kernel, alpha=alpha, merge=args.merge, fusion=args.fusion,
         t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=method,
         save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
         progress=not args.no_progress, save_tokens=args.save_tokens, diagnostics=args.diagnostics,

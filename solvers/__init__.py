@@ -9,6 +9,7 @@ Interfaces: :class:`AbstractKernel` (registry :data:`KERNELS`), :class:`Abstract
 """
 
 from .finite_volume import AbstractGridSolver
+from .general import Bilinear, MultiHead
 from .integrators import (
     INTEGRATORS,
     AbstractIntegrator,
@@ -35,6 +36,8 @@ from .kernels import (
     key_moments,
     make_kernel,
 )
+from .noise import SphereSDE
+from .normalization import NGPT, PeriLN, PostLN, PreLN
 from .sphere import norm_drift, normalize, project, retract
 
 __all__ = [
@@ -47,10 +50,17 @@ __all__ = [
     "Adaptive",
     "AdaptiveODE",
     "AttentionField",
+    "Bilinear",
+    "MultiHead",
     "Euler",
     "Heun",
     "Layer",
     "Linear",
+    "NGPT",
+    "PeriLN",
+    "PostLN",
+    "PreLN",
+    "SphereSDE",
     "LinearKernel",
     "ProjectedEuler",
     "RetractionHeun",

@@ -31,6 +31,16 @@ Entropy rate (diagnostic): ``dH/dt = E_rho[div_S v]`` with the closed forms of d
 usa: ``(1/M)[alpha int K (1 - <x,y>^2) drho - (d-1) int K <x,y> drho]``; linear: moments),
 evaluated at faces with the tables ``X = Z E_w<x,y>`` and ``Y = Z E_w<x,y>^2``.
 
+Diffusion (docs/theory.md "Noise"). With ``diffusion = D > 0`` the marginal obeys
+``d_t f + d_theta(f v) = D d_theta(w d_theta(f/w))``, ``w = sin^{d-2}``, the zonal form of
+``D Delta_S rho``. With ``rho_i = F_i / wbar_i`` (``wbar_i`` the cell average of ``w``) the face
+fluxes are ``J_{i+1/2} = -D w_{i+1/2} (rho_{i+1} - rho_i)/h``, zero at the poles; the ratios
+``w_{i+1/2}/wbar_i`` are tabulated in logs (no underflow at large d). Conservative; a forward-Euler
+step gives ``F_i^new >= F_i (1 - 2 dt max|v|/h - dt lam_i)`` with
+``lam_i = D (w_{i+1/2} + w_{i-1/2})/(wbar_i h^2)``, so :meth:`ZonalSolver.substeps` keeps
+``dt (max|v|/h + max lam/2) <= cfl <= 1/2``. The entropy rate gains the discrete Fisher
+information ``(D/h) sum_faces w_{i+1/2} (rho_{i+1} - rho_i)(log rho_{i+1} - log rho_i)``.
+
 Limits: the density concentrates to a Dirac at a pole; once its width falls below ``h`` the
 grid cannot follow (``peak_fraction`` > 1/2, see ``solvers.finite_volume.peak_fraction``) and
 the entropy saturates near ``log`` of the measure of the cell holding the mass.
@@ -141,7 +151,35 @@ class ZonalSolver(AbstractGridSolver):
     log_sin_avg: jax.Array
     log_cell_measure: jax.Array
     tables: dict | None
+    diffusion: jax.Array | None = None  # D of D Delta_S rho (None: no noise)
+    dcoef: dict | None = None  # "ap" = w_{i+1/2}/wbar_{i+1}, "am" = w_{i+1/2}/wbar_i, "dlogw", "lam"
     periodic: ClassVar[bool] = False
+
+    def _diffusion_flux(self, F):
+        """Interior face fluxes ``J_{i+1/2}`` (n-1,) of the diffusion term."""
+        c = self.dcoef
+        return -self.diffusion * (c["ap"] * F[1:] - c["am"] * F[:-1]) / self.h
+
+    def rhs(self, F):
+        """Transport (flux form, upwind MUSCL) plus the zonal diffusion term (flux form)."""
+        out = super().rhs(F)
+        if self.diffusion is None:
+            return out
+        z = jnp.zeros((1,), F.dtype)
+        J = jnp.concatenate([z, self._diffusion_flux(F), z])
+        return out - (J[1:] - J[:-1]) / self.h
+
+    def substeps(self, dt: float, cfl: float = 0.4) -> int:
+        """Equal substeps with ``dt_sub (max|v|/h + max lam/2) <= cfl`` (positivity for cfl <= 1/2)."""
+        rate = float(self.vbound) / float(self.h) + (0.0 if self.diffusion is None else 0.5 * float(self.dcoef["lam"]))
+        return max(1, math.ceil(abs(dt) * rate / cfl - 1e-9))
+
+    def _fisher(self, F):
+        if self.diffusion is None:
+            return 0.0
+        lf = jnp.log(jnp.maximum(F, jnp.finfo(F.dtype).tiny))
+        dlog = lf[1:] - lf[:-1] - self.dcoef["dlogw"]
+        return -jnp.sum(self._diffusion_flux(F) * dlog)
 
     def _moments(self, w):
         """``mu``, ``a = Var(cos)``, ``b = E[sin^2]/(d-1)`` and ``E[cos^2]`` of cell masses ``w``."""
@@ -176,7 +214,7 @@ class ZonalSolver(AbstractGridSolver):
         w = F * self.h
         if self.kernel.family == "moments":
             _, div = self._moment_field(w, self.cos_c, self.sin_c)
-            return (w @ div) * self.mobility
+            return (w @ div) * self.mobility + self._fisher(F)
         d, al = self.d, self.kernel.alpha
         t = self.tables
         S, Gw, Xw, Yw = t["Z"] @ w, t["G"] @ w, t["X"] @ w, t["Y"] @ w
@@ -186,7 +224,7 @@ class ZonalSolver(AbstractGridSolver):
         else:
             div = jnp.exp(t["r"]) * (al * (S - Yw) - (d - 1) * Xw)
         face_w = 0.5 * (jnp.concatenate([w, w[-1:] * 0]) + jnp.concatenate([w[:1] * 0, w]))
-        return (face_w @ div) * self.mobility
+        return (face_w @ div) * self.mobility + self._fisher(F)
 
     def diagnostics(self, F) -> dict:
         """Mass, ``mean_cos``, ``order_parameter`` ``|m|``, ``entropy`` H, ``kl_to_uniform``,
@@ -208,15 +246,17 @@ class ZonalSolver(AbstractGridSolver):
 
 
 def make_zonal_solver(d: int, n_cells: int, kernel="linear", alpha=None, mobility: float = 1.0,
-                      n_phi: int | None = None, dtype=None) -> ZonalSolver:
+                      n_phi: int | None = None, dtype=None, diffusion: float = 0.0) -> ZonalSolver:
     """Build a :class:`ZonalSolver` (profile tables are computed here, once).
 
     ``kernel`` is a kernel object, or a name with ``alpha`` (``solvers.kernels.make_kernel``).
     ``mobility`` multiplies the velocity (``1/M``). ``n_phi`` Gauss–Gegenbauer nodes for the
     azimuthal integral (default ``max(48, alpha + 32)``: the integrand ``exp(kappa t)``,
     ``kappa <= alpha``, is then integrated to round-off). ``dtype`` defaults to JAX's default
-    float dtype.
+    float dtype. ``diffusion`` is ``D >= 0`` of the term ``D Delta_S rho`` (``sigma^2/2``).
     """
+    if not (isinstance(diffusion, (int, float, np.floating)) and math.isfinite(diffusion) and diffusion >= 0):
+        raise ValueError(f"zonal solver: diffusion={diffusion!r} must be a finite number >= 0")
     if not (isinstance(d, (int, np.integer)) and d >= 3):
         raise ValueError(f"zonal solver: d={d!r} must be an integer >= 3 (use the circle solver for d=2)")
     kernel = make_kernel(kernel, alpha)
@@ -259,4 +299,16 @@ def make_zonal_solver(d: int, n_cells: int, kernel="linear", alpha=None, mobilit
                        cos_c=jnp.asarray(cos_c, dtype), sin_c=jnp.asarray(sin_c, dtype),
                        cos_f=jnp.asarray(cos_f, dtype), sin_f=jnp.asarray(sin_f, dtype),
                        log_sin_avg=jnp.asarray(_cell_log_sin_average(edges), dtype),
-                       log_cell_measure=jnp.asarray(lcm, dtype), tables=tables)
+                       log_cell_measure=jnp.asarray(lcm, dtype), tables=tables,
+                       diffusion=jnp.asarray(diffusion, dtype) if diffusion > 0 else None,
+                       dcoef=_diffusion_tables(d, edges, lcm, h, diffusion, dtype) if diffusion > 0 else None)
+
+
+def _diffusion_tables(d, edges, lcm, h, diffusion, dtype):
+    """Face-to-cell weight ratios of the zonal Laplacian, from logs (see the module docstring)."""
+    log_wbar = lcm - log_sphere_area(d - 1) - math.log(h)  # log of the cell average of sin^{d-2}
+    log_wf = (d - 2) * np.log(np.sin(edges[1:-1]))  # interior faces
+    ap, am = np.exp(log_wf - log_wbar[1:]), np.exp(log_wf - log_wbar[:-1])
+    lam = diffusion * np.max(np.r_[am, 0.0] + np.r_[0.0, ap]) / h**2
+    j = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+    return {"ap": j(ap), "am": j(am), "dlogw": j(log_wbar[1:] - log_wbar[:-1]), "lam": j(lam)}

@@ -18,7 +18,7 @@ from meanfield.diagnostics import attention_statistics, entropy_rate, token_stat
 from solvers import KERNELS, make_kernel
 
 TOL = 1e-12
-ALPHA = {"linear": 0.3, "softmax": 2.5, "usa": 1.5}
+ALPHA = {"linear": 0.3, "softmax": 2.5, "usa": 1.5, "bilinear": 2.5}  # bilinear: default B = V = I is softmax
 
 
 def _tokens(n, d, seed):
@@ -40,7 +40,7 @@ def _dense_attention(name, q, k, w):
         m = p @ k
         return p[None, :] * (1.0 + ALPHA[name] * (s - (q @ m)[:, None]))
     e = p[None, :] * np.exp(ALPHA[name] * s)
-    return e / e.sum(1, keepdims=True) if name == "softmax" else e
+    return e / e.sum(1, keepdims=True) if name in ("softmax", "bilinear") else e
 
 
 def _stats(name, q, k, w):
