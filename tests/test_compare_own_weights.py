@@ -35,6 +35,7 @@ def _run(args, cwd, prelude=""):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, check=False)
 
 
+@pytest.mark.slow  # loads MiniLM and runs both replays end to end (~40 s on 2 shared cores)
 def test_own_weights_replay_beside_the_isotropic_one(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

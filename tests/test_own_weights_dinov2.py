@@ -24,8 +24,8 @@ from meanfield.own_weights import dinov2_layer_kernels  # noqa: E402
 
 def _model():
     torch.manual_seed(0)
-    cfg = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
-                                    intermediate_size=96, image_size=56, patch_size=14, layerscale_value=0.5)  # fmt: skip
+    cfg = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
+                                    image_size=56, patch_size=14, layerscale_value=0.5)  # fmt: skip
     model = transformers.Dinov2Model(cfg).double().eval()
     with torch.no_grad():
         for block in model.encoder.layer:
