@@ -25,6 +25,7 @@ from . import _validate
 from .density import DENSITY_METHODS
 from .diagnostics import DEFAULT_N_QUERY
 from .distributions import as_key
+from .merging import check_merging, resolve_merging, run_merged
 from .particles import run_particles
 from .solution import FlowSolution, FlowSpec
 
@@ -110,7 +111,7 @@ def _save_steps(n_steps, save_every):
 
 def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
               layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
-              n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False) -> FlowSpec:
+              n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, merging=None) -> FlowSpec:
     """Validate :func:`solve_flow`'s options (static checks only) and build the run's spec."""
     kernel = resolve_kernel(kernel, alpha)
     method = resolve_method(method)
@@ -136,15 +137,21 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
         seed = int(key)
     else:
         seed = int(jax.random.randint(jax.random.fold_in(key, 7), (), 0, 2**31 - 1))
-    return FlowSpec(
+    spec = FlowSpec(
         init=init, x0=x0, weights=w, N=N, d=d, kernel=kernel, method=method, merge=M, fusion=fusion,
         n_steps=n_steps, dt=h, time_map=time_map, save_steps=_save_steps(n_steps, save_every), key=as_key(key),
         seed=seed, dtype=dtype, n_query=n_query, progress=progress, save_tokens=bool(save_tokens),
+        merging=resolve_merging(merging),
     )
+    if spec.merging is not None:
+        check_merging(spec)
+    return spec
 
 
 def run(spec: FlowSpec) -> FlowSolution:
     """Run a validated spec with its method."""
+    if spec.merging is not None:
+        return run_merged(spec)
     if isinstance(spec.method, AbstractIntegrator):
         return run_particles(spec)
     return spec.method.run(spec)
@@ -152,7 +159,7 @@ def run(spec: FlowSpec) -> FlowSolution:
 
 def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
                layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
-               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False) -> FlowSolution:
+               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, merging=None) -> FlowSolution:
     """Solve the mean-field token flow ``dx_i/dt = (1/M) P_{x_i} sum_j A_ij x_j`` on S^{d-1}.
 
     Parameters (keyword-only after ``init``; defaults in brackets)
@@ -181,13 +188,16 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
     dtype : float32 or float64 [float32, or float64 when 64-bit JAX is enabled].
     progress : ``True`` for a tqdm bar, or an object with init/step/close [False].
     save_tokens : keep the tokens at every save in ``sol.snapshots`` [False].
+    merging : real token merging, a strategy object ``ToMe(ratio=m, proportional=...)`` or
+        ``FastVGGT(ratio=m, protected_fraction=...)`` (``meanfield.merging``, docs/merging.md);
+        distinct from the mobility model ``merge``/``fusion`` [None].
 
     Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
     """
     return run(make_spec(
         init, N=N, weights=weights, kernel=kernel, alpha=alpha, merge=merge, fusion=fusion, t1=t1, layers=layers,
         dt=dt, time_map=time_map, method=method, save_every=save_every, key=key, n_query=n_query, dtype=dtype,
-        progress=progress, save_tokens=save_tokens,
+        progress=progress, save_tokens=save_tokens, merging=merging,
     ))
 
 

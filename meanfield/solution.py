@@ -41,6 +41,7 @@ class FlowSpec:
     n_query: int
     progress: Any
     save_tokens: bool
+    merging: Any = None  # a meanfield.merging strategy (ToMe, FastVGGT) or None
 
     @property
     def mobility(self) -> float:
@@ -59,6 +60,7 @@ class FlowSpec:
             "precision": jnp.dtype(self.dtype).name, "n_query": self.n_query, "init": init,
             "kernel_options": kernel, "method_options": method, "weighted": self.weights is not None,
             "meanfield_version": __version__,
+            "merging": None if self.merging is None else self.merging.describe(),
         }
 
 
@@ -84,3 +86,4 @@ class FlowSolution:
     density: np.ndarray | None = None
     warnings: list = dataclasses.field(default_factory=list)
     weights: np.ndarray | None = None
+    merging: dict | None = None  # merged runs: strategy, schedule, final sizes and owner rows (meanfield.merging)

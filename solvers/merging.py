@@ -1,0 +1,215 @@
+"""Token merging as an operation on tokens: ToMe and FastVGGT-style merging on fixed-shape arrays.
+
+Two published algorithms, re-derived from their sources (Bolya et al., "Token Merging: Your ViT
+but Faster", ICLR 2023, ``facebookresearch/ToMe`` ``tome/merge.py``; Shen et al., FastVGGT,
+arXiv:2509.02560, ``merging/merge.py``), written for the token flow of docs/theory.md:
+
+* **bipartite soft matching** (both): the mergeable tokens are split into sources and
+  destinations; each source finds its most similar destination (cosine of the metric, here the
+  tokens themselves, which are the keys of the flow); the ``r`` sources with the highest
+  similarity are merged into their destinations. ToMe alternates the mergeable tokens into the two
+  sets (by position among the alive, unprotected tokens); FastVGGT draws the destinations at random
+  (one per 2 x 2 patch region in the image) and the sources are all the other unprotected tokens.
+* **ToMe** (:class:`ToMeLayer`): a merged source is removed for the rest of the run; its
+  destination becomes the size-weighted mean and the sizes add (mass is conserved exactly);
+  *proportional attention* adds ``log size`` to the logits, which is the kernels' token masses
+  (``weights=``): the attention is over the weighted measure. Without it the surviving tokens
+  attend with unit masses.
+* **FastVGGT** (:class:`MergeAttendUnmerge`): inside every layer, merge (destination = plain mean of
+  itself and its sources; sizes not tracked, no proportional attention), attend over the merged
+  tokens, then **unmerge**: every merged source receives its destination's output, so the
+  sequence length is restored and each token takes its own residual step.
+
+Fixed shapes. Every array keeps all ``N`` rows. A removed token has mass 0, and zero-mass tokens
+take no part in any kernel evaluation (``solvers.kernels``); ``r`` is a traced integer, so a run
+compiles once per ``N`` (and number of steps) whatever the merge schedule. A merge is described by
+:class:`Matching`: ``assign[i]`` is the row that represents token ``i`` after the merge (``i``
+itself when it is not merged), so unmerging is the gather ``y[assign]``.
+
+Back onto the sphere. The mean of unit vectors lies inside the ball. The merged token is the
+**normalised mean** ``normalize(sum_j s_j x_j / sum_j s_j)`` over the destination and its sources
+(sizes ``s`` for ToMe, ones for FastVGGT): the projection of the Euclidean mean onto the sphere,
+which agrees with the spherical (Karcher) mean to O(theta^3) for sources within angle theta. Its
+cost is that the mass-weighted mean of the measure grows slightly in length (merging nudges |m|
+up by at most the mean squared half-angle of the merged pairs). A row that receives no source is
+left bit-for-bit unchanged.
+
+Every per-layer step runs the matching only when ``r > 0`` (``lax.cond``): it costs
+O(n_src n_dst d), streamed over blocks of source rows (memory O(block N)).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int
+
+from .sphere import normalize, project, retract
+
+_BLOCK_ELEMENTS = 1 << 22  # rows x N similarity entries per block (32 MiB in float64)
+
+
+class Matching(NamedTuple):
+    """One merge: ``assign`` (N,) int32, the row representing each token afterwards (itself if
+    kept); ``merged`` (N,) bool, the sources merged away."""
+
+    assign: Int[Array, " N"]
+    merged: Bool[Array, " N"]
+
+
+def alternate_split(mergeable: Bool[Array, " N"]):
+    """ToMe's sets: the mergeable tokens in row order, even positions -> sources (A), odd -> destinations (B)."""
+    pos = jnp.cumsum(mergeable.astype(jnp.int32)) - 1
+    even = (pos % 2) == 0
+    return mergeable & even, mergeable & ~even
+
+
+def best_match(metric: Float[Array, "N c"], dst: Bool[Array, " N"]):
+    """For every row, the largest cosine similarity to a destination row and that row's index.
+
+    ``(score (N,), target (N,) int32)``; rows are streamed in blocks so no N x N array exists.
+    """
+    n = metric.shape[0]
+    u = normalize(metric)
+    block = max(1, min(n, _BLOCK_ELEMENTS // n))
+    nb = -(-n // block)
+    qp = jnp.pad(u, ((0, nb * block - n), (0, 0))).reshape(nb, block, -1)
+    neg = jnp.asarray(-jnp.inf, u.dtype)
+
+    def one(qb):
+        s = jnp.where(dst[None, :], qb @ u.T, neg)
+        return jnp.max(s, axis=1), jnp.argmax(s, axis=1).astype(jnp.int32)
+
+    score, target = lax.map(one, qp)
+    return score.reshape(-1)[:n], target.reshape(-1)[:n]
+
+
+def bipartite_soft_matching(metric: Float[Array, "N c"], src: Bool[Array, " N"], dst: Bool[Array, " N"], r) -> Matching:
+    """Merge the ``r`` sources most similar to their best destination (ties: lower row first).
+
+    ``src`` and ``dst`` must be disjoint; ``r`` (traced int) larger than the number of sources
+    merges every source. Callers check ``r`` against the mergeable set before tracing.
+    """
+    n = metric.shape[0]
+    score, target = best_match(metric, dst)
+    score = jnp.where(src, score, jnp.asarray(-jnp.inf, score.dtype))
+    order = jnp.argsort(-score, stable=True)
+    rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    merged = src & (rank < r)
+    return Matching(jnp.where(merged, target, jnp.arange(n, dtype=jnp.int32)), merged)
+
+
+def merge(x: Float[Array, "N d"], sizes: Float[Array, " N"], match: Matching):
+    """Size-weighted merge onto the sphere: ``(x', sizes')``.
+
+    ``sizes'`` are the summed sizes (0 for the merged sources: they are removed); a destination
+    that receives sources moves to ``normalize(sum s_j x_j / sum s_j)`` over itself and its
+    sources; every other row is returned unchanged. With unit ``sizes`` this is FastVGGT's plain
+    mean and ``sizes'`` counts the tokens behind each row.
+    """
+    n = x.shape[0]
+    new_sizes = jax.ops.segment_sum(sizes, match.assign, num_segments=n)
+    acc = jax.ops.segment_sum(sizes[:, None] * x, match.assign, num_segments=n)
+    received = jax.ops.segment_sum(match.merged.astype(jnp.int32), match.assign, num_segments=n) > 0
+    safe = jnp.where(received[:, None], acc, x)  # rows without sources never divide by zero
+    return jnp.where(received[:, None], normalize(safe), x), new_sizes
+
+
+def unmerge(y: Float[Array, "N ..."], match: Matching) -> Float[Array, "N ..."]:
+    """Every token receives the value of the row that represents it (its destination if merged)."""
+    return y[match.assign]
+
+
+def _step(kernel, x, q, k_weights, mobility, h, euler, out_rows=None):
+    f = jnp.asarray(mobility, x.dtype) * kernel.drive(q, q, k_weights)
+    if out_rows is not None:
+        f = f[out_rows]
+    g = project(x, f) if euler else f
+    return retract(x, jnp.asarray(h, x.dtype) * g)
+
+
+class MergeState(NamedTuple):
+    """State of a ToMe run: tokens ``x`` (N, d), ``sizes`` (N,) (0 = removed) and ``owner`` (N,)
+    int32, the row that now represents each original token (unmerge of the whole run: ``x[owner]``)."""
+
+    x: Float[Array, "N d"]
+    sizes: Float[Array, " N"]
+    owner: Int[Array, " N"]
+
+
+class ToMeLayer(eqx.Module):
+    """One ToMe layer of the flow: merge ``r`` tokens, then attend over the survivors.
+
+    ToMe merges between a block's attention and its MLP, with that block's keys as metric. The
+    flow has no MLP and its keys are its tokens, so here each layer merges first (metric = the
+    current tokens) and then takes the residual attention step -- the same sequence of operations
+    shifted by half a layer. Removed tokens are frozen (mass 0). ``proportional``: attention over
+    the sizes (ToMe's ``+ log size``); otherwise the survivors have unit masses. ``euler``: the
+    step uses the projected velocity (``Euler``) instead of the raw output (``Layer``).
+    """
+
+    protected: Bool[Array, " N"]
+    proportional: bool = eqx.field(static=True, default=True)
+    euler: bool = eqx.field(static=True, default=False)
+
+    def merge_step(self, x, sizes, owner, r):
+        alive = sizes > 0
+        src, dst = alternate_split(alive & ~self.protected)
+
+        def do(args):
+            x, sizes, owner = args
+            match = bipartite_soft_matching(x, src, dst, r)
+            x, sizes = merge(x, sizes, match)
+            return x, sizes, match.assign[owner]
+
+        return lax.cond(r > 0, do, lambda a: a, (x, sizes, owner))
+
+    def __call__(self, kernel, mobility, state: MergeState, r, h) -> MergeState:
+        x, sizes, owner = self.merge_step(*state, r)
+        alive = sizes > 0
+        w = sizes if self.proportional else alive.astype(x.dtype)
+        x = jnp.where(alive[:, None], _step(kernel, x, x, w, mobility, h, self.euler), x)
+        return MergeState(x, sizes, owner)
+
+    def advance(self, kernel, mobility, state: MergeState, schedule: Int[Array, " L"], start, n_steps, h):
+        """Layers ``start .. start+n_steps-1``; layer ``l`` merges ``schedule[l]`` tokens first."""
+        return lax.fori_loop(0, n_steps, lambda i, s: self(kernel, mobility, s, schedule[start + i], h), state)
+
+
+class MergeAttendUnmerge(eqx.Module):
+    """One FastVGGT layer: merge ``r`` sources into destinations (plain normalised mean), attend
+    over the merged tokens with unit masses, unmerge (each source gets its destination's output),
+    then every token takes its own residual step. ``dst`` (N,) are the destination rows (FastVGGT
+    draws them once, with a fixed seed, and uses the same ones in every block); ``protected`` rows
+    are neither sources nor destinations and attend as themselves."""
+
+    dst: Bool[Array, " N"]
+    protected: Bool[Array, " N"]
+    euler: bool = eqx.field(static=True, default=False)
+
+    def merged_tokens(self, x, r):
+        """``(merged tokens, unit-or-zero masses, matching)`` for one layer."""
+        src = ~self.dst & ~self.protected
+        n = x.shape[0]
+        ident = Matching(jnp.arange(n, dtype=jnp.int32), jnp.zeros((n,), bool))
+        match = lax.cond(r > 0, lambda y: bipartite_soft_matching(y, src, self.dst & ~self.protected, r),
+                         lambda y: ident, x)
+        xm, counts = merge(x, jnp.ones((n,), x.dtype), match)
+        return xm, (counts > 0).astype(x.dtype), match
+
+    def __call__(self, kernel, mobility, x, r, h):
+        xm, present, match = self.merged_tokens(x, r)
+        return _step(kernel, x, xm, present, mobility, h, self.euler, out_rows=match.assign)
+
+    def advance(self, kernel, mobility, x, r, n_steps, h):
+        return lax.fori_loop(0, n_steps, lambda i, y: self(kernel, mobility, y, r, h), x)
+
+
+__all__ = [
+    "Matching", "MergeAttendUnmerge", "MergeState", "ToMeLayer", "alternate_split", "best_match",
+    "bipartite_soft_matching", "merge", "unmerge",
+]
