@@ -188,6 +188,19 @@ STRATEGIES = {
 """CLI names -> strategy from the merge ratio ``m`` and protected fraction ``p`` (ToMe ignores ``p``)."""
 
 
+def cli_strategy(name, ratio, protected_fraction=0.0):
+    """The strategy of the CLI flags ``--merging NAME --merge-ratio m [--protected-fraction p]``."""
+    if name is None:
+        if ratio is not None:
+            raise ValueError("--merge-ratio needs --merging tome|tome-prop|fastvggt")
+        return None
+    _validate.choice("merging", name, tuple(STRATEGIES))
+    if ratio is None:
+        raise ValueError(f"--merging {name} needs --merge-ratio m in [0, 1)")
+    m = _validate.real("merge-ratio", ratio, minimum=0.0, maximum=1.0, open_max=True)
+    return STRATEGIES[name](m, _validate.real("protected-fraction", protected_fraction, minimum=0.0, maximum=1.0))
+
+
 def resolve_merging(merging):
     """``None`` or a strategy object (returned as is)."""
     if merging is None or isinstance(merging, (ToMe, FastVGGT)):
@@ -250,7 +263,8 @@ def run_merged(spec: FlowSpec) -> FlowSolution:
     N = spec.N
     if isinstance(mg, FastVGGT):
         r, dst, prot = mg.plan(N)
-        engine = MergeAttendUnmerge(jnp.asarray(dst), jnp.asarray(prot), euler=euler)
+        engine = MergeAttendUnmerge(jnp.asarray(np.flatnonzero(~dst & ~prot), jnp.int32),
+                                    jnp.asarray(np.flatnonzero(dst), jnp.int32), euler=euler)
         schedule = np.full(spec.n_steps, r, np.int32)
         sizes = jnp.ones((N,), dt)
         r_dev = jnp.asarray(r, jnp.int32)

@@ -35,7 +35,8 @@ up by at most the mean squared half-angle of the merged pairs). A row that recei
 left bit-for-bit unchanged.
 
 Every per-layer step runs the matching only when ``r > 0`` (``lax.cond``): it costs
-O(n_src n_dst d), streamed over blocks of source rows (memory O(block N)).
+O(n_src n_dst d) (ToMe, whose sets change size: O(N^2 d)), streamed over blocks of source
+rows (memory O(block N)).
 """
 
 from __future__ import annotations
@@ -68,39 +69,55 @@ def alternate_split(mergeable: Bool[Array, " N"]):
     return mergeable & even, mergeable & ~even
 
 
-def best_match(metric: Float[Array, "N c"], dst: Bool[Array, " N"]):
-    """For every row, the largest cosine similarity to a destination row and that row's index.
-
-    ``(score (N,), target (N,) int32)``; rows are streamed in blocks so no N x N array exists.
-    """
-    n = metric.shape[0]
-    u = normalize(metric)
-    block = max(1, min(n, _BLOCK_ELEMENTS // n))
+def best_match(q_metric: Float[Array, "n c"], k_metric: Float[Array, "K c"], k_mask=None):
+    """For every query row, the largest cosine similarity to a key row (``k_mask`` (K,): only those
+    keys) and that key's index: ``(score (n,), target (n,) int32)``. Query rows are streamed in
+    blocks, so no n x K array exists."""
+    n, nk = q_metric.shape[0], k_metric.shape[0]
+    u, v = normalize(q_metric), normalize(k_metric)
+    block = max(1, min(n, _BLOCK_ELEMENTS // nk))
     nb = -(-n // block)
     qp = jnp.pad(u, ((0, nb * block - n), (0, 0))).reshape(nb, block, -1)
     neg = jnp.asarray(-jnp.inf, u.dtype)
 
     def one(qb):
-        s = jnp.where(dst[None, :], qb @ u.T, neg)
+        s = qb @ v.T
+        s = s if k_mask is None else jnp.where(k_mask[None, :], s, neg)
         return jnp.max(s, axis=1), jnp.argmax(s, axis=1).astype(jnp.int32)
 
     score, target = lax.map(one, qp)
     return score.reshape(-1)[:n], target.reshape(-1)[:n]
 
 
+def _top_r(score, r):
+    """``rank(score) < r`` in descending order (ties: lower row first)."""
+    n = score.shape[0]
+    order = jnp.argsort(-score, stable=True)
+    return jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32)) < r
+
+
 def bipartite_soft_matching(metric: Float[Array, "N c"], src: Bool[Array, " N"], dst: Bool[Array, " N"], r) -> Matching:
-    """Merge the ``r`` sources most similar to their best destination (ties: lower row first).
+    """Merge the ``r`` sources (mask ``src``) most similar to their best destination (mask ``dst``).
 
     ``src`` and ``dst`` must be disjoint; ``r`` (traced int) larger than the number of sources
-    merges every source. Callers check ``r`` against the mergeable set before tracing.
+    merges every source. Callers check ``r`` against the mergeable set before tracing. Cost
+    O(N^2 c): use :func:`bipartite_soft_matching_sets` when the sets have static sizes.
     """
     n = metric.shape[0]
-    score, target = best_match(metric, dst)
-    score = jnp.where(src, score, jnp.asarray(-jnp.inf, score.dtype))
-    order = jnp.argsort(-score, stable=True)
-    rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-    merged = src & (rank < r)
+    score, target = best_match(metric, metric, dst)
+    merged = src & _top_r(jnp.where(src, score, jnp.asarray(-jnp.inf, score.dtype)), r)
     return Matching(jnp.where(merged, target, jnp.arange(n, dtype=jnp.int32)), merged)
+
+
+def bipartite_soft_matching_sets(metric: Float[Array, "N c"], src_idx: Int[Array, " S"], dst_idx: Int[Array, " D"],
+                                 r) -> Matching:
+    """:func:`bipartite_soft_matching` with the sets given as (disjoint) row indices; O(S D c)."""
+    n = metric.shape[0]
+    score, local = best_match(metric[src_idx], metric[dst_idx])
+    hit = _top_r(score, r)
+    ident = jnp.arange(n, dtype=jnp.int32)
+    assign = ident.at[src_idx].set(jnp.where(hit, dst_idx[local].astype(jnp.int32), src_idx.astype(jnp.int32)))
+    return Matching(assign, jnp.zeros((n,), bool).at[src_idx].set(hit))
 
 
 def merge(x: Float[Array, "N d"], sizes: Float[Array, " N"], match: Matching):
@@ -164,7 +181,7 @@ class ToMeLayer(eqx.Module):
             x, sizes, owner = args
             match = bipartite_soft_matching(x, src, dst, r)
             x, sizes = merge(x, sizes, match)
-            return x, sizes, match.assign[owner]
+            return x, sizes, match.assign[owner].astype(owner.dtype)
 
         return lax.cond(r > 0, do, lambda a: a, (x, sizes, owner))
 
@@ -183,20 +200,20 @@ class ToMeLayer(eqx.Module):
 class MergeAttendUnmerge(eqx.Module):
     """One FastVGGT layer: merge ``r`` sources into destinations (plain normalised mean), attend
     over the merged tokens with unit masses, unmerge (each source gets its destination's output),
-    then every token takes its own residual step. ``dst`` (N,) are the destination rows (FastVGGT
-    draws them once, with a fixed seed, and uses the same ones in every block); ``protected`` rows
-    are neither sources nor destinations and attend as themselves."""
+    then every token takes its own residual step. ``dst_idx`` are the destination rows (FastVGGT
+    draws them once, with a fixed seed, and uses the same ones in every block), ``src_idx`` the
+    candidate sources; rows in neither (the protected tokens) are never merged and attend as
+    themselves."""
 
-    dst: Bool[Array, " N"]
-    protected: Bool[Array, " N"]
+    src_idx: Int[Array, " S"]
+    dst_idx: Int[Array, " D"]
     euler: bool = eqx.field(static=True, default=False)
 
     def merged_tokens(self, x, r):
         """``(merged tokens, unit-or-zero masses, matching)`` for one layer."""
-        src = ~self.dst & ~self.protected
         n = x.shape[0]
         ident = Matching(jnp.arange(n, dtype=jnp.int32), jnp.zeros((n,), bool))
-        match = lax.cond(r > 0, lambda y: bipartite_soft_matching(y, src, self.dst & ~self.protected, r),
+        match = lax.cond(r > 0, lambda y: bipartite_soft_matching_sets(y, self.src_idx, self.dst_idx, r),
                          lambda y: ident, x)
         xm, counts = merge(x, jnp.ones((n,), x.dtype), match)
         return xm, (counts > 0).astype(x.dtype), match
@@ -211,5 +228,5 @@ class MergeAttendUnmerge(eqx.Module):
 
 __all__ = [
     "Matching", "MergeAttendUnmerge", "MergeState", "ToMeLayer", "alternate_split", "best_match",
-    "bipartite_soft_matching", "merge", "unmerge",
+    "bipartite_soft_matching", "bipartite_soft_matching_sets", "merge", "unmerge",
 ]

@@ -1,0 +1,90 @@
+"""Helpers of the merging experiments (docs/merging.md): collapse times of a run, the merged token
+set of a strategy, and the measured cost of attention on it.
+
+The flow itself keeps all ``N`` rows (removed tokens have mass 0), which is right for the
+dynamics but does not make attention cheaper. The cost experiment therefore compacts the tokens
+that attend after merging into an array of their own size ``N' = N - r`` and times the kernel on
+it (:func:`attention_seconds`), beside the matching that merging adds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solvers.merging import alternate_split, bipartite_soft_matching, bipartite_soft_matching_sets, merge
+
+from .merging import FastVGGT, ToMe, _protected_mask
+from .theory import collapse_time, rank_collapse_time
+
+
+def collapse_times(sol, threshold: float = 0.99) -> dict:
+    """``{"order": first t with |m| >= threshold, "rank": attention rank-collapse time}`` (NaN: not reached).
+
+    The rank-collapse time is :func:`meanfield.theory.rank_collapse_time`: the effective rank
+    falls to ``1/e`` of its first value.
+    """
+    c = collapse_time(sol.t, sol.diagnostics["order_parameter"], threshold)
+    r = rank_collapse_time(sol.t, sol.diagnostics["effective_rank"])
+    return {"order": c.time if c.reached else float("nan"), "rank": r.time if r.reached else float("nan")}
+
+
+@jax.jit
+def _tome_round(x, sizes, protected, r):
+    src, dst = alternate_split((sizes > 0) & ~protected)
+    x, sizes = merge(x, sizes, bipartite_soft_matching(x, src, dst, r))
+    return x, sizes
+
+
+@jax.jit
+def _fast_round(x, src_idx, dst_idx, r):
+    match = bipartite_soft_matching_sets(x, src_idx, dst_idx, r)
+    xm, counts = merge(x, jnp.ones(x.shape[:1], x.dtype), match)
+    return xm, counts
+
+
+def merged_tokens(strategy, x):
+    """The tokens that attend after ``strategy``'s merges of ``x`` (N, d), compacted:
+    ``(x' (N', d), masses (N',), matching seconds)``. ToMe: all rounds of its ratio schedule, masses
+    the sizes if proportional else ones; FastVGGT: one merge, unit masses."""
+    x = jnp.asarray(x)
+    N = x.shape[0]
+    t0 = time.perf_counter()
+    if isinstance(strategy, FastVGGT):
+        r, dst, prot = strategy.plan(N)
+        src_idx = jnp.asarray(np.flatnonzero(~dst & ~prot), jnp.int32)
+        xm, counts = jax.block_until_ready(_fast_round(x, src_idx, jnp.asarray(np.flatnonzero(dst), jnp.int32),
+                                                       jnp.asarray(r, jnp.int32)))
+        sizes = counts
+        masses = (counts > 0).astype(x.dtype)
+    elif isinstance(strategy, ToMe):
+        prot = jnp.asarray(_protected_mask("ToMe", N, strategy.protected))
+        sizes = jnp.ones((N,), x.dtype)
+        xm = x
+        for r in strategy.schedule(N, 64):
+            if r:
+                xm, sizes = _tome_round(xm, sizes, prot, jnp.asarray(r, jnp.int32))
+        jax.block_until_ready(xm)
+        masses = sizes if strategy.proportional else (sizes > 0).astype(x.dtype)
+    else:
+        raise ValueError(f"strategy must be ToMe(...) or FastVGGT(...), got {strategy!r}")
+    seconds = time.perf_counter() - t0
+    keep = np.flatnonzero(np.asarray(sizes) > 0)
+    return xm[keep], masses[keep], seconds
+
+
+def attention_seconds(kernel, x, weights=None, repeats: int = 7) -> float:
+    """Shortest wall time of ``repeats`` jitted attention evaluations ``kernel.drive(x, x, weights)``
+    (compilation and a warm-up call excluded; ``block_until_ready`` on every call). The minimum,
+    not the median: on a shared machine the other processes only ever add time."""
+    fn = jax.jit(lambda k, y, w: k.drive(y, y, w))
+    jax.block_until_ready(fn(kernel, x, weights))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(kernel, x, weights))
+        times.append(time.perf_counter() - t0)
+    return float(np.min(times))
