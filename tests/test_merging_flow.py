@@ -112,3 +112,17 @@ def test_cli_merging(tmp_path, capsys):
         sys.exit(cli(argv[:-1] + [str(tmp_path / "n.h5")] + ["--merge-ratio", "1"]))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "merge-ratio must be a finite number in [0, 1)" in err
+
+
+def test_study_helpers_compact_the_merged_tokens():
+    from meanfield.merge_study import collapse_times, merged_tokens
+
+    x = _x(100, 4, 4)
+    for strat, n_left, mass in ((ToMe(ratio=0.7), 30, 100.0), (FastVGGT(ratio=0.7), 30, 30.0)):
+        xm, w, seconds = merged_tokens(strat, x, repeats=1)
+        assert xm.shape == (n_left, 4) and float(w.sum()) == mass and seconds >= 0
+        np.testing.assert_allclose(np.linalg.norm(xm, axis=1), 1.0, atol=1e-15)
+    sol = mf.solve_flow(x, kernel="softmax", alpha=1.0, layers=30, dt=1.0, n_query=20, dtype="float64")
+    tau = collapse_times(sol)
+    i = int(np.argmax(sol.diagnostics["order_parameter"] >= 0.99))
+    assert sol.t[i - 1] <= tau["order"] <= sol.t[i] and 0 < tau["rank"] < tau["order"]
