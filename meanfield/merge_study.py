@@ -21,14 +21,22 @@ from .merging import FastVGGT, ToMe, _protected_mask
 from .theory import collapse_time, rank_collapse_time
 
 
-def collapse_times(sol, threshold: float = 0.99) -> dict:
+def collapse_times(sol, threshold: float = 0.99, rank: str = "ratio") -> dict:
     """``{"order": first t with |m| >= threshold, "rank": attention rank-collapse time}`` (NaN: not reached).
 
-    The rank-collapse time is :func:`meanfield.theory.rank_collapse_time`: the effective rank
-    falls to ``1/e`` of its first value.
+    ``rank="ratio"``: :func:`meanfield.theory.rank_collapse_time`, the effective rank falls to
+    ``1/e`` of its first value. ``rank="excess"``: the excess over the collapsed value 1 falls to
+    ``1/e`` of its first value (threshold ``1 + (r_0 - 1)/e``) -- for the linear kernel, whose
+    attention starts near rank 2 at small alpha, so that ``r_0/e < 1`` is never reached.
     """
     c = collapse_time(sol.t, sol.diagnostics["order_parameter"], threshold)
-    r = rank_collapse_time(sol.t, sol.diagnostics["effective_rank"])
+    er = np.asarray(sol.diagnostics["effective_rank"], np.float64)
+    if rank == "ratio":
+        r = rank_collapse_time(sol.t, er)
+    elif rank == "excess":
+        r = collapse_time(sol.t, er, 1.0 + (er[0] - 1.0) / np.e, direction="down")
+    else:
+        raise ValueError(f"rank must be 'ratio' or 'excess', got {rank!r}")
     return {"order": c.time if c.reached else float("nan"), "rank": r.time if r.reached else float("nan")}
 
 

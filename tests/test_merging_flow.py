@@ -126,3 +126,27 @@ def test_study_helpers_compact_the_merged_tokens():
     tau = collapse_times(sol)
     i = int(np.argmax(sol.diagnostics["order_parameter"] >= 0.99))
     assert sol.t[i - 1] <= tau["order"] <= sol.t[i] and 0 < tau["rank"] < tau["order"]
+
+
+def test_torch_merged_attention_against_dense_numpy():
+    torch = pytest.importorskip("torch")
+    from meanfield.dump.merging_torch import fastvggt_assign, merged_attention, tome_assign
+
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.normal(size=(40, 6)) for _ in range(3))
+    strat = FastVGGT(ratio=0.5, protected=(0, 1))
+    assign = fastvggt_assign(torch.as_tensor(k), strat).numpy()
+    assert assign[0] == 0 and assign[1] == 1 and np.sum(assign != np.arange(40)) == 20
+    out, new = merged_attention(*(torch.as_tensor(a) for a in (q, k, v)), torch.as_tensor(assign), scale=0.4)
+    # dense reference: plain means per representative, softmax over the survivors, unmerge
+    keep = np.flatnonzero(np.bincount(assign, minlength=40) > 0)
+    mean = {j: np.flatnonzero(assign == j) for j in keep}
+    qm, km, vm = (np.array([a[mean[j]].mean(0) for j in keep]) for a in (q, k, v))
+    logit = 0.4 * qm @ km.T
+    p = np.exp(logit - logit.max(1, keepdims=True))
+    y = (p / p.sum(1, keepdims=True)) @ vm
+    ref = y[np.searchsorted(keep, assign)]
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-13, rtol=0)
+    assert float(new.sum()) == 40.0
+    a2 = tome_assign(torch.as_tensor(k), 10)
+    assert int((a2 != torch.arange(40)).sum()) == 10
