@@ -1,8 +1,8 @@
 """Token merging as an operation on tokens: ToMe and FastVGGT-style merging on fixed-shape arrays.
 
 Two published algorithms, re-derived from their sources (Bolya et al., "Token Merging: Your ViT
-but Faster", ICLR 2023, ``facebookresearch/ToMe`` ``tome/merge.py``; Shen et al., FastVGGT,
-arXiv:2509.02560, ``merging/merge.py``), written for the token flow of docs/theory.md:
+but Faster", ICLR 2023, ``facebookresearch/ToMe`` ``tome/merge.py``; FastVGGT, arXiv:2509.02560,
+``mystorm16/FastVGGT`` ``merging/merge.py``), written for the token flow of docs/theory.md:
 
 * **bipartite soft matching** (both): the mergeable tokens are split into sources and
   destinations; each source finds its most similar destination (cosine of the metric, here the
@@ -29,10 +29,11 @@ itself when it is not merged), so unmerging is the gather ``y[assign]``.
 Back onto the sphere. The mean of unit vectors lies inside the ball. The merged token is the
 **normalised mean** ``normalize(sum_j s_j x_j / sum_j s_j)`` over the destination and its sources
 (sizes ``s`` for ToMe, ones for FastVGGT): the projection of the Euclidean mean onto the sphere,
-which agrees with the spherical (Karcher) mean to O(theta^3) for sources within angle theta. Its
-cost is that the mass-weighted mean of the measure grows slightly in length (merging nudges |m|
-up by at most the mean squared half-angle of the merged pairs). A row that receives no source is
-left bit-for-bit unchanged.
+which agrees with the spherical (Karcher) mean to third order in the angle ``theta`` spanned by
+the sources (exactly, for two tokens of equal size). Its cost is that the mass-weighted mean of
+the measure grows slightly in length: the merged row sits ``1/cos(theta/2) - 1 ~ theta^2/8``
+further out than the pair's chord midpoint. A row that receives no source is left bit-for-bit
+unchanged.
 
 Every per-layer step runs the matching only when ``r > 0`` (``lax.cond``): it costs
 O(n_src n_dst d) (ToMe, whose sets change size: O(N^2 d)), streamed over blocks of source
