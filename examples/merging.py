@@ -128,6 +128,21 @@ def ratios_table(results, kernel, N, d, measure):
     return out
 
 
+def print_closing(results, measure="order"):
+    """One table: tau'(m)/tau(0) (mean over seeds) per configuration and variant, beside 1/(1-m)."""
+    print(f"\n| kernel, N, d | variant | " + " | ".join(f"m = {m}" for m in RATIOS) + " |")
+    print("|---|---|" + "---|" * len(RATIOS))
+    print("| | 1/(1-m) (Eq. 10) | " + " | ".join(f"{1 / (1 - m):.2f}" for m in RATIOS) + " |")
+    for kernel, N, d in CONFIGS:
+        n_seeds = sum(f"{kernel}/{N}/{d}/{s}" in results for s in SEEDS)
+        if n_seeds < len(SEEDS):
+            continue
+        tab = ratios_table(results, kernel, N, d, measure)
+        for v in VARIANTS:
+            print(f"| {kernel}, {N}, {d} | {v} | " + " | ".join(
+                f"{tab[v][m][0]:.2f}" if tab[v][m][2] else "--" for m in RATIOS) + " |")
+
+
 def print_tables(results):
     for kernel, N, d in CONFIGS:
         for measure in ("order", "rank"):
@@ -183,7 +198,8 @@ def plot(results):
                                 yerr=[0] + [np.nan_to_num(tab[v][m][1]) for m in ms], marker="o", ms=3,
                                 capsize=2, color=colors[v], label=v)
                 ax.set_yscale("log")
-                ax.set_title(f"N={N}, d={d}: {'|m| ≥ 0.99' if measure == 'order' else 'rank / e'}", fontsize=9)
+                rank = "rank / e" if RANK_DEFINITION[kernel] == "ratio" else "rank excess / e"
+                ax.set_title(f"N={N}, d={d}: {'|m| ≥ 0.99' if measure == 'order' else rank}", fontsize=9)
                 ax.set_xlabel("merge ratio m")
                 if j == 0:
                     ax.set_ylabel("τ'(m) / τ(0)")
@@ -238,5 +254,6 @@ if __name__ == "__main__":
         if "exp1" not in args.skip:
             experiment1(CONFIGS, SEEDS, RATIOS, results)
     print_tables(results)
+    print_closing(results)
     if not args.quick:
         plot(results)
