@@ -5,7 +5,7 @@ the flow -- ToMe with and without proportional attention, FastVGGT merge-attend-
 Eq. 11 (attention cost ~ (1-m)^2) against the measured attention time on this CPU and the paper's
 Table 2 (Li, Luo, Shi, Gu, arXiv:2512.21691).
 
-Runtime: about 60 minutes on 2 shared CPU cores (results are appended to a JSON file after every
+Runtime: about 50 minutes on 2 shared CPU cores (results are appended to a JSON file after every
 run, and a rerun skips what is there). ``--quick``: one small configuration, about 2 minutes.
 
 Run:  PYTHONPATH=. python examples/merging.py [--quick] [--plots-only]
