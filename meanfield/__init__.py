@@ -7,7 +7,8 @@ the driver ``solve_flow`` and its result ``FlowSolution``; kernel objects ``Line
 names accepted as shorthand; ``simulate_batch`` for vmapped batches;
 results I/O ``save_results``/``load_results``; the modules ``diagnostics``, ``theory`` (the paper's
 laws and this project's exact results) and ``fit`` (``fit_rank_curve``, ``fit_entropy_curve``);
-the paper's tables ``paper_table(1|2)``.
+the paper's tables ``paper_table(1|2)``; token-merging strategies ``ToMe`` and ``FastVGGT``
+(``solve_flow(merging=...)``, docs/merging.md).
 """
 
 from ._version import __version__
@@ -21,6 +22,7 @@ from .distributions import Uniform, VonMisesFisher, VonMisesFisherMixture
 from .density import Characteristics, Circle, Zonal
 from .flow import FlowSolution, kernels, methods, solve_flow
 from .io import load_results, save_results
+from .merging import FastVGGT, ToMe
 from .paper import PAPER_CITATION, paper_table
 
 
@@ -29,12 +31,14 @@ __all__ = [
     "USA",
     "Adaptive",
     "Characteristics",
+    "FastVGGT",
     "Circle",
     "Euler",
     "Heun",
     "Layer",
     "Linear",
     "Softmax",
+    "ToMe",
     "Zonal",
     "kernels",
     "FitResult",

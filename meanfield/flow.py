@@ -26,6 +26,7 @@ from . import _validate
 from .density import DENSITY_METHODS
 from .diagnostics import DEFAULT_KEY_SAMPLE, DEFAULT_N_QUERY, DIAGNOSTIC_MODES
 from .distributions import as_key
+from .merging import check_merging, resolve_merging, run_merged
 from .particles import run_particles
 from .solution import FlowSolution, FlowSpec
 
@@ -117,7 +118,7 @@ def _save_steps(n_steps, save_every):
 def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
               layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
-              key_sample=DEFAULT_KEY_SAMPLE) -> FlowSpec:
+              key_sample=DEFAULT_KEY_SAMPLE, merging=None) -> FlowSpec:
     """Validate :func:`solve_flow`'s options (static checks only) and build the run's spec."""
     _validate.choice("diagnostics", diagnostics, DIAGNOSTIC_MODES)
     key_sample = _validate.integer("key_sample", key_sample, 1)
@@ -145,16 +146,21 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
         seed = int(key)
     else:
         seed = int(jax.random.randint(jax.random.fold_in(key, 7), (), 0, 2**31 - 1))
-    return FlowSpec(
+    spec = FlowSpec(
         init=init, x0=x0, weights=w, N=N, d=d, kernel=kernel, method=method, merge=M, fusion=fusion,
         n_steps=n_steps, dt=h, time_map=time_map, save_steps=_save_steps(n_steps, save_every), key=as_key(key),
         seed=seed, dtype=dtype, n_query=n_query, progress=progress, save_tokens=bool(save_tokens),
-        diagnostics=diagnostics, key_sample=key_sample,
+        diagnostics=diagnostics, key_sample=key_sample, merging=resolve_merging(merging),
     )
+    if spec.merging is not None:
+        check_merging(spec)
+    return spec
 
 
 def run(spec: FlowSpec) -> FlowSolution:
     """Run a validated spec with its method."""
+    if spec.merging is not None:
+        return run_merged(spec)
     if isinstance(spec.method, AbstractIntegrator):
         return run_particles(spec)
     return spec.method.run(spec)
@@ -163,7 +169,7 @@ def run(spec: FlowSpec) -> FlowSolution:
 def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
                layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
                n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
-               key_sample=DEFAULT_KEY_SAMPLE) -> FlowSolution:
+               key_sample=DEFAULT_KEY_SAMPLE, merging=None) -> FlowSolution:
     """Solve the mean-field token flow ``dx_i/dt = (1/M) P_{x_i} sum_j A_ij x_j`` on S^{d-1}.
 
     Parameters (keyword-only after ``init``; defaults in brackets)
@@ -198,6 +204,9 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
         much as a step at most; ``"exact"`` -- rows over all N keys, entropy rate over all tokens
         [sampled; exact anyway when N <= key_sample]. ``params["diagnostics"]`` records which.
     key_sample : keys in the subsample of sampled diagnostics [4096].
+    merging : real token merging, a strategy object ``ToMe(ratio=m, proportional=...)`` or
+        ``FastVGGT(ratio=m, protected_fraction=...)`` (``meanfield.merging``, docs/merging.md);
+        distinct from the mobility model ``merge``/``fusion`` [None].
 
     Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
     """
@@ -205,6 +214,7 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
         init, N=N, weights=weights, kernel=kernel, alpha=alpha, merge=merge, fusion=fusion, t1=t1, layers=layers,
         dt=dt, time_map=time_map, method=method, save_every=save_every, key=key, n_query=n_query, dtype=dtype,
         progress=progress, save_tokens=save_tokens, diagnostics=diagnostics, key_sample=key_sample,
+        merging=merging,
     ))
 
 

@@ -25,6 +25,7 @@ TABLE_COLUMNS = (
     ("normalized_entropy", "H_norm", "{:>9.5f}"),
     ("entropy", "H", "{:>10.4f}"),
     ("entropy_rate", "dH/dt", "{:>10.4g}"),
+    ("n_tokens", "tokens", "{:>7.0f}"),
 )
 GRID_METHODS = ("zonal", "circle")
 
@@ -51,6 +52,11 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--merge", type=float, default=None, help="merge (mobility) factor M >= 1: velocity x 1/M (default: 1)")
     g.add_argument("--fusion", type=float, default=None, help="the paper's fusion strength m in [0, 1), M = 1/(1-m) "
                    "(default: none)")
+    a("--merging", default=None, help="real token merging instead of the mobility model: tome, tome-prop "
+      "(ToMe with proportional attention), fastvggt (merge-attend-unmerge); see docs/merging.md (default: none)")
+    a("--merge-ratio", type=float, default=None, help="fraction m in [0, 1) of the tokens merged, with --merging")
+    a("--protected-fraction", type=float, default=0.0, help="fastvggt: fraction of tokens never merged "
+      "(default: %(default)s)")
     a("--init", default="uniform", help="initial distribution: uniform, vmf (default: %(default)s)")
     a("--kappa", type=float, default=1.0, help="vMF concentration kappa >= 0 for --init vmf (default: %(default)s)")
     g = p.add_mutually_exclusive_group()
@@ -149,12 +155,16 @@ def main(argv=None) -> int:
         from solvers import Bilinear
 
         kernel, alpha = Bilinear(real("alpha", alpha, minimum=0.0), causal=True), None
+
+    from .merging import cli_strategy
+
+    merging = cli_strategy(args.merging, args.merge_ratio, args.protected_fraction)
     spec = make_spec(
         init, N=args.N, kernel=kernel, alpha=alpha, merge=args.merge, fusion=args.fusion,
         t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=method,
         save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
         progress=not args.no_progress, save_tokens=args.save_tokens, diagnostics=args.diagnostics,
-        key_sample=args.key_sample,
+        key_sample=args.key_sample, merging=merging,
     )
     out = Path(args.out)
     if out.suffix.lower() == ".png":

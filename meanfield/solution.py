@@ -41,6 +41,7 @@ class FlowSpec:
     n_query: int
     progress: Any
     save_tokens: bool
+    merging: Any = None  # a meanfield.merging strategy (ToMe, FastVGGT) or None
     diagnostics: str = "sampled"
     key_sample: int = 4096
 
@@ -67,6 +68,7 @@ class FlowSpec:
             "kernel_options": kernel, "method_options": method, "weighted": self.weights is not None,
             "diagnostics": "sampled" if self.sampled else "exact", "key_sample": self.key_sample,
             "meanfield_version": __version__,
+            "merging": None if self.merging is None else self.merging.describe(),
         }
 
 
@@ -92,3 +94,4 @@ class FlowSolution:
     density: np.ndarray | None = None
     warnings: list = dataclasses.field(default_factory=list)
     weights: np.ndarray | None = None
+    merging: dict | None = None  # merged runs: strategy, schedule, final sizes and owner rows (meanfield.merging)

@@ -1,0 +1,323 @@
+"""Token merging in the flow: strategy objects, the runner of merged flows, experiment helpers.
+
+``solve_flow(..., merging=ToMe(ratio=0.5))`` runs the flow with real token merging instead of the
+mobility model (``merge=M`` / ``fusion=m``, which only scales the velocity; docs/theory.md "Merging
+as mobility"). The strategies (small frozen objects; the engines are ``solvers.merging``):
+
+* :class:`ToMe` -- bipartite soft matching (Bolya et al., ICLR 2023): each layer merges
+  ``r`` tokens, which are removed for the rest of the run; sizes add; ``proportional=True`` is
+  ToMe's proportional attention (the attention is over the size-weighted measure).
+* :class:`FastVGGT` -- merge -> attend -> unmerge in every layer (arXiv:2509.02560): destinations
+  drawn once at random, protected tokens never merged, plain means, no sizes.
+
+The parameter of both is the merge ratio ``m`` (the fraction of the ``N`` tokens merged away), the
+quantity the paper calls fusion strength: ``(1 - m) N = N / M`` tokens attend. ToMe reaches it as
+early as its matching allows (at most half of the mergeable tokens per layer), FastVGGT in every
+layer. docs/merging.md describes the conventions and the experiments.
+
+Diagnostics of a merged state (ToMe): token statistics (``order_parameter`` ...) are over the
+size-weighted measure -- every original token counted where its representative is; attention
+statistics use the masses the flow attends with (the sizes with proportional attention, unit
+masses of the survivors without) and query rows drawn among the surviving tokens; ``n_tokens`` is
+the number of tokens that attend. FastVGGT restores the sequence after each layer, so its
+diagnostics are those of all ``N`` tokens with unit masses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solvers import Euler, Layer
+from solvers.merging import MergeAttendUnmerge, MergeState, ToMeLayer, merge
+
+from . import _validate
+from ._threads import fetch
+from .diagnostics import query_subset, simulation_diagnostics, token_statistics
+from .particles import check_finite, chunks, initial_tokens, stack_records
+from .progress import make_progress
+from .solution import FlowSolution, FlowSpec
+
+
+def _ratio(name, ratio):
+    return _validate.real(f"{name} ratio", ratio, minimum=0.0, maximum=1.0, open_max=True)
+
+
+def _indices(name, idx) -> tuple:
+    idx = tuple(int(_validate.integer(f"{name} protected index", i, 0)) for i in idx)
+    if len(set(idx)) != len(idx):
+        raise ValueError(f"{name}: protected indices must be distinct, got {idx}")
+    return idx
+
+
+def _protected_mask(name, N, idx, fraction=0.0) -> np.ndarray:
+    mask = np.zeros(N, bool)
+    if idx and max(idx) >= N:
+        raise ValueError(f"{name}: protected index {max(idx)} is out of range for N = {N} tokens")
+    mask[list(idx)] = True
+    n_p = int(N * fraction)  # FastVGGT: int(N * 0.1) tokens, every (N // n_p)-th one
+    if n_p:
+        mask[np.arange(0, N, max(1, N // n_p))[:n_p]] = True
+    if mask.all():
+        raise ValueError(f"{name}: the protected set covers all {N} tokens; nothing can be merged")
+    return mask
+
+
+@dataclasses.dataclass(frozen=True)
+class ToMe:
+    """ToMe bipartite soft matching in the flow.
+
+    Give ``ratio`` (merge ratio ``m in [0, 1)``: ``round(m N)`` tokens are merged away, as early as
+    the matching allows) or ``r`` (tokens merged per layer: an int, clamped in later layers to half
+    the mergeable tokens as ToMe does, or a tuple of per-layer counts, missing layers 0).
+    ``proportional`` -- proportional attention (sizes as masses). ``protected`` -- rows never
+    merged (ToMe's class token).
+    """
+
+    ratio: float | None = None
+    r: int | tuple | None = None
+    proportional: bool = True
+    protected: tuple = ()
+
+    def __post_init__(self):
+        if (self.ratio is None) == (self.r is None):
+            raise ValueError("ToMe: give ratio (fraction of tokens merged, in [0, 1)) or r (tokens per layer), "
+                             "exactly one")
+        if self.ratio is not None:
+            object.__setattr__(self, "ratio", _ratio("ToMe", self.ratio))
+        elif isinstance(self.r, (tuple, list)):
+            object.__setattr__(self, "r", tuple(_validate.integer("ToMe r", v, 0) for v in self.r))
+        else:
+            object.__setattr__(self, "r", _validate.integer("ToMe r", self.r, 0))
+        object.__setattr__(self, "protected", _indices("ToMe", self.protected))
+
+    @property
+    def name(self) -> str:
+        return "tome-prop" if self.proportional else "tome"
+
+    def schedule(self, N: int, n_steps: int) -> np.ndarray:
+        """Tokens merged at the start of each layer, (n_steps,) int32; raises if it cannot be met."""
+        n_p = int(_protected_mask("ToMe", N, self.protected).sum())
+        alive, out = N, np.zeros(n_steps, np.int64)
+        if self.ratio is not None:
+            left = round(self.ratio * N)
+            if left > N - n_p - 1:
+                raise ValueError(f"ToMe ratio {self.ratio:g} merges {left} tokens, more than the mergeable set "
+                                 f"allows ({N - n_p - 1} of N = {N} with {n_p} protected)")
+        for layer in range(n_steps):
+            cap = (alive - n_p) // 2
+            if self.ratio is not None:
+                out[layer] = min(left, cap)
+                left -= out[layer]
+            else:
+                want = self.r if isinstance(self.r, int) else (self.r[layer] if layer < len(self.r) else 0)
+                if want > cap and (layer == 0 or not isinstance(self.r, int)):
+                    raise ValueError(f"ToMe r = {want} at layer {layer} is larger than the mergeable set: at most "
+                                     f"{cap} tokens (half of the {alive - n_p} unprotected tokens)")
+                out[layer] = min(want, cap)
+            alive -= out[layer]
+        if self.ratio is not None and left > 0:
+            raise ValueError(f"ToMe ratio {self.ratio:g} needs more than the run's {n_steps} layers "
+                             "(bipartite matching merges at most half the tokens per layer)")
+        return out.astype(np.int32)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "ratio": self.ratio, "r": self.r, "proportional": self.proportional,
+                "protected": list(self.protected)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FastVGGT:
+    """FastVGGT-style merge -> attend -> unmerge in every layer.
+
+    ``ratio`` -- merge ratio ``m in [0, 1)``: ``r = round(m N)`` sources merged per layer.
+    ``protected`` (row indices: FastVGGT's first frame and special tokens) and
+    ``protected_fraction`` (FastVGGT's evenly strided ``int(N p)`` tokens; it uses 0.1) are never
+    merged. ``dst_fraction`` -- fraction of the unprotected tokens drawn as destinations (``None``:
+    a quarter, FastVGGT's one per 2 x 2 region, or fewer when ``r`` needs more sources).
+    ``seed`` -- the destination draw (FastVGGT seeds it with 33 in every block).
+    """
+
+    ratio: float
+    protected_fraction: float = 0.0
+    protected: tuple = ()
+    dst_fraction: float | None = None
+    seed: int = 33
+
+    name = "fastvggt"
+
+    def __post_init__(self):
+        object.__setattr__(self, "ratio", _ratio("FastVGGT", self.ratio))
+        _validate.real("FastVGGT protected_fraction", self.protected_fraction, minimum=0.0, maximum=1.0)
+        if self.dst_fraction is not None:
+            _validate.real("FastVGGT dst_fraction", self.dst_fraction, minimum=0.0, maximum=1.0, open_min=True)
+        object.__setattr__(self, "protected", _indices("FastVGGT", self.protected))
+        _validate.integer("FastVGGT seed", self.seed, 0)
+
+    def plan(self, N: int):
+        """``(r, dst mask, protected mask)`` for ``N`` tokens; raises if ``r`` cannot be met."""
+        prot = _protected_mask("FastVGGT", N, self.protected, self.protected_fraction)
+        free = np.flatnonzero(~prot)
+        r = round(self.ratio * N)
+        if r > free.size - 1:
+            raise ValueError(f"FastVGGT ratio {self.ratio:g} merges r = {r} tokens, larger than the mergeable "
+                             f"set ({free.size} unprotected tokens, one of which must be a destination)")
+        n_dst = min(free.size // 4, free.size - r) if self.dst_fraction is None else round(self.dst_fraction * free.size)
+        n_dst = max(n_dst, 1)
+        if r > free.size - n_dst:
+            raise ValueError(f"FastVGGT r = {r} is larger than the mergeable set: {free.size - n_dst} sources "
+                             f"(dst_fraction {self.dst_fraction} leaves {n_dst} destinations)")
+        dst = np.zeros(N, bool)
+        dst[np.random.default_rng(self.seed).choice(free, size=n_dst, replace=False)] = True
+        return r, dst, prot
+
+    def describe(self) -> dict:
+        return {"name": self.name, "ratio": self.ratio, "protected_fraction": self.protected_fraction,
+                "protected": list(self.protected), "dst_fraction": self.dst_fraction, "seed": self.seed}
+
+
+STRATEGIES = {
+    "tome": lambda m, p: ToMe(ratio=m, proportional=False),
+    "tome-prop": lambda m, p: ToMe(ratio=m, proportional=True),
+    "fastvggt": lambda m, p: FastVGGT(ratio=m, protected_fraction=p),
+}
+"""CLI names -> strategy from the merge ratio ``m`` and protected fraction ``p`` (ToMe ignores ``p``)."""
+
+
+def cli_strategy(name, ratio, protected_fraction=0.0):
+    """The strategy of the CLI flags ``--merging NAME --merge-ratio m [--protected-fraction p]``."""
+    if name is None:
+        if ratio is not None:
+            raise ValueError("--merge-ratio needs --merging tome|tome-prop|fastvggt")
+        return None
+    _validate.choice("merging", name, tuple(STRATEGIES))
+    if ratio is None:
+        raise ValueError(f"--merging {name} needs --merge-ratio m in [0, 1)")
+    m = _validate.real("merge-ratio", ratio, minimum=0.0, maximum=1.0, open_max=True)
+    return STRATEGIES[name](m, _validate.real("protected-fraction", protected_fraction, minimum=0.0, maximum=1.0))
+
+
+def resolve_merging(merging):
+    """``None`` or a strategy object (returned as is)."""
+    if merging is None or isinstance(merging, (ToMe, FastVGGT)):
+        return merging
+    raise ValueError(f"merging must be None, ToMe(...) or FastVGGT(...), got {merging!r}")
+
+
+def check_merging(spec: FlowSpec) -> None:
+    """Static checks of a merged run (raise ``ValueError`` before anything is traced)."""
+    mg = spec.merging
+    if not isinstance(spec.method, (Layer, Euler)):
+        raise ValueError(f"merging runs layer by layer: method must be 'layer' or 'euler', got {spec.method.name!r}")
+    if isinstance(mg, FastVGGT):
+        if spec.weights is not None:
+            raise ValueError("FastVGGT merging does not track masses: give weights=None")
+        mg.plan(spec.N)
+    else:
+        mg.schedule(spec.N, spec.n_steps)
+
+
+def _tome_advance(engine, kernel, mobility, state, schedule, start, n, h):
+    return engine.advance(kernel, mobility, state, schedule, start, n, h)
+
+
+def _fast_advance(engine, kernel, mobility, x, r, n, h):
+    return engine.advance(kernel, mobility, x, r, n, h)
+
+
+def _diagnostics(kernel, x, q_idx, attn_weights, sizes, mobility):
+    out = simulation_diagnostics(kernel, x, q_idx, weights=attn_weights, mobility=mobility)
+    out.update(token_statistics(x, sizes))
+    out["n_tokens"] = jnp.sum(attn_weights > 0).astype(x.dtype)
+    return out
+
+
+_tome_advance_jit = jax.jit(_tome_advance)
+_fast_advance_jit = jax.jit(_fast_advance)
+_diagnostics_jit = jax.jit(_diagnostics)
+
+
+def alive_queries(alive: np.ndarray, n_query: int, seed: int) -> np.ndarray:
+    """Sorted query rows among the alive tokens: the unmerged run's subset where alive, topped up
+    from a seeded permutation of the other alive rows (so ratio 0 uses the same rows)."""
+    base = query_subset(alive.size, n_query, seed)
+    keep = base[alive[base]]
+    need = min(n_query, int(alive.sum())) - keep.size
+    if need > 0:
+        extra = np.random.default_rng(seed + 1).permutation(np.flatnonzero(alive & ~np.isin(np.arange(alive.size), base)))
+        keep = np.concatenate([keep, extra[:need]])
+    return np.sort(keep)
+
+
+def run_merged(spec: FlowSpec) -> FlowSolution:
+    """Runner of a flow with token merging (``spec.merging``): one jitted chunk of layers at a time."""
+    t_start = time.perf_counter()
+    mg, kernel, dt = spec.merging, spec.kernel, spec.dtype
+    euler = isinstance(spec.method, Euler)
+    mob, h = jnp.asarray(spec.mobility, dt), jnp.asarray(spec.dt, dt)
+    x = initial_tokens(spec)
+    N = spec.N
+    if isinstance(mg, FastVGGT):
+        r, dst, prot = mg.plan(N)
+        engine = MergeAttendUnmerge(jnp.asarray(np.flatnonzero(~dst & ~prot), jnp.int32),
+                                    jnp.asarray(np.flatnonzero(dst), jnp.int32), euler=euler)
+        schedule = np.full(spec.n_steps, r, np.int32)
+        sizes = jnp.ones((N,), dt)
+        r_dev = jnp.asarray(r, jnp.int32)
+    else:
+        schedule = mg.schedule(N, spec.n_steps)
+        engine = ToMeLayer(jnp.asarray(_protected_mask("ToMe", N, mg.protected)), mg.proportional, euler)
+        sizes = jnp.ones((N,), dt) if spec.weights is None else jnp.asarray(spec.weights, dt)
+        state = MergeState(x, sizes, jnp.arange(N, dtype=jnp.int32))
+        sched_dev = jnp.asarray(schedule)
+
+    def record():
+        s = np.asarray(state.sizes) if not isinstance(mg, FastVGGT) else np.ones(N)
+        alive = s > 0
+        w = state.sizes if (not isinstance(mg, FastVGGT) and mg.proportional) else jnp.asarray(alive, dt)
+        q = jnp.asarray(alive_queries(alive, spec.n_query, spec.seed))
+        xx = x if isinstance(mg, FastVGGT) else state.x
+        out = fetch(_diagnostics_jit, kernel, xx, q, w, jnp.asarray(s, dt), mob)
+        if isinstance(mg, FastVGGT):
+            out["n_tokens"] = np.asarray(N - r, np.asarray(out["n_tokens"]).dtype)
+        sv = np.asarray(out["attention_singular_values"])  # fewer rows once fewer tokens survive: pad with 0
+        out["attention_singular_values"] = np.pad(sv, (0, min(spec.n_query, N) - sv.size))
+        return out
+
+    records = [record()]
+    snaps = [np.asarray(x)] if spec.save_tokens else None
+    bar = make_progress(spec.progress)
+    bar.init(spec.n_steps, desc=f"{kernel.name}/{mg.name} N={N} d={spec.d}")
+    done = 0
+    try:
+        for k, save in chunks(spec.save_steps, spec.n_steps):
+            k_dev = jnp.asarray(k, jnp.int32)
+            if isinstance(mg, FastVGGT):
+                x = _fast_advance_jit(engine, kernel, mob, x, r_dev, k_dev, h)
+            else:
+                state = _tome_advance_jit(engine, kernel, mob, state, sched_dev, jnp.asarray(done, jnp.int32), k_dev, h)
+            done += k
+            bar.step(k)
+            if save is not None:
+                records.append(record())
+                if snaps is not None:
+                    snaps.append(np.asarray(x if isinstance(mg, FastVGGT) else state.x))
+    finally:
+        bar.close()
+
+    diags = stack_records(records)
+    check_finite(diags, spec)
+    final = x if isinstance(mg, FastVGGT) else state.x
+    extra = {"strategy": mg.describe(), "schedule": schedule}
+    if not isinstance(mg, FastVGGT):
+        extra.update(sizes=np.asarray(state.sizes), owner=np.asarray(state.owner))
+    return FlowSolution(
+        t=spec.save_steps * spec.dt, layers=spec.save_steps.copy(), x=np.asarray(final), diagnostics=diags,
+        params=spec.params(), query_indices=None, snapshots=None if snaps is None else np.stack(snaps),
+        stats={"field_evaluations": spec.n_steps, "wall_time": time.perf_counter() - t_start},
+        weights=None if isinstance(mg, FastVGGT) else np.asarray(state.sizes), merging=extra,
+    )
