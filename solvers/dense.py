@@ -1,0 +1,138 @@
+"""Dense softmax attention for batches of small systems (n up to a few thousand tokens).
+
+For ``B`` independent systems of ``n`` unit tokens, ``x`` of shape ``(B, n, d)``, the softmax
+drive of docs/theory.md ("The three kernels") is evaluated with the full ``n x n`` Gram matrix of
+each system, as two batched matrix products:
+
+    G = x x^T,    W = exp(beta (G - 1)),    F_i = sum_j W_ij x_j / sum_j W_ij.
+
+Shifting the logits by ``beta`` (``G - 1`` instead of ``G``) replaces the usual max-subtraction
+pass: for unit vectors ``G_ii = 1`` is the row maximum (Cauchy-Schwarz), so every exponent is
+``<= 0`` up to round-off, no row overflows, and the row sum is ``>= exp(beta (G_ii - 1)) ~ 1``.
+The shift cancels in the quotient, so the result is the softmax exactly (not an approximation).
+
+The streaming kernels of :mod:`solvers.kernels` never form ``n x n`` arrays and are built for
+large ``n``; for ``n = 32`` their block bookkeeping costs more than the arithmetic. Here the whole
+step is a handful of batched operations on ``(B, n, n)`` arrays, meant to be called on a block of
+systems small enough to stay in cache (``B n^2`` floats), inside a ``lax.scan`` over steps.
+
+Also here: statistics of the Gram matrix used for phase diagrams (Geshkovski et al. 2023): the
+number of pairs closer than a cosine threshold, and the number of clusters, defined as the
+connected components of the graph ``<x_i, x_j> > threshold`` (computed with static shapes by
+min-label propagation with pointer jumping, :func:`count_components`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int
+
+from .sphere import normalize, rowdot
+from .streaming import map_query_blocks
+
+
+def gram(x: Float[Array, "B n d"]) -> Float[Array, "B n n"]:
+    """``G_ij = <x_i, x_j>`` for every system of the batch."""
+    return jnp.einsum("bid,bjd->bij", x, x)
+
+
+def softmax_drive(x: Float[Array, "B n d"], beta: Float[Array, " B"]) -> Float[Array, "B n d"]:
+    """``sum_j A_ij x_j`` with ``A = softmax(beta <x_i, x_j>)`` over ``j``, per system (unit rows).
+
+    ``beta`` is one inverse temperature per system. Uses ``exp(beta (G - 1))`` (see module doc).
+    """
+    beta = jnp.asarray(beta, x.dtype)
+    w = jnp.exp(beta[:, None, None] * (gram(x) - 1.0))
+    return jnp.einsum("bij,bjd->bid", w, x) / jnp.sum(w, axis=-1)[..., None]
+
+
+def layer_step(x: Float[Array, "B n d"], beta: Float[Array, " B"], h) -> Float[Array, "B n d"]:
+    """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` (the ``TransformerLayer``
+    scheme of :mod:`solvers.integrators`, mobility 1) for every system; ``x`` must have unit rows.
+
+    The row sums ``sum_j W_ij`` divide ``h`` before the update (one ``(B, n)`` division instead of
+    a ``(B, n, d)`` one) and the norm is computed once.
+    """
+    beta = jnp.asarray(beta, x.dtype)
+    w = jnp.exp(beta[:, None, None] * (gram(x) - 1.0))
+    scale = jnp.asarray(h, x.dtype) / jnp.sum(w, axis=-1)
+    z = x + scale[..., None] * jnp.einsum("bij,bjd->bid", w, x)
+    return normalize(z)
+
+
+def count_components(adj: Bool[Array, "n n"]) -> Int[Array, ""]:
+    """Number of connected components of the undirected graph with adjacency ``adj`` (symmetric).
+
+    Min-label propagation with pointer jumping, in a ``lax.while_loop`` with static shapes: every
+    label is the index of a node of the same component and never increases, so the loop stops;
+    at the fixed point a component carries one label ``L`` and node ``L`` is labelled ``L``, so the
+    count of nodes labelled by their own index is the number of components. Each pass costs
+    ``O(n^2)``; the number of passes is at most the graph's diameter plus one (two for a union of
+    cliques, the usual case near clusters).
+    """
+    n = adj.shape[0]
+    idx = jnp.arange(n, dtype=jnp.int32)
+
+    def body(state):
+        lab, _ = state
+        new = jnp.min(jnp.where(adj, lab[None, :], n), axis=1)
+        new = jnp.minimum(new, lab)  # self-loop, whatever the diagonal of adj says
+        new = new[new]
+        return new, jnp.any(new != lab)
+
+    lab, _ = lax.while_loop(lambda s: s[1], body, (idx, jnp.asarray(True)))
+    return jnp.sum(lab == idx).astype(jnp.int32)
+
+
+def gram_statistics(x: Float[Array, "n d"], pair_threshold, cluster_threshold):
+    """Statistics of one system of unit tokens from its Gram matrix:
+
+    * ``pairs``: the number of ordered pairs ``i != j`` with ``<x_i, x_j> > pair_threshold`` (int32);
+    * ``clusters``: connected components of the graph ``<x_i, x_j> > cluster_threshold`` (int32);
+    * ``order_parameter``: ``|m|``, ``m`` the mean token.
+    """
+    g = x @ x.T
+    n = x.shape[0]
+    off = ~jnp.eye(n, dtype=bool)
+    pairs = jnp.sum((g > jnp.asarray(pair_threshold, x.dtype)) & off).astype(jnp.int32)
+    clusters = count_components(g > jnp.asarray(cluster_threshold, x.dtype))
+    m = jnp.mean(x, axis=0)
+    return pairs, clusters, jnp.sqrt(jnp.sum(m * m))
+
+
+def gram_statistics_blocked(x: Float[Array, "n d"], pair_threshold, cluster_threshold, block: int):
+    """:func:`gram_statistics` for large ``n`` without an ``n x n`` array: rows of the Gram matrix
+    are formed ``block`` at a time (``lax.map``), memory ``O(block n)``. The component count
+    recomputes the row blocks at every propagation pass (``O(n^2 d)`` each)."""
+    n = x.shape[0]
+    pt = jnp.asarray(pair_threshold, x.dtype)
+    ct = jnp.asarray(cluster_threshold, x.dtype)
+    over = map_query_blocks(lambda q: jnp.sum(q @ x.T > pt, axis=1, dtype=jnp.int32), x, block)
+    pairs = jnp.sum(over) - jnp.sum(rowdot(x, x) > pt, dtype=jnp.int32)
+    idx = jnp.arange(n, dtype=jnp.int32)
+
+    def body(state):
+        lab, _ = state
+        new = map_query_blocks(lambda q: jnp.min(jnp.where(q @ x.T > ct, lab[None, :], n), axis=1), x, block)
+        new = jnp.minimum(new, lab)
+        new = new[new]
+        return new, jnp.any(new != lab)
+
+    lab, _ = lax.while_loop(lambda s: s[1], body, (idx, jnp.asarray(True)))
+    m = jnp.mean(x, axis=0)
+    return pairs.astype(jnp.int32), jnp.sum(lab == idx).astype(jnp.int32), jnp.sqrt(jnp.sum(m * m))
+
+
+batched_gram_statistics = jax.vmap(gram_statistics, in_axes=(0, None, None))
+
+__all__ = [
+    "gram",
+    "softmax_drive",
+    "layer_step",
+    "count_components",
+    "gram_statistics",
+    "gram_statistics_blocked",
+    "batched_gram_statistics",
+]
