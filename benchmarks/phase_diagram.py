@@ -1,0 +1,242 @@
+"""Phase-diagram benchmark (issue 11): ``meanfield.phase`` against the PyTorch loop over beta.
+
+The workload is the experiment of Geshkovski et al. (2023), reference code ``phase-diagrams.py``:
+``len(betas)`` inverse temperatures x ``B`` systems of ``n`` tokens in ``R^d``, ``steps`` transformer
+layers ``Z <- normalize(Z + dt softmax(beta Z Z^T) Z)`` of ``dt = 0.1``, float64. In one process:
+
+1. ``torch_m``: the PyTorch loop over beta as measured in the issue -- batched ``bmm`` +
+   ``softmax`` + ``normalize`` per step, ``|m|`` recorded after every step;
+2. ``torch_stats``: the same loop recording the reference's statistics at the save steps only:
+   pairs with ``<x_i, x_j> > 0.999``, number of clusters (the reference's rank of the 0/1 matrix
+   ``<x_i, x_j> > 0.9999``, batched over systems instead of its Python loop) and ``|m|``;
+3. ``jax_dense``: :func:`meanfield.phase.phase_rollout` (dense path, the same statistics at the
+   same save steps, clusters as connected components), float64 and float32, AOT compiled;
+4. ``simulate_batch``: what a meanfield user ran before (the vmapped streaming rollout, ``|m|``
+   after every layer), float64.
+
+PyTorch is timed with its default thread count and with one thread; the faster is the reference
+(on a shared 2-core machine oversubscription can make the default much slower). Compile time is
+recorded apart from run time; JAX runs are warmed up and end in ``block_until_ready``. The float64
+JAX statistics are checked against the PyTorch ones (``|m|`` to round-off; pair counts; clusters).
+Results go to ``benchmarks/results/phase_diagram.json`` with the machine description.
+
+Run (about 3-5 minutes on 2 cores):  ``python benchmarks/phase_diagram.py``
+The issue's GPU workload (90 betas x 2048 x n = 32 x d = 128 x 300 steps, 200 saves):
+``python benchmarks/phase_diagram.py --full`` (PyTorch on CUDA when available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)  # the benchmark's float64 reference; the library never does this
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from meanfield.phase import phase_rollout, save_steps  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import compile_jitted, log, machine, run_stats, time_compiled, write_json  # noqa: E402
+
+PAIR_T, CLUSTER_T, H = 0.999, 0.9999, 0.1
+TARGET = 10.0
+
+
+# ---------------------------------------------------------------- the PyTorch loop over beta
+def torch_loop(torch, x0, betas, steps, save_at=None, record_m_every_step=True):
+    """The authors' scheme, batched over systems, one beta at a time (float64).
+
+    With ``save_at`` (sorted step indices) it records per-system ``(pairs, clusters, |m|)`` at those
+    steps (clusters = rank of the thresholded Gram matrix, as in the reference); otherwise ``|m|``
+    after every step. Returns NumPy arrays.
+    """
+    dev = x0.device
+    n = x0.shape[1]
+    off = ~torch.eye(n, dtype=torch.bool, device=dev)
+    out = []
+    for beta in betas:
+        z = x0.clone()
+        rec = []
+
+        def stats(z):
+            g = torch.bmm(z, z.transpose(1, 2))
+            pairs = ((g > PAIR_T) & off).sum(dim=(1, 2))
+            clusters = torch.linalg.matrix_rank((g > CLUSTER_T).to(z.dtype))
+            return torch.stack([pairs.to(z.dtype), clusters.to(z.dtype), z.mean(1).norm(dim=-1)])
+
+        if save_at is not None and save_at[0] == 0:
+            rec.append(stats(z))
+        k = 1 if save_at is not None and save_at[0] == 0 else 0
+        for s in range(1, steps + 1):
+            sm = torch.softmax(float(beta) * torch.bmm(z, z.transpose(1, 2)), dim=2)
+            z = torch.nn.functional.normalize(z + H * torch.bmm(sm, z), dim=2)
+            if save_at is None:
+                if record_m_every_step:
+                    rec.append(z.mean(1).norm(dim=-1))
+            elif k < len(save_at) and s == save_at[k]:
+                rec.append(stats(z))
+                k += 1
+        out.append(torch.stack(rec).cpu().numpy())
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return np.stack(out)
+
+
+def time_torch(torch, fn, repeats):
+    """Median wall time with torch's default thread count and with one thread (CPU); best is the reference."""
+    runs = {}
+    settings = [torch.get_num_threads()] + ([1] if torch.get_num_threads() != 1 else [])
+    default = torch.get_num_threads()
+    for th in settings:
+        torch.set_num_threads(th)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        runs[str(th)] = run_stats(ts)
+    torch.set_num_threads(default)
+    best = min(runs, key=lambda k: runs[k]["median_s"])
+    return {"run": runs[best], "threads": best, "runs_by_threads": runs}
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--full", action="store_true", help="the issue's GPU workload: 90 betas, d = 128, 300 steps")
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke test); ratios not comparable")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of the JAX runs (default 3)")
+    p.add_argument("--torch-repeats", type=int, default=1, help="timed repeats of each PyTorch run (default 1)")
+    p.add_argument("--n-saves", type=int, default=None, help="save steps (default 51 for 100 steps, 200 for --full)")
+    p.add_argument("--blocks", type=int, nargs="*", default=None, help="block sizes of the dense path to time")
+    p.add_argument("--no-simulate-batch", action="store_true", help="skip the simulate_batch baseline")
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    import torch
+
+    if a.full:
+        B, n, d, nb, steps, ns = 2048, 32, 128, 90, 300, a.n_saves or 200
+    elif a.quick:
+        B, n, d, nb, steps, ns = 256, 32, 8, 4, 20, a.n_saves or 11
+    else:
+        B, n, d, nb, steps, ns = 2048, 32, 8, 10, 100, a.n_saves or 51
+    betas = np.linspace(0.1, 9.0, nb)
+    at = save_steps(steps, ns)
+    gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    dev = torch.device("cuda" if gpu else "cpu")
+    res = {"benchmark": "phase_diagram", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": machine(), "torch": torch.__version__, "torch_device": str(dev),
+           "torch_default_threads": torch.get_num_threads(),
+           "sizes": {"B": B, "n": n, "d": d, "n_betas": nb, "steps": steps, "n_saves": ns, "dt": H,
+                     "betas": [float(b) for b in betas]},
+           "target_speedup": TARGET}
+    mc = res["machine"]
+    log(f"machine: {mc['cpu_model']}, {mc['usable_cores']} cores, jax {jax.__version__} ({jax.default_backend()}), "
+        f"torch {torch.__version__} ({dev}), load {mc['loadavg_at_start'][0]:.1f}")
+    log(f"workload: {nb} betas x {B} systems x n = {n} x d = {d}, {steps} steps, {ns} saves, float64")
+    flop = 4.0 * n * n * d * B * nb * steps  # the two n x n x d matrix products per step
+    res["matmul_flop"] = flop
+
+    x0 = np.random.default_rng(0).standard_normal((B, n, d))
+    x0 /= np.linalg.norm(x0, axis=-1, keepdims=True)
+    xt = torch.from_numpy(x0).to(dev)
+
+    # ---- PyTorch
+    torch_loop(torch, xt[:8], betas[:1], 2)  # warm-up
+    log("[1] PyTorch loop over beta, |m| every step")
+    res["torch_m"] = time_torch(torch, lambda: torch_loop(torch, xt, betas, steps), a.torch_repeats)
+    log(f"    {res['torch_m']['run']['median_s']:.2f} s ({res['torch_m']['threads']} thread(s); all "
+        + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_m"]["runs_by_threads"].items()) + ")")
+    log("[2] PyTorch loop over beta, statistics at the save steps")
+    ref = {}
+
+    def run_stats_loop():
+        ref["out"] = torch_loop(torch, xt, betas, steps, save_at=at)
+
+    res["torch_stats"] = time_torch(torch, run_stats_loop, a.torch_repeats)
+    log(f"    {res['torch_stats']['run']['median_s']:.2f} s ({res['torch_stats']['threads']} thread(s); all "
+        + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_stats"]["runs_by_threads"].items()) + ")")
+    tref = ref["out"]  # (nb, T, 3, B)
+
+    # ---- JAX dense path
+    seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
+    res["jax_dense"] = {}
+    blocks = a.blocks or ([4096, 16384] if gpu else [256, 1024])
+    for dtname in ("float64", "float32"):
+        dt = jnp.dtype(dtname)
+        xj = jnp.asarray(x0, dt)
+        args = (xj, jnp.asarray(betas, dt), jnp.asarray(H, dt), seg, jnp.asarray(PAIR_T, dt), jnp.asarray(CLUSTER_T, dt))
+        recs = []
+        for blk in blocks:
+            fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk))(blk)
+            compiled, comp, mem = compile_jitted(fn, *args)
+            run = time_compiled(compiled, args, a.repeats)
+            rec = {"block": blk, "compile": comp, "memory": mem, "run": run,
+                   "matmul_gflop_per_s": flop / run["median_s"] / 1e9,
+                   "speedup_vs_torch_m": res["torch_m"]["run"]["median_s"] / run["median_s"],
+                   "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"]}
+            if dtname == "float64":
+                pairs, clusters, m = (np.asarray(v) for v in compiled(*args))  # (nb, B, T)
+                rec["max_abs_diff_m_vs_torch"] = float(np.max(np.abs(m - tref[:, :, 2, :].transpose(0, 2, 1))))
+                rec["pairs_equal_fraction"] = float(np.mean(pairs == tref[:, :, 0, :].transpose(0, 2, 1)))
+                rec["clusters_equal_rank_fraction"] = float(np.mean(clusters == tref[:, :, 1, :].transpose(0, 2, 1)))
+            recs.append(rec)
+            log(f"[3] jax dense {dtname} block={blk}: run {run['median_s']:.3f} s (min {run['min_s']:.3f}), compile "
+                f"{comp['compile_s']:.2f} s, {rec['matmul_gflop_per_s']:.1f} GFLOP/s, "
+                f"{rec['speedup_vs_torch_m']:.1f}x vs torch |m| loop, {rec['speedup_vs_torch_stats']:.1f}x vs torch "
+                f"stats loop" + (f", |m| diff {rec['max_abs_diff_m_vs_torch']:.1e}, pairs equal "
+                                 f"{rec['pairs_equal_fraction']:.4f}, clusters = rank {rec['clusters_equal_rank_fraction']:.4f}"
+                                 if dtname == "float64" else ""))
+        best = min(recs, key=lambda r: r["run"]["median_s"])
+        res["jax_dense"][dtname] = {"blocks": recs, "best": best}
+
+    # ---- simulate_batch (the previous way)
+    if not a.no_simulate_batch:
+        from meanfield.batch import _rollout_batch
+
+        A, S = np.meshgrid(betas, np.arange(B), indexing="ij")
+        xs = jnp.asarray(x0)[jnp.asarray(S.ravel())]
+        sargs = (xs, jnp.asarray(A.ravel()), jnp.asarray(1.0), jnp.asarray(H))
+        fn = lambda *a_: _rollout_batch(*a_, kernel="softmax", method="layer", layers=steps, kernel_options=())  # noqa: E731
+        compiled, comp, mem = compile_jitted(fn, *sargs)
+        run = time_compiled(compiled, sargs, 1)
+        res["simulate_batch"] = {"compile": comp, "memory": mem, "run": run}
+        log(f"[4] simulate_batch float64: run {run['median_s']:.2f} s, compile {comp['compile_s']:.2f} s")
+
+    b64 = res["jax_dense"]["float64"]["best"]
+    res["summary"] = {
+        "jax_dense_float64_s": b64["run"]["median_s"], "block": b64["block"],
+        "torch_m_s": res["torch_m"]["run"]["median_s"], "torch_stats_s": res["torch_stats"]["run"]["median_s"],
+        "speedup_vs_torch_m": b64["speedup_vs_torch_m"], "speedup_vs_torch_stats": b64["speedup_vs_torch_stats"],
+        "jax_dense_float32_s": res["jax_dense"]["float32"]["best"]["run"]["median_s"],
+        "matmul_gflop_per_s_float64": b64["matmul_gflop_per_s"],
+        "simulate_batch_s": res.get("simulate_batch", {}).get("run", {}).get("median_s"),
+        "target_met": bool(b64["speedup_vs_torch_m"] >= TARGET),
+    }
+    res["loadavg_at_end"] = os.getloadavg()
+    out = a.out or ROOT / "benchmarks" / "results" / (
+        "phase_diagram-quick.json" if a.quick else "phase_diagram-full.json" if a.full else "phase_diagram.json")
+    write_json(out, res)
+    s = res["summary"]
+    log(f"\nsummary: jax dense float64 {s['jax_dense_float64_s']:.2f} s (block {s['block']}), float32 "
+        f"{s['jax_dense_float32_s']:.2f} s; torch |m| loop {s['torch_m_s']:.2f} s -> {s['speedup_vs_torch_m']:.1f}x; "
+        f"torch stats loop {s['torch_stats_s']:.2f} s -> {s['speedup_vs_torch_stats']:.1f}x (target {TARGET:g}x: "
+        f"{'PASS' if s['target_met'] else 'MISS'}); {s['matmul_gflop_per_s_float64']:.1f} GFLOP/s; "
+        + (f"simulate_batch {s['simulate_batch_s']:.2f} s; " if s["simulate_batch_s"] else "")
+        + f"load {mc['loadavg_at_start'][0]:.1f} -> {res['loadavg_at_end'][0]:.1f}")
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
