@@ -19,7 +19,7 @@ systems small enough to stay in cache (``B n^2`` floats), inside a ``lax.scan`` 
 Also here: statistics of the Gram matrix used for phase diagrams (Geshkovski et al. 2023): the
 number of pairs closer than a cosine threshold, and the number of clusters, defined as the
 connected components of the graph ``<x_i, x_j> > threshold`` (computed with static shapes by
-min-label propagation with pointer jumping, :func:`count_components`).
+min-label propagation, :func:`count_components`).
 """
 
 from __future__ import annotations
@@ -62,44 +62,46 @@ def layer_step(x: Float[Array, "B n d"], beta: Float[Array, " B"], h) -> Float[A
     return normalize(z)
 
 
-def count_components(adj: Bool[Array, "n n"]) -> Int[Array, ""]:
-    """Number of connected components of the undirected graph with adjacency ``adj`` (symmetric).
+def count_components(adj: Bool[Array, "... n n"]) -> Int[Array, "..."]:
+    """Number of connected components of undirected graphs with adjacency ``adj`` (symmetric;
+    leading axes are a batch).
 
-    Min-label propagation with pointer jumping, in a ``lax.while_loop`` with static shapes: every
-    label is the index of a node of the same component and never increases, so the loop stops;
-    at the fixed point a component carries one label ``L`` and node ``L`` is labelled ``L``, so the
-    count of nodes labelled by their own index is the number of components. Each pass costs
-    ``O(n^2)``; the number of passes is at most the graph's diameter plus one (two for a union of
-    cliques, the usual case near clusters).
+    Min-label propagation, ``lab_i <- min(lab_i, min_{j ~ i} lab_j)`` from ``lab_i = i``, in a
+    ``lax.while_loop`` with static shapes until no label changes: every label is the index of a
+    node of the same component and never increases, so at the fixed point each component carries
+    the index of its smallest node, and the number of components is the number of nodes labelled
+    by their own index. A pass costs ``O(n^2)`` per graph (no gathers); the number of passes is
+    the largest diameter in the batch plus one -- two for unions of cliques, the usual case near
+    clusters.
     """
-    n = adj.shape[0]
+    n = adj.shape[-1]
     idx = jnp.arange(n, dtype=jnp.int32)
+    lab0 = jnp.broadcast_to(idx, adj.shape[:-1])
 
     def body(state):
         lab, _ = state
-        new = jnp.min(jnp.where(adj, lab[None, :], n), axis=1)
-        new = jnp.minimum(new, lab)  # self-loop, whatever the diagonal of adj says
-        new = new[new]
+        new = jnp.minimum(lab, jnp.min(jnp.where(adj, lab[..., None, :], n), axis=-1))
         return new, jnp.any(new != lab)
 
-    lab, _ = lax.while_loop(lambda s: s[1], body, (idx, jnp.asarray(True)))
-    return jnp.sum(lab == idx).astype(jnp.int32)
+    lab, _ = lax.while_loop(lambda s: s[1], body, (lab0, jnp.asarray(True)))
+    return jnp.sum(lab == idx, axis=-1, dtype=jnp.int32)
 
 
-def gram_statistics(x: Float[Array, "n d"], pair_threshold, cluster_threshold):
-    """Statistics of one system of unit tokens from its Gram matrix:
+def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshold):
+    """Statistics of systems of unit tokens from their Gram matrices (leading axes are a batch):
 
     * ``pairs``: the number of ordered pairs ``i != j`` with ``<x_i, x_j> > pair_threshold`` (int32);
     * ``clusters``: connected components of the graph ``<x_i, x_j> > cluster_threshold`` (int32);
     * ``order_parameter``: ``|m|``, ``m`` the mean token.
     """
-    g = x @ x.T
-    n = x.shape[0]
-    off = ~jnp.eye(n, dtype=bool)
-    pairs = jnp.sum((g > jnp.asarray(pair_threshold, x.dtype)) & off).astype(jnp.int32)
+    g = jnp.einsum("...id,...jd->...ij", x, x)
+    n = x.shape[-2]
+    pt = jnp.asarray(pair_threshold, x.dtype)
+    diag = jnp.sum(jnp.diagonal(g, axis1=-2, axis2=-1) > pt, axis=-1, dtype=jnp.int32)
+    pairs = jnp.sum(g > pt, axis=(-2, -1), dtype=jnp.int32) - diag
     clusters = count_components(g > jnp.asarray(cluster_threshold, x.dtype))
-    m = jnp.mean(x, axis=0)
-    return pairs, clusters, jnp.sqrt(jnp.sum(m * m))
+    m = jnp.mean(x, axis=-2)
+    return pairs, clusters, jnp.sqrt(jnp.sum(m * m, axis=-1))
 
 
 def gram_statistics_blocked(x: Float[Array, "n d"], pair_threshold, cluster_threshold, block: int):
@@ -110,22 +112,19 @@ def gram_statistics_blocked(x: Float[Array, "n d"], pair_threshold, cluster_thre
     pt = jnp.asarray(pair_threshold, x.dtype)
     ct = jnp.asarray(cluster_threshold, x.dtype)
     over = map_query_blocks(lambda q: jnp.sum(q @ x.T > pt, axis=1, dtype=jnp.int32), x, block)
-    pairs = jnp.sum(over) - jnp.sum(rowdot(x, x) > pt, dtype=jnp.int32)
+    pairs = jnp.sum(over, dtype=jnp.int32) - jnp.sum(rowdot(x, x) > pt, dtype=jnp.int32)
     idx = jnp.arange(n, dtype=jnp.int32)
 
     def body(state):
         lab, _ = state
         new = map_query_blocks(lambda q: jnp.min(jnp.where(q @ x.T > ct, lab[None, :], n), axis=1), x, block)
         new = jnp.minimum(new, lab)
-        new = new[new]
         return new, jnp.any(new != lab)
 
     lab, _ = lax.while_loop(lambda s: s[1], body, (idx, jnp.asarray(True)))
     m = jnp.mean(x, axis=0)
     return pairs.astype(jnp.int32), jnp.sum(lab == idx).astype(jnp.int32), jnp.sqrt(jnp.sum(m * m))
 
-
-batched_gram_statistics = jax.vmap(gram_statistics, in_axes=(0, None, None))
 
 __all__ = [
     "gram",
@@ -134,5 +133,4 @@ __all__ = [
     "count_components",
     "gram_statistics",
     "gram_statistics_blocked",
-    "batched_gram_statistics",
 ]
