@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from solvers.dense import batched_gram_statistics, gram_statistics_blocked, layer_step
+from solvers.dense import gram_statistics, gram_statistics_blocked, layer_step
 from solvers.kernels import SoftmaxKernel
 from solvers.sphere import normalize
 
@@ -111,7 +111,7 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, 
             return layer_step(x, be, h)
 
         def stats(x):
-            return batched_gram_statistics(x, pair_threshold, cluster_threshold)
+            return gram_statistics(x, pair_threshold, cluster_threshold)
     else:
         def one_step(x, b):
             kern = SoftmaxKernel(b, key_block=query_block, query_block=query_block)
@@ -192,7 +192,8 @@ def _x0(x0, n_systems, n, d, key, dtype):
 def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: float = 30.0,
                   dt: float = 0.1, n_saves: int = 100, x0=None, key=0, dtype=None, method: str = "auto",
                   pair_threshold: float = 0.999, cluster_threshold: float = 0.9999, per_system: bool = False,
-                  block: int | None = None, query_block: int = 1024) -> PhaseDiagram:
+                  block: int | None = None, query_block: int = 1024, mesh=None,
+                  mesh_axis: str | None = None) -> PhaseDiagram:
     """Clustering statistics over a grid of inverse temperatures and time (see the module doc).
 
     Parameters
@@ -211,6 +212,9 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     per_system : also return the per-system statistics (``len(betas) x n_systems x n_saves``).
     block : (beta, system) pairs advanced together [CPU: as many as fit ~2 MB; GPU: ~1 GB].
     query_block : row block of the streaming path (its key block too).
+    mesh, mesh_axis : a :class:`jax.sharding.Mesh` to shard the systems over (along ``mesh_axis``,
+        by default the mesh's only axis); ``n_systems`` must be divisible by its devices
+        (:func:`meanfield.sharding.phase_rollout_sharded`; docs/sharding.md).
 
     Returns
     -------
@@ -244,25 +248,39 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     n_systems, n, d = x.shape
     if method == "auto":
         method = "dense" if n <= DENSE_MAX_N else "streaming"
-    total = len(b) * n_systems
+    n_dev = 1
+    if mesh is not None:
+        from .sharding import _axis, shard_batch
+
+        mesh_axis = _axis(mesh, mesh_axis)
+        n_dev = mesh.shape[mesh_axis]
+        x = shard_batch(x, mesh, mesh_axis)
+    total = len(b) * n_systems // n_dev  # (beta, system) pairs per device
     block = (_default_block(method, n, d, dtype.itemsize, total) if block is None
              else min(_validate.integer("block", block, 1), total))
     segments = jnp.asarray(np.diff(steps, prepend=0), jnp.int32)
     args = (x, jnp.asarray(b, dtype), jnp.asarray(dt, dtype), segments, jnp.asarray(pt, dtype), jnp.asarray(ct, dtype))
     t0 = time.perf_counter()
-    raw = jax.block_until_ready(phase_rollout(*args, method=method, block=block, query_block=query_block))
+    if mesh is None:
+        raw = phase_rollout(*args, method=method, block=block, query_block=query_block)
+    else:
+        from .sharding import phase_rollout_sharded
+
+        raw = phase_rollout_sharded(*args, mesh=mesh, axis=mesh_axis, method=method, block=block,
+                                    query_block=query_block)
+    raw = jax.block_until_ready(raw)
     wall = time.perf_counter() - t0
     pairs, clusters, m = raw
     red = jax.device_get(summarize(pairs, clusters, m, n))
     params = {"n": n, "d": d, "n_systems": n_systems, "t1": t1, "dt": dt, "n_steps": n_steps,
               "n_saves": n_saves, "method": method, "block": block, "precision": dtype.name,
               "pair_threshold": pt, "cluster_threshold": ct, "shared_initial_systems": True,
-              "scheme": "layer", "kernel": "softmax"}
+              "scheme": "layer", "kernel": "softmax", "devices": n_dev}
     ps = None
     if per_system:
         ps = {"pairs": np.asarray(pairs), "clusters": np.asarray(clusters), "order_parameter": np.asarray(m)}
     return PhaseDiagram(betas=b, t=steps * dt, steps=steps, params=params,
-                        stats={"wall_time": wall, "n_pairs_beta_system": total}, per_system=ps,
+                        stats={"wall_time": wall, "n_pairs_beta_system": len(b) * n_systems}, per_system=ps,
                         **{k: np.asarray(v) for k, v in red.items()})
 
 
