@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from solvers.dense import gram_statistics, gram_statistics_blocked, layer_step
+from solvers.dense import gram, gram_statistics, gram_statistics_blocked, layer_update
 from solvers.kernels import SoftmaxKernel
 from solvers.sphere import normalize
 
@@ -107,31 +107,36 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, 
     betas = jnp.asarray(betas, x0.dtype)
 
     if method == "dense":
-        def step(x, be):
-            return layer_step(x, be, h)
+        def run_block(p):
+            be = betas[p // B]
+            x = x0[p % B]
 
-        def stats(x):
-            return gram_statistics(x, pair_threshold, cluster_threshold)
+            def step(_, c):  # the Gram matrix of the new state serves the next step or the save
+                x = layer_update(c[0], c[1], be, h)
+                return x, gram(x)
+
+            def segment(c, n_steps):
+                x, g = lax.fori_loop(0, n_steps, step, c)
+                return (x, g), gram_statistics(x, pair_threshold, cluster_threshold, g)
+
+            return lax.scan(segment, (x, gram(x)), segments)[1]
     else:
         def one_step(x, b):
             kern = SoftmaxKernel(b, key_block=query_block, query_block=query_block)
             return normalize(x + h * kern.drive(x, x))
 
-        def step(x, be):
-            return jax.vmap(one_step)(x, be)
-
         def stats(x):
             return jax.vmap(lambda y: gram_statistics_blocked(y, pair_threshold, cluster_threshold, query_block))(x)
 
-    def run_block(p):
-        be = betas[p // B]
-        x = x0[p % B]
+        def run_block(p):
+            be = betas[p // B]
+            x = x0[p % B]
 
-        def segment(x, n_steps):
-            x = lax.fori_loop(0, n_steps, lambda _, y: step(y, be), x)
-            return x, stats(x)
+            def segment(x, n_steps):
+                x = lax.fori_loop(0, n_steps, lambda _, y: jax.vmap(one_step)(y, be), x)
+                return x, stats(x)
 
-        return lax.scan(segment, x, segments)[1]
+            return lax.scan(segment, x, segments)[1]
 
     out = lax.map(run_block, pair)  # each (n_blocks, n_saves, block)
 
@@ -254,7 +259,7 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
 
         mesh_axis = _axis(mesh, mesh_axis)
         n_dev = mesh.shape[mesh_axis]
-        x = shard_batch(x, mesh, mesh_axis)
+        x = shard_batch(np.asarray(x), mesh, mesh_axis)
     total = len(b) * n_systems // n_dev  # (beta, system) pairs per device
     block = (_default_block(method, n, d, dtype.itemsize, total) if block is None
              else min(_validate.integer("block", block, 1), total))

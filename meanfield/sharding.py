@@ -68,7 +68,7 @@ def shard_batch(x, mesh: Mesh, axis: str | None = None) -> jax.Array:
     """``x`` of shape ``(B, ...)`` placed with ``NamedSharding(mesh, P(axis))`` (``B`` divisible by the
     number of devices along ``axis``)."""
     axis = _axis(mesh, axis)
-    x = jnp.asarray(x)
+    x = x if isinstance(x, jax.Array) else np.asarray(x)  # host data goes straight to its shards
     _split("the batch size B", x.shape[0], mesh, axis)
     return jax.device_put(x, NamedSharding(mesh, P(axis)))
 
@@ -76,9 +76,12 @@ def shard_batch(x, mesh: Mesh, axis: str | None = None) -> jax.Array:
 def shard_tokens(x, mesh: Mesh, axis: str | None = None) -> jax.Array:
     """One system's ``(N, d)`` tokens split in row blocks over the devices along ``axis`` (normalised)."""
     axis = _axis(mesh, axis)
-    x = jnp.asarray(_validate.tokens(x))
+    x = _validate.tokens(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64 if jax.config.read("jax_enable_x64") else np.float32)
     _split("the number of tokens N", x.shape[0], mesh, axis)
-    return jax.device_put(normalize(x), NamedSharding(mesh, P(axis, None)))
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)  # on the host: each device receives only its rows
+    return jax.device_put(x, NamedSharding(mesh, P(axis, None)))
 
 
 @partial(jax.jit, static_argnames=("mesh", "axis", "kernel", "method", "strategy", "n_steps", "kernel_options"))

@@ -48,18 +48,23 @@ def softmax_drive(x: Float[Array, "B n d"], beta: Float[Array, " B"]) -> Float[A
     return jnp.einsum("bij,bjd->bid", w, x) / jnp.sum(w, axis=-1)[..., None]
 
 
-def layer_step(x: Float[Array, "B n d"], beta: Float[Array, " B"], h) -> Float[Array, "B n d"]:
-    """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` (the ``TransformerLayer``
-    scheme of :mod:`solvers.integrators`, mobility 1) for every system; ``x`` must have unit rows.
+def layer_update(x: Float[Array, "B n d"], g: Float[Array, "B n n"], beta: Float[Array, " B"], h) -> Float[Array, "B n d"]:
+    """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` given the Gram matrices
+    ``g = gram(x)`` (so a caller that needs ``g`` anyway, for statistics, computes it once).
 
     The row sums ``sum_j W_ij`` divide ``h`` before the update (one ``(B, n)`` division instead of
     a ``(B, n, d)`` one) and the norm is computed once.
     """
     beta = jnp.asarray(beta, x.dtype)
-    w = jnp.exp(beta[:, None, None] * (gram(x) - 1.0))
+    w = jnp.exp(beta[:, None, None] * (g - 1.0))
     scale = jnp.asarray(h, x.dtype) / jnp.sum(w, axis=-1)
-    z = x + scale[..., None] * jnp.einsum("bij,bjd->bid", w, x)
-    return normalize(z)
+    return normalize(x + scale[..., None] * jnp.einsum("bij,bjd->bid", w, x))
+
+
+def layer_step(x: Float[Array, "B n d"], beta: Float[Array, " B"], h) -> Float[Array, "B n d"]:
+    """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` (the ``TransformerLayer``
+    scheme of :mod:`solvers.integrators`, mobility 1) for every system; ``x`` must have unit rows."""
+    return layer_update(x, gram(x), beta, h)
 
 
 def count_components(adj: Bool[Array, "... n n"]) -> Int[Array, "..."]:
@@ -87,14 +92,15 @@ def count_components(adj: Bool[Array, "... n n"]) -> Int[Array, "..."]:
     return jnp.sum(lab == idx, axis=-1, dtype=jnp.int32)
 
 
-def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshold):
-    """Statistics of systems of unit tokens from their Gram matrices (leading axes are a batch):
+def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshold, g=None):
+    """Statistics of systems of unit tokens from their Gram matrices ``g`` (computed when not
+    given; leading axes are a batch):
 
     * ``pairs``: the number of ordered pairs ``i != j`` with ``<x_i, x_j> > pair_threshold`` (int32);
     * ``clusters``: connected components of the graph ``<x_i, x_j> > cluster_threshold`` (int32);
     * ``order_parameter``: ``|m|``, ``m`` the mean token.
     """
-    g = jnp.einsum("...id,...jd->...ij", x, x)
+    g = jnp.einsum("...id,...jd->...ij", x, x) if g is None else g
     n = x.shape[-2]
     pt = jnp.asarray(pair_threshold, x.dtype)
     diag = jnp.sum(jnp.diagonal(g, axis1=-2, axis2=-1) > pt, axis=-1, dtype=jnp.int32)
@@ -130,6 +136,7 @@ __all__ = [
     "gram",
     "softmax_drive",
     "layer_step",
+    "layer_update",
     "count_components",
     "gram_statistics",
     "gram_statistics_blocked",
