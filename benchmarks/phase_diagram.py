@@ -28,8 +28,11 @@ The issue's GPU workload (90 betas x 2048 x n = 32 x d = 128 x 300 steps, 200 sa
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,6 +114,46 @@ def time_torch(torch, fn, repeats):
     return {"run": runs[best], "threads": best, "runs_by_threads": runs}
 
 
+# ---------------------------------------------------------------- JAX on several CPU devices
+def child_sharded(cfg_path):
+    """Child process (started with ``--xla_force_host_platform_device_count``): time
+    ``phase_rollout_sharded`` with the systems split over the forced CPU devices."""
+    from meanfield.sharding import device_mesh, phase_rollout_sharded, shard_batch
+
+    cfg = json.loads(Path(cfg_path).read_text())
+    x0 = np.load(cfg["x0"])
+    mesh = device_mesh("batch")
+    at = np.asarray(cfg["save_at"])
+    seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
+    args = (shard_batch(x0, mesh), jnp.asarray(cfg["betas"]), jnp.asarray(H), seg, jnp.asarray(PAIR_T),
+            jnp.asarray(CLUSTER_T))
+
+    def fn(*a_):
+        return phase_rollout_sharded(*a_, mesh=mesh, axis="batch", method="dense", block=cfg["block"])
+
+    compiled, comp, mem = compile_jitted(fn, *args)
+    run = time_compiled(compiled, args, cfg["repeats"])
+    pairs, clusters, m = (np.asarray(v) for v in compiled(*args))
+    ref = np.load(cfg["m_ref"])
+    print("RESULT " + json.dumps({"devices": len(jax.devices()), "block": cfg["block"], "compile": comp, "run": run,
+                                  "max_abs_diff_m_vs_one_device": float(np.max(np.abs(m - ref)))}), flush=True)
+
+
+def run_sharded_child(x0, betas, at, block, repeats, m_ref, n_devices):
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/x0.npy", x0)
+        np.save(f"{tmp}/m.npy", m_ref)
+        cfg = {"x0": f"{tmp}/x0.npy", "m_ref": f"{tmp}/m.npy", "betas": [float(b) for b in betas],
+               "save_at": [int(s) for s in at], "block": block, "repeats": repeats}
+        Path(f"{tmp}/cfg.json").write_text(json.dumps(cfg))
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}", JAX_PLATFORMS="cpu")
+        r = subprocess.run([sys.executable, __file__, "--child-sharded", f"{tmp}/cfg.json"], env=env,
+                           capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"error": r.stderr[-2000:]}
+    return json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+
+
 # ---------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -121,8 +164,13 @@ def main(argv=None):
     p.add_argument("--n-saves", type=int, default=None, help="save steps (default 51 for 100 steps, 200 for --full)")
     p.add_argument("--blocks", type=int, nargs="*", default=None, help="block sizes of the dense path to time")
     p.add_argument("--no-simulate-batch", action="store_true", help="skip the simulate_batch baseline")
+    p.add_argument("--cpu-devices", type=int, default=2,
+                   help="also time the dense path sharded over this many forced CPU devices (child process; 0: skip)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--child-sharded", type=str, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.child_sharded:
+        return child_sharded(a.child_sharded)
     import torch
 
     if a.full:
@@ -173,10 +221,12 @@ def main(argv=None):
     seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
     res["jax_dense"] = {}
     blocks = a.blocks or ([4096, 16384] if gpu else [256, 1024])
+    m_by_block = {}
     for dtname in ("float64", "float32"):
         dt = jnp.dtype(dtname)
         xj = jnp.asarray(x0, dt)
-        args = (xj, jnp.asarray(betas, dt), jnp.asarray(H, dt), seg, jnp.asarray(PAIR_T, dt), jnp.asarray(CLUSTER_T, dt))
+        args = (xj, jnp.asarray(betas, dt), jnp.asarray(H, dt), seg, jnp.asarray(PAIR_T, dt),
+                jnp.asarray(CLUSTER_T, dt))
         recs = []
         for blk in blocks:
             fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk))(blk)
@@ -188,6 +238,7 @@ def main(argv=None):
                    "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"]}
             if dtname == "float64":
                 pairs, clusters, m = (np.asarray(v) for v in compiled(*args))  # (nb, B, T)
+                m_by_block[blk] = m
                 rec["max_abs_diff_m_vs_torch"] = float(np.max(np.abs(m - tref[:, :, 2, :].transpose(0, 2, 1))))
                 rec["pairs_equal_fraction"] = float(np.mean(pairs == tref[:, :, 0, :].transpose(0, 2, 1)))
                 rec["clusters_equal_rank_fraction"] = float(np.mean(clusters == tref[:, :, 1, :].transpose(0, 2, 1)))
@@ -196,10 +247,28 @@ def main(argv=None):
                 f"{comp['compile_s']:.2f} s, {rec['matmul_gflop_per_s']:.1f} GFLOP/s, "
                 f"{rec['speedup_vs_torch_m']:.1f}x vs torch |m| loop, {rec['speedup_vs_torch_stats']:.1f}x vs torch "
                 f"stats loop" + (f", |m| diff {rec['max_abs_diff_m_vs_torch']:.1e}, pairs equal "
-                                 f"{rec['pairs_equal_fraction']:.4f}, clusters = rank {rec['clusters_equal_rank_fraction']:.4f}"
-                                 if dtname == "float64" else ""))
+                                 f"{rec['pairs_equal_fraction']:.4f}, clusters = rank "
+                                 f"{rec['clusters_equal_rank_fraction']:.4f}" if dtname == "float64" else ""))
         best = min(recs, key=lambda r: r["run"]["median_s"])
         res["jax_dense"][dtname] = {"blocks": recs, "best": best}
+        if dtname == "float64":
+            m64 = m_by_block[best["block"]]
+
+    # ---- the same on several CPU devices (systems sharded; one XLA device per core)
+    if a.cpu_devices > 1 and not gpu:
+        b64 = res["jax_dense"]["float64"]["best"]
+        sh = run_sharded_child(x0, betas, at, b64["block"], a.repeats, m64, a.cpu_devices)
+        if "run" in sh:
+            sh["speedup_vs_torch_m"] = res["torch_m"]["run"]["median_s"] / sh["run"]["median_s"]
+            sh["speedup_vs_torch_stats"] = res["torch_stats"]["run"]["median_s"] / sh["run"]["median_s"]
+            sh["matmul_gflop_per_s"] = flop / sh["run"]["median_s"] / 1e9
+            log(f"[3b] jax dense float64 on {sh['devices']} CPU devices (block {sh['block']}): run "
+                f"{sh['run']['median_s']:.3f} s, {sh['speedup_vs_torch_m']:.1f}x vs torch |m| loop, "
+                f"{sh['speedup_vs_torch_stats']:.1f}x vs torch stats loop, |m| diff vs one device "
+                f"{sh['max_abs_diff_m_vs_one_device']:.1e}")
+        else:
+            log(f"[3b] sharded child failed: {sh['error'][-300:]}")
+        res["jax_dense_sharded_cpu_devices"] = sh
 
     # ---- simulate_batch (the previous way)
     if not a.no_simulate_batch:
@@ -222,6 +291,8 @@ def main(argv=None):
         "jax_dense_float32_s": res["jax_dense"]["float32"]["best"]["run"]["median_s"],
         "matmul_gflop_per_s_float64": b64["matmul_gflop_per_s"],
         "simulate_batch_s": res.get("simulate_batch", {}).get("run", {}).get("median_s"),
+        "jax_dense_float64_sharded_cpu_devices_s": res.get("jax_dense_sharded_cpu_devices", {}).get("run", {}).get(
+            "median_s"),
         "target_met": bool(b64["speedup_vs_torch_m"] >= TARGET),
     }
     res["loadavg_at_end"] = os.getloadavg()
@@ -234,6 +305,8 @@ def main(argv=None):
         f"torch stats loop {s['torch_stats_s']:.2f} s -> {s['speedup_vs_torch_stats']:.1f}x (target {TARGET:g}x: "
         f"{'PASS' if s['target_met'] else 'MISS'}); {s['matmul_gflop_per_s_float64']:.1f} GFLOP/s; "
         + (f"simulate_batch {s['simulate_batch_s']:.2f} s; " if s["simulate_batch_s"] else "")
+        + (f"{a.cpu_devices} CPU devices {s['jax_dense_float64_sharded_cpu_devices_s']:.2f} s; "
+           if s["jax_dense_float64_sharded_cpu_devices_s"] else "")
         + f"load {mc['loadavg_at_start'][0]:.1f} -> {res['loadavg_at_end'][0]:.1f}")
     log(f"wrote {out}")
 

@@ -176,7 +176,8 @@ def phase_rollout_sharded(x0, betas, h, segments, pair_threshold, cluster_thresh
     rep = P()
     out = P(None, axis, None)
     return jax.shard_map(local, mesh=mesh, in_specs=(P(axis, None, None), rep, rep, rep, rep, rep),
-                         out_specs=(out, out, out), check_vma=False)(x0, betas, h, segments, pair_threshold, cluster_threshold)
+                         out_specs=(out, out, out), check_vma=False)(
+        x0, betas, h, segments, pair_threshold, cluster_threshold)
 
 
 __all__ = ["advance_ensemble", "advance_sharded", "device_mesh", "phase_rollout_sharded", "shard_batch",

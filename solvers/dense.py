@@ -24,7 +24,6 @@ min-label propagation, :func:`count_components`).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
@@ -48,7 +47,9 @@ def softmax_drive(x: Float[Array, "B n d"], beta: Float[Array, " B"]) -> Float[A
     return jnp.einsum("bij,bjd->bid", w, x) / jnp.sum(w, axis=-1)[..., None]
 
 
-def layer_update(x: Float[Array, "B n d"], g: Float[Array, "B n n"], beta: Float[Array, " B"], h) -> Float[Array, "B n d"]:
+def layer_update(
+    x: Float[Array, "B n d"], g: Float[Array, "B n n"], beta: Float[Array, " B"], h
+) -> Float[Array, "B n d"]:
     """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` given the Gram matrices
     ``g = gram(x)`` (so a caller that needs ``g`` anyway, for statistics, computes it once).
 

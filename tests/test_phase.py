@@ -137,8 +137,9 @@ def test_phase_rollout_matches_numpy(method, block):
     at = np.array([0, 3, 12])
     pt, ct, h = 0.99, 0.999, 1.0  # clusters form within 12 steps at beta = 0.5
     want = np_rollout(x0, betas, at, pt, ct, h)
-    pairs, clusters, m = phase_rollout(jnp.asarray(x0), jnp.asarray(betas), h, jnp.asarray(np.diff(at, prepend=0), jnp.int32),
-                                       pt, ct, method=method, block=block, query_block=4)
+    seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
+    pairs, clusters, m = phase_rollout(jnp.asarray(x0), jnp.asarray(betas), h, seg, pt, ct, method=method, block=block,
+                                       query_block=4)
     assert pairs.shape == clusters.shape == m.shape == (2, 3, 3)
     np.testing.assert_array_equal(np.asarray(pairs), want[0])
     np.testing.assert_array_equal(np.asarray(clusters), want[1])

@@ -93,7 +93,8 @@ def test_two_devices_batch_axis_matches_one_device(two_devices):
 
 
 def test_two_devices_indivisible_tokens_is_one_clear_error(two_devices):
-    assert two_devices["error"] == "the number of tokens N = 47 must be a multiple of the 2 devices along mesh axis 'tokens'"
+    want = "the number of tokens N = 47 must be a multiple of the 2 devices along mesh axis 'tokens'"
+    assert two_devices["error"] == want
 
 
 def test_one_device_api_in_process():
