@@ -15,8 +15,9 @@ and record, at the save times only, the statistics of the reference code:
   (0.999), averaged over the systems -- the probability that two tokens are in one cluster;
 * ``clusters``: the number of clusters, the connected components of the graph
   ``<x_i, x_j> > cluster_threshold`` (0.9999); the reference code takes the rank of the 0/1
-  matrix of that graph instead, which is the same number when the graph is a disjoint union of
-  cliques (well-separated clusters) and is not a count otherwise. Median and mean over systems;
+  matrix of that graph instead (``cluster_count="rank"``), which is the same number when the
+  graph is a disjoint union of cliques (well-separated clusters) and larger otherwise (a chain of
+  three tokens has rank 3). Median and mean over systems;
 * ``order_parameter``: ``|m|`` (mean over systems).
 
 Design (issue 11): the whole sweep is one ``jax.jit`` program. The ``len(betas) x n_systems``
@@ -48,6 +49,7 @@ from solvers.sphere import normalize
 from . import _validate
 
 METHODS = ("auto", "dense", "streaming")
+CLUSTER_COUNTS = ("components", "rank")
 DENSE_MAX_N = 2048  # "auto" picks the dense path up to this many tokens per system
 
 
@@ -87,16 +89,17 @@ def _default_block(method: str, n: int, d: int, itemsize: int, total: int) -> in
     return int(max(1, min(total, budget // per_pair)))
 
 
-@partial(jax.jit, static_argnames=("method", "block", "query_block"))
+@partial(jax.jit, static_argnames=("method", "block", "query_block", "cluster_count"))
 def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, method="dense", block=256,
-                  query_block=1024):
+                  query_block=1024, cluster_count="components"):
     """Per-system statistics of every (beta, system) pair at the save points (pure, jitted).
 
     ``x0`` (B, n, d) unit tokens, shared by every beta; ``betas`` (nb,); ``h`` the step;
     ``segments`` (n_saves,) int32: the number of steps before each save (``segments[0]`` may be
     0, which saves the initial state). Returns ``(pairs, clusters, order_parameter)``, each
-    ``(nb, B, n_saves)``; ``pairs`` counts ordered pairs ``i != j``. ``block`` (beta, system)
-    pairs are advanced together through all steps (see the module doc).
+    ``(nb, B, n_saves)``; ``pairs`` counts ordered pairs ``i != j``; ``clusters`` counts connected
+    components, or the rank of the thresholded matrix with ``cluster_count="rank"`` (dense only).
+    ``block`` (beta, system) pairs are advanced together through all steps (see the module doc).
     """
     nb = betas.shape[0]
     B, n, d = x0.shape
@@ -117,10 +120,13 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, 
 
             def segment(c, n_steps):
                 x, g = lax.fori_loop(0, n_steps, step, c)
-                return (x, g), gram_statistics(x, pair_threshold, cluster_threshold, g)
+                return (x, g), gram_statistics(x, pair_threshold, cluster_threshold, g, cluster_count)
 
             return lax.scan(segment, (x, gram(x)), segments)[1]
     else:
+        if cluster_count != "components":
+            raise ValueError(f"cluster_count={cluster_count!r} needs method='dense' (streaming counts components)")
+
         def one_step(x, b):
             kern = SoftmaxKernel(b, key_block=query_block, query_block=query_block)
             return normalize(x + h * kern.drive(x, x))
@@ -197,8 +203,8 @@ def _x0(x0, n_systems, n, d, key, dtype):
 def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: float = 30.0,
                   dt: float = 0.1, n_saves: int = 100, x0=None, key=0, dtype=None, method: str = "auto",
                   pair_threshold: float = 0.999, cluster_threshold: float = 0.9999, per_system: bool = False,
-                  block: int | None = None, query_block: int = 1024, mesh=None,
-                  mesh_axis: str | None = None) -> PhaseDiagram:
+                  cluster_count: str = "components", block: int | None = None, query_block: int = 1024,
+                  mesh=None, mesh_axis: str | None = None) -> PhaseDiagram:
     """Clustering statistics over a grid of inverse temperatures and time (see the module doc).
 
     Parameters
@@ -214,6 +220,8 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     dtype : ``"float32"`` or ``"float64"`` [float64 when 64-bit JAX is enabled, else float32].
     method : ``"dense"``, ``"streaming"`` or ``"auto"`` (dense up to ``n = 2048``).
     pair_threshold, cluster_threshold : cosine thresholds in ``(-1, 1)``.
+    cluster_count : ``"components"`` (connected components of the threshold graph) or ``"rank"``
+        (rank of its 0/1 matrix, the reference code's count; dense path only, ``O(n^3)`` per save).
     per_system : also return the per-system statistics (``len(betas) x n_systems x n_saves``).
     block : (beta, system) pairs advanced together [CPU: as many as fit ~2 MB; GPU: ~1 GB].
     query_block : row block of the streaming path (its key block too).
@@ -234,6 +242,7 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     b = _betas(betas)
     dtype = _dtype(dtype)
     _validate.choice("method", method, METHODS)
+    _validate.choice("cluster_count", cluster_count, CLUSTER_COUNTS)
     if x0 is None:
         n = _validate.integer("n", n, 2)
         d = _validate.integer("d", d, 2)
@@ -253,6 +262,8 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     n_systems, n, d = x.shape
     if method == "auto":
         method = "dense" if n <= DENSE_MAX_N else "streaming"
+    if cluster_count == "rank" and method != "dense":
+        raise ValueError(f"cluster_count='rank' needs method='dense', got method={method!r}")
     n_dev = 1
     if mesh is not None:
         from .sharding import _axis, shard_batch
@@ -267,19 +278,20 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     args = (x, jnp.asarray(b, dtype), jnp.asarray(dt, dtype), segments, jnp.asarray(pt, dtype), jnp.asarray(ct, dtype))
     t0 = time.perf_counter()
     if mesh is None:
-        raw = phase_rollout(*args, method=method, block=block, query_block=query_block)
+        raw = phase_rollout(*args, method=method, block=block, query_block=query_block, cluster_count=cluster_count)
     else:
         from .sharding import phase_rollout_sharded
 
         raw = phase_rollout_sharded(*args, mesh=mesh, axis=mesh_axis, method=method, block=block,
-                                    query_block=query_block)
+                                    query_block=query_block, cluster_count=cluster_count)
     raw = jax.block_until_ready(raw)
     wall = time.perf_counter() - t0
     pairs, clusters, m = raw
     red = jax.device_get(summarize(pairs, clusters, m, n))
     params = {"n": n, "d": d, "n_systems": n_systems, "t1": t1, "dt": dt, "n_steps": n_steps,
               "n_saves": n_saves, "method": method, "block": block, "precision": dtype.name,
-              "pair_threshold": pt, "cluster_threshold": ct, "shared_initial_systems": True,
+              "pair_threshold": pt, "cluster_threshold": ct, "cluster_count": cluster_count,
+              "shared_initial_systems": True,
               "scheme": "layer", "kernel": "softmax", "devices": n_dev}
     ps = None
     if per_system:

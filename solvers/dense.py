@@ -93,12 +93,45 @@ def count_components(adj: Bool[Array, "... n n"]) -> Int[Array, "..."]:
     return jnp.sum(lab == idx, axis=-1, dtype=jnp.int32)
 
 
-def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshold, g=None):
+def matrix_rank01(a: Bool[Array, "... n n"], dtype=jnp.float64) -> Int[Array, "..."]:
+    """Rank (over the reals) of square 0/1 matrices ``a`` -- the cluster count of the reference
+    code of Geshkovski et al., which takes the rank of the thresholded Gram matrix.
+
+    Gaussian elimination with partial pivoting over ``n`` columns in a ``lax.fori_loop`` (static
+    shapes, no LAPACK call): at column ``k`` the unused row with the largest ``|a_rk|`` is the
+    pivot; the column counts toward the rank when that pivot exceeds ``n eps`` times the largest
+    entry seen, and is eliminated from every other unused row. Entries are integers at the start
+    and stay ``O(n)``-bounded in practice for these small matrices, so ``n eps`` separates true
+    zeros from round-off (checked against ``numpy.linalg.matrix_rank`` in the tests). ``O(n^3)``.
+    """
+    n = a.shape[-1]
+    m0 = a.astype(dtype)
+    tol = n * jnp.finfo(dtype).eps * 4
+
+    def body(k, c):
+        m, used, rank = c
+        col = m[..., :, k]
+        cand = jnp.where(used, 0.0, jnp.abs(col))
+        r = jnp.argmax(cand, axis=-1)
+        onehot = jnp.arange(n) == r[..., None]
+        piv = jnp.sum(jnp.where(onehot, col, 0.0), axis=-1)
+        ok = jnp.max(cand, axis=-1) > tol * jnp.maximum(1.0, jnp.max(jnp.abs(m), axis=(-2, -1)))
+        prow = jnp.sum(jnp.where(onehot[..., :, None], m, 0.0), axis=-2)
+        factor = jnp.where(onehot | used | ~ok[..., None], 0.0, col / jnp.where(ok, piv, 1.0)[..., None])
+        m = m - factor[..., :, None] * prow[..., None, :]
+        return m, used | (onehot & ok[..., None]), rank + ok.astype(jnp.int32)
+
+    init = (m0, jnp.zeros(a.shape[:-1], bool), jnp.zeros(a.shape[:-2], jnp.int32))
+    return lax.fori_loop(0, n, body, init)[2]
+
+
+def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshold, g=None, clusters="components"):
     """Statistics of systems of unit tokens from their Gram matrices ``g`` (computed when not
     given; leading axes are a batch):
 
     * ``pairs``: the number of ordered pairs ``i != j`` with ``<x_i, x_j> > pair_threshold`` (int32);
     * ``clusters``: connected components of the graph ``<x_i, x_j> > cluster_threshold`` (int32);
+      with ``clusters="rank"`` the rank of its 0/1 matrix instead (the reference code's count);
     * ``order_parameter``: ``|m|``, ``m`` the mean token.
     """
     g = jnp.einsum("...id,...jd->...ij", x, x) if g is None else g
@@ -106,9 +139,10 @@ def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshol
     pt = jnp.asarray(pair_threshold, x.dtype)
     diag = jnp.sum(jnp.diagonal(g, axis1=-2, axis2=-1) > pt, axis=-1, dtype=jnp.int32)
     pairs = jnp.sum(g > pt, axis=(-2, -1), dtype=jnp.int32) - diag
-    clusters = count_components(g > jnp.asarray(cluster_threshold, x.dtype))
+    adj = g > jnp.asarray(cluster_threshold, x.dtype)
+    count = count_components(adj) if clusters == "components" else matrix_rank01(adj, x.dtype)
     m = jnp.mean(x, axis=-2)
-    return pairs, clusters, jnp.sqrt(jnp.sum(m * m, axis=-1))
+    return pairs, count, jnp.sqrt(jnp.sum(m * m, axis=-1))
 
 
 def gram_statistics_blocked(x: Float[Array, "n d"], pair_threshold, cluster_threshold, block: int):
@@ -139,6 +173,7 @@ __all__ = [
     "layer_step",
     "layer_update",
     "count_components",
+    "matrix_rank01",
     "gram_statistics",
     "gram_statistics_blocked",
 ]

@@ -13,7 +13,7 @@ import pytest
 
 from meanfield.phase import phase_diagram, phase_rollout, save_steps, summarize
 from solvers import AttentionField, SoftmaxKernel, TransformerLayer
-from solvers.dense import count_components, gram_statistics, gram_statistics_blocked, layer_step
+from solvers.dense import count_components, gram_statistics, gram_statistics_blocked, layer_step, matrix_rank01
 
 H = 0.1
 
@@ -50,10 +50,11 @@ def np_components(adj):
     return count
 
 
-def np_stats(x, pt=0.999, ct=0.9999):
+def np_stats(x, pt=0.999, ct=0.9999, count="components"):
     g = x @ x.T
     off = ~np.eye(len(x), dtype=bool)
-    return int(np.sum((g > pt) & off)), np_components(g > ct), float(np.linalg.norm(x.mean(axis=0)))
+    clusters = np_components(g > ct) if count == "components" else np.linalg.matrix_rank((g > ct).astype(float))
+    return int(np.sum((g > pt) & off)), clusters, float(np.linalg.norm(x.mean(axis=0)))
 
 
 def test_layer_step_matches_numpy_and_streaming_kernel():
@@ -94,6 +95,26 @@ def test_count_components_matches_depth_first_search():
     assert got[0] == n and got[-2] == 1 and got[-1] == 1
 
 
+def test_matrix_rank01_matches_numpy():
+    """The reference code's cluster count: rank of the thresholded matrix (here by elimination)."""
+    rng = np.random.default_rng(2)
+    n = 12
+    mats = []
+    for p in (0.0, 0.1, 0.3, 0.6, 1.0):
+        for _ in range(6):
+            a = rng.random((n, n)) < p
+            mats += [a | a.T | np.eye(n, dtype=bool), a]
+    for k in (2, 3, 7, 12):  # chains: rank exceeds the one component they form
+        a = np.eye(n, dtype=bool)
+        a[np.arange(k - 1), np.arange(1, k)] = a[np.arange(1, k), np.arange(k - 1)] = True
+        mats.append(a)
+    mats = np.stack(mats)
+    want = [np.linalg.matrix_rank(m.astype(float)) for m in mats]
+    assert np.asarray(jax.jit(matrix_rank01)(jnp.asarray(mats))).tolist() == want
+    assert want[-2] == 12 and np_components(mats[-2]) == n - 6  # a chain of 7: rank 12, 6 components
+    assert np.asarray(jax.jit(lambda a: matrix_rank01(a, jnp.float32))(jnp.asarray(mats))).tolist() == want
+
+
 def clustered(n_clusters, per, d, spread, seed):
     """Tokens in tight clusters around random centres (cosines within a cluster > 1 - spread^2)."""
     rng = np.random.default_rng(seed)
@@ -116,7 +137,7 @@ def test_gram_statistics_dense_and_blocked_match_numpy():
     assert np.linalg.matrix_rank((x @ x.T > 0.9999).astype(float)) == int(dense(jnp.asarray(x), 0.999, 0.9999)[1]) == 3
 
 
-def np_rollout(x0, betas, steps_at, pt, ct, h):
+def np_rollout(x0, betas, steps_at, pt, ct, h, count="components"):
     out = np.zeros((3, len(betas), len(x0), len(steps_at)))
     for b, beta in enumerate(betas):
         for s, x in enumerate(x0):
@@ -125,21 +146,22 @@ def np_rollout(x0, betas, steps_at, pt, ct, h):
                 if step > 0:
                     x = np_step(x, beta, h)
                 if step == steps_at[k]:
-                    out[:, b, s, k] = np_stats(x, pt, ct)
+                    out[:, b, s, k] = np_stats(x, pt, ct, count)
                     k += 1
     return out
 
 
-@pytest.mark.parametrize("method,block", [("dense", 4), ("dense", 5), ("streaming", 3)])
-def test_phase_rollout_matches_numpy(method, block):
+@pytest.mark.parametrize("method,block,count", [("dense", 4, "components"), ("dense", 5, "rank"),
+                                                ("streaming", 3, "components")])
+def test_phase_rollout_matches_numpy(method, block, count):
     x0 = sphere((3, 6, 3), 7)
     betas = np.array([0.5, 4.0])
     at = np.array([0, 3, 12])
     pt, ct, h = 0.99, 0.999, 1.0  # clusters form within 12 steps at beta = 0.5
-    want = np_rollout(x0, betas, at, pt, ct, h)
+    want = np_rollout(x0, betas, at, pt, ct, h, count)
     seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
     pairs, clusters, m = phase_rollout(jnp.asarray(x0), jnp.asarray(betas), h, seg, pt, ct, method=method, block=block,
-                                       query_block=4)
+                                       query_block=4, cluster_count=count)
     assert pairs.shape == clusters.shape == m.shape == (2, 3, 3)
     np.testing.assert_array_equal(np.asarray(pairs), want[0])
     np.testing.assert_array_equal(np.asarray(clusters), want[1])
@@ -205,6 +227,8 @@ def test_save_steps():
     (dict(betas=[1.0], method="fast"), "method"),
     (dict(betas=[1.0], dtype="float16"), "precision"),
     (dict(betas=[1.0], cluster_threshold=1.0), "cluster_threshold"),
+    (dict(betas=[1.0], cluster_count="svd"), "cluster_count"),
+    (dict(betas=[1.0], cluster_count="rank", method="streaming"), "needs method='dense'"),
     (dict(betas=[1.0], x0=np.zeros((2, 3, 3))), "zero row"),
     (dict(betas=[1.0], x0=np.ones((3, 3))), "x0 must be"),
 ])
