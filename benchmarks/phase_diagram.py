@@ -96,11 +96,12 @@ def torch_loop(torch, x0, betas, steps, save_at=None, record_m_every_step=True):
     return np.stack(out)
 
 
-def time_torch(torch, fn, repeats):
-    """Median wall time with torch's default thread count and with one thread (CPU); best is the reference."""
+def time_torch(torch, fn, repeats, threads=None):
+    """Median wall time with torch's default thread count and with one thread (CPU), or with the
+    given thread counts; the fastest is the reference."""
     runs = {}
-    settings = [torch.get_num_threads()] + ([1] if torch.get_num_threads() != 1 else [])
     default = torch.get_num_threads()
+    settings = threads or [default] + ([1] if default != 1 else [])
     for th in settings:
         torch.set_num_threads(th)
         ts = []
@@ -164,6 +165,8 @@ def main(argv=None):
     p.add_argument("--n-saves", type=int, default=None, help="save steps (default 51 for 100 steps, 200 for --full)")
     p.add_argument("--blocks", type=int, nargs="*", default=None, help="block sizes of the dense path to time")
     p.add_argument("--no-simulate-batch", action="store_true", help="skip the simulate_batch baseline")
+    p.add_argument("--torch-threads", type=int, nargs="*", default=None,
+                   help="PyTorch thread counts to time (default: its default count and 1; the faster is the reference)")
     p.add_argument("--cpu-devices", type=int, default=2,
                    help="also time the dense path sharded over this many forced CPU devices (child process; 0: skip)")
     p.add_argument("--out", type=Path, default=None)
@@ -203,7 +206,7 @@ def main(argv=None):
     # ---- PyTorch
     torch_loop(torch, xt[:8], betas[:1], 2)  # warm-up
     log("[1] PyTorch loop over beta, |m| every step")
-    res["torch_m"] = time_torch(torch, lambda: torch_loop(torch, xt, betas, steps), a.torch_repeats)
+    res["torch_m"] = time_torch(torch, lambda: torch_loop(torch, xt, betas, steps), a.torch_repeats, a.torch_threads)
     log(f"    {res['torch_m']['run']['median_s']:.2f} s ({res['torch_m']['threads']} thread(s); all "
         + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_m"]["runs_by_threads"].items()) + ")")
     log("[2] PyTorch loop over beta, statistics at the save steps")
@@ -212,7 +215,7 @@ def main(argv=None):
     def run_stats_loop():
         ref["out"] = torch_loop(torch, xt, betas, steps, save_at=at)
 
-    res["torch_stats"] = time_torch(torch, run_stats_loop, a.torch_repeats)
+    res["torch_stats"] = time_torch(torch, run_stats_loop, a.torch_repeats, a.torch_threads)
     log(f"    {res['torch_stats']['run']['median_s']:.2f} s ({res['torch_stats']['threads']} thread(s); all "
         + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_stats"]["runs_by_threads"].items()) + ")")
     tref = ref["out"]  # (nb, T, 3, B)
@@ -253,6 +256,19 @@ def main(argv=None):
         res["jax_dense"][dtname] = {"blocks": recs, "best": best}
         if dtname == "float64":
             m64 = m_by_block[best["block"]]
+            # like for like with the PyTorch statistics loop: clusters by the rank of the 0/1 matrix
+            fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk, cluster_count="rank"))(
+                best["block"])
+            compiled, comp, mem = compile_jitted(fn, *args)
+            run = time_compiled(compiled, args, a.repeats)
+            clusters = np.asarray(compiled(*args)[1])
+            rk = {"block": best["block"], "compile": comp, "memory": mem, "run": run,
+                  "clusters_equal_torch_rank_fraction": float(np.mean(clusters == tref[:, :, 1, :].transpose(0, 2, 1))),
+                  "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"]}
+            res["jax_dense"]["float64_rank"] = rk
+            log(f"[3] jax dense float64 cluster_count='rank' block={best['block']}: run {run['median_s']:.3f} s, "
+                f"{rk['speedup_vs_torch_stats']:.1f}x vs torch stats loop, clusters equal to torch's rank "
+                f"{rk['clusters_equal_torch_rank_fraction']:.4f}")
 
     # ---- the same on several CPU devices (systems sharded; one XLA device per core)
     if a.cpu_devices > 1 and not gpu:
@@ -289,6 +305,8 @@ def main(argv=None):
         "torch_m_s": res["torch_m"]["run"]["median_s"], "torch_stats_s": res["torch_stats"]["run"]["median_s"],
         "speedup_vs_torch_m": b64["speedup_vs_torch_m"], "speedup_vs_torch_stats": b64["speedup_vs_torch_stats"],
         "jax_dense_float32_s": res["jax_dense"]["float32"]["best"]["run"]["median_s"],
+        "jax_dense_float64_rank_s": res["jax_dense"]["float64_rank"]["run"]["median_s"],
+        "speedup_rank_vs_torch_stats": res["jax_dense"]["float64_rank"]["speedup_vs_torch_stats"],
         "matmul_gflop_per_s_float64": b64["matmul_gflop_per_s"],
         "simulate_batch_s": res.get("simulate_batch", {}).get("run", {}).get("median_s"),
         "jax_dense_float64_sharded_cpu_devices_s": res.get("jax_dense_sharded_cpu_devices", {}).get("run", {}).get(

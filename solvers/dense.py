@@ -68,6 +68,19 @@ def layer_step(x: Float[Array, "B n d"], beta: Float[Array, " B"], h) -> Float[A
     return layer_update(x, gram(x), beta, h)
 
 
+def component_labels(adj: Bool[Array, "... n n"]) -> Int[Array, "... n"]:
+    """The smallest node index of each node's connected component (see :func:`count_components`)."""
+    n = adj.shape[-1]
+    lab0 = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), adj.shape[:-1])
+
+    def body(state):
+        lab, _ = state
+        new = jnp.minimum(lab, jnp.min(jnp.where(adj, lab[..., None, :], n), axis=-1))
+        return new, jnp.any(new != lab)
+
+    return lax.while_loop(lambda s: s[1], body, (lab0, jnp.asarray(True)))[0]
+
+
 def count_components(adj: Bool[Array, "... n n"]) -> Int[Array, "..."]:
     """Number of connected components of undirected graphs with adjacency ``adj`` (symmetric;
     leading axes are a batch).
@@ -80,44 +93,37 @@ def count_components(adj: Bool[Array, "... n n"]) -> Int[Array, "..."]:
     the largest diameter in the batch plus one -- two for unions of cliques, the usual case near
     clusters.
     """
-    n = adj.shape[-1]
-    idx = jnp.arange(n, dtype=jnp.int32)
-    lab0 = jnp.broadcast_to(idx, adj.shape[:-1])
-
-    def body(state):
-        lab, _ = state
-        new = jnp.minimum(lab, jnp.min(jnp.where(adj, lab[..., None, :], n), axis=-1))
-        return new, jnp.any(new != lab)
-
-    lab, _ = lax.while_loop(lambda s: s[1], body, (lab0, jnp.asarray(True)))
-    return jnp.sum(lab == idx, axis=-1, dtype=jnp.int32)
+    idx = jnp.arange(adj.shape[-1], dtype=jnp.int32)
+    return jnp.sum(component_labels(adj) == idx, axis=-1, dtype=jnp.int32)
 
 
 def matrix_rank01(a: Bool[Array, "... n n"], dtype=jnp.float64) -> Int[Array, "..."]:
     """Rank (over the reals) of square 0/1 matrices ``a`` -- the cluster count of the reference
     code of Geshkovski et al., which takes the rank of the thresholded Gram matrix.
 
-    Gaussian elimination with partial pivoting over ``n`` columns in a ``lax.fori_loop`` (static
-    shapes, no LAPACK call): at column ``k`` the unused row with the largest ``|a_rk|`` is the
-    pivot; the column counts toward the rank when that pivot exceeds ``n eps`` times the largest
-    entry seen, and is eliminated from every other unused row. Entries are integers at the start
-    and stay ``O(n)``-bounded in practice for these small matrices, so ``n eps`` separates true
-    zeros from round-off (checked against ``numpy.linalg.matrix_rank`` in the tests). ``O(n^3)``.
+    Gaussian elimination with partial pivoting over the ``n`` columns in a ``lax.fori_loop``
+    (static shapes, no LAPACK call): at column ``k`` the unused row with the largest ``|a_rk|``
+    is the pivot; the column counts toward the rank when that entry exceeds ``sqrt(eps)`` and is
+    then eliminated from the other unused rows. The matrices start with integer entries and the
+    pivots of a 0/1 matrix are ratios of integer minors, far above ``sqrt(eps)`` at these sizes,
+    while round-off leaves ``O(n eps)``; checked against ``numpy.linalg.matrix_rank`` (SVD) in
+    the tests. Cost ``O(n^3)`` per matrix: ~``n / (2 d)`` times a dense layer step.
     """
     n = a.shape[-1]
     m0 = a.astype(dtype)
-    tol = n * jnp.finfo(dtype).eps * 4
+    tol = jnp.sqrt(jnp.finfo(dtype).eps)
+    rows = jnp.arange(n)
 
     def body(k, c):
         m, used, rank = c
-        col = m[..., :, k]
+        col = lax.dynamic_index_in_dim(m, k, axis=-1, keepdims=False)
         cand = jnp.where(used, 0.0, jnp.abs(col))
         r = jnp.argmax(cand, axis=-1)
-        onehot = jnp.arange(n) == r[..., None]
-        piv = jnp.sum(jnp.where(onehot, col, 0.0), axis=-1)
-        ok = jnp.max(cand, axis=-1) > tol * jnp.maximum(1.0, jnp.max(jnp.abs(m), axis=(-2, -1)))
-        prow = jnp.sum(jnp.where(onehot[..., :, None], m, 0.0), axis=-2)
-        factor = jnp.where(onehot | used | ~ok[..., None], 0.0, col / jnp.where(ok, piv, 1.0)[..., None])
+        ok = jnp.max(cand, axis=-1) > tol
+        prow = jnp.take_along_axis(m, r[..., None, None], axis=-2)[..., 0, :]
+        piv = jnp.take_along_axis(col, r[..., None], axis=-1)
+        onehot = rows == r[..., None]
+        factor = jnp.where(onehot | used | ~ok[..., None], 0.0, col / jnp.where(ok[..., None], piv, 1.0))
         m = m - factor[..., :, None] * prow[..., None, :]
         return m, used | (onehot & ok[..., None]), rank + ok.astype(jnp.int32)
 
@@ -140,7 +146,14 @@ def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshol
     diag = jnp.sum(jnp.diagonal(g, axis1=-2, axis2=-1) > pt, axis=-1, dtype=jnp.int32)
     pairs = jnp.sum(g > pt, axis=(-2, -1), dtype=jnp.int32) - diag
     adj = g > jnp.asarray(cluster_threshold, x.dtype)
-    count = count_components(adj) if clusters == "components" else matrix_rank01(adj, x.dtype)
+    lab = component_labels(adj)
+    count = jnp.sum(lab == jnp.arange(n, dtype=jnp.int32), axis=-1, dtype=jnp.int32)
+    if clusters == "rank":
+        # a union of cliques (adj_ij <=> same component) has rank = number of components; the
+        # O(n^3) elimination runs only when some graph of the batch is not one
+        cliques = jnp.all(adj == (lab[..., :, None] == lab[..., None, :]), axis=(-2, -1))
+        count = lax.cond(jnp.all(cliques), lambda: count,
+                         lambda: jnp.where(cliques, count, matrix_rank01(adj, x.dtype)))
     m = jnp.mean(x, axis=-2)
     return pairs, count, jnp.sqrt(jnp.sum(m * m, axis=-1))
 
@@ -172,6 +185,7 @@ __all__ = [
     "softmax_drive",
     "layer_step",
     "layer_update",
+    "component_labels",
     "count_components",
     "matrix_rank01",
     "gram_statistics",
