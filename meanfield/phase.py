@@ -237,7 +237,8 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
 
     Differences from the reference code: it draws new systems for every beta (here they are
     shared), records its time-0 checkpoint after the first step (here the initial state), and
-    counts clusters by a matrix rank (here by connected components; see the module doc).
+    counts clusters by a matrix rank (here by connected components unless ``cluster_count="rank"``;
+    see the module doc). ``stats["wall_time"]`` includes compilation on a first call.
     """
     b = _betas(betas)
     dtype = _dtype(dtype)
