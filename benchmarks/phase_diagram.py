@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 from meanfield.phase import phase_rollout, save_steps  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import compile_jitted, log, machine, run_stats, time_compiled, write_json  # noqa: E402
+from _harness import compile_jitted, log, machine, write_json  # noqa: E402
 
 PAIR_T, CLUSTER_T, H = 0.999, 0.9999, 0.1
 TARGET = 10.0
@@ -96,6 +96,25 @@ def torch_loop(torch, x0, betas, steps, save_at=None, record_m_every_step=True):
     return np.stack(out)
 
 
+def timed(fn, repeats, warmup=0):
+    """Wall AND process CPU time of ``fn()`` (medians). On a shared machine the wall time depends on
+    the other jobs; the CPU time of this process much less (one thread here = one core's work)."""
+    for _ in range(warmup):
+        fn()
+    ws, cs = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        ws.append(time.perf_counter() - w0)
+        cs.append(time.process_time() - c0)
+    return {"median_s": float(np.median(ws)), "min_s": float(min(ws)), "all_s": ws, "repeats": repeats,
+            "cpu_median_s": float(np.median(cs)), "all_cpu_s": cs}
+
+
+def time_jax(compiled, args, repeats):
+    return timed(lambda: jax.block_until_ready(compiled(*args)), repeats, warmup=1)
+
+
 def time_torch(torch, fn, repeats, threads=None):
     """Median wall time with torch's default thread count and with one thread (CPU), or with the
     given thread counts; the fastest is the reference."""
@@ -104,12 +123,7 @@ def time_torch(torch, fn, repeats, threads=None):
     settings = threads or [default] + ([1] if default != 1 else [])
     for th in settings:
         torch.set_num_threads(th)
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        runs[str(th)] = run_stats(ts)
+        runs[str(th)] = timed(fn, repeats)
     torch.set_num_threads(default)
     best = min(runs, key=lambda k: runs[k]["median_s"])
     return {"run": runs[best], "threads": best, "runs_by_threads": runs}
@@ -133,7 +147,7 @@ def child_sharded(cfg_path):
         return phase_rollout_sharded(*a_, mesh=mesh, axis="batch", method="dense", block=cfg["block"])
 
     compiled, comp, mem = compile_jitted(fn, *args)
-    run = time_compiled(compiled, args, cfg["repeats"])
+    run = time_jax(compiled, args, cfg["repeats"])
     pairs, clusters, m = (np.asarray(v) for v in compiled(*args))
     ref = np.load(cfg["m_ref"])
     print("RESULT " + json.dumps({"devices": len(jax.devices()), "block": cfg["block"], "compile": comp, "run": run,
@@ -207,7 +221,8 @@ def main(argv=None):
     torch_loop(torch, xt[:8], betas[:1], 2)  # warm-up
     log("[1] PyTorch loop over beta, |m| every step")
     res["torch_m"] = time_torch(torch, lambda: torch_loop(torch, xt, betas, steps), a.torch_repeats, a.torch_threads)
-    log(f"    {res['torch_m']['run']['median_s']:.2f} s ({res['torch_m']['threads']} thread(s); all "
+    log(f"    {res['torch_m']['run']['median_s']:.2f} s, cpu {res['torch_m']['run']['cpu_median_s']:.2f} s "
+        f"({res['torch_m']['threads']} thread(s); all "
         + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_m"]["runs_by_threads"].items()) + ")")
     log("[2] PyTorch loop over beta, statistics at the save steps")
     ref = {}
@@ -216,14 +231,15 @@ def main(argv=None):
         ref["out"] = torch_loop(torch, xt, betas, steps, save_at=at)
 
     res["torch_stats"] = time_torch(torch, run_stats_loop, a.torch_repeats, a.torch_threads)
-    log(f"    {res['torch_stats']['run']['median_s']:.2f} s ({res['torch_stats']['threads']} thread(s); all "
+    log(f"    {res['torch_stats']['run']['median_s']:.2f} s, cpu {res['torch_stats']['run']['cpu_median_s']:.2f} s "
+        f"({res['torch_stats']['threads']} thread(s); all "
         + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_stats"]["runs_by_threads"].items()) + ")")
     tref = ref["out"]  # (nb, T, 3, B)
 
     # ---- JAX dense path
     seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
     res["jax_dense"] = {}
-    blocks = a.blocks or ([4096, 16384] if gpu else [256, 1024])
+    blocks = a.blocks or ([4096, 16384] if gpu else [256])
     m_by_block = {}
     for dtname in ("float64", "float32"):
         dt = jnp.dtype(dtname)
@@ -234,11 +250,13 @@ def main(argv=None):
         for blk in blocks:
             fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk))(blk)
             compiled, comp, mem = compile_jitted(fn, *args)
-            run = time_compiled(compiled, args, a.repeats)
+            run = time_jax(compiled, args, a.repeats)
             rec = {"block": blk, "compile": comp, "memory": mem, "run": run,
                    "matmul_gflop_per_s": flop / run["median_s"] / 1e9,
                    "speedup_vs_torch_m": res["torch_m"]["run"]["median_s"] / run["median_s"],
-                   "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"]}
+                   "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"],
+                   "cpu_speedup_vs_torch_m": res["torch_m"]["run"]["cpu_median_s"] / run["cpu_median_s"],
+                   "cpu_speedup_vs_torch_stats": res["torch_stats"]["run"]["cpu_median_s"] / run["cpu_median_s"]}
             if dtname == "float64":
                 pairs, clusters, m = (np.asarray(v) for v in compiled(*args))  # (nb, B, T)
                 m_by_block[blk] = m
@@ -246,7 +264,9 @@ def main(argv=None):
                 rec["pairs_equal_fraction"] = float(np.mean(pairs == tref[:, :, 0, :].transpose(0, 2, 1)))
                 rec["clusters_equal_rank_fraction"] = float(np.mean(clusters == tref[:, :, 1, :].transpose(0, 2, 1)))
             recs.append(rec)
-            log(f"[3] jax dense {dtname} block={blk}: run {run['median_s']:.3f} s (min {run['min_s']:.3f}), compile "
+            log(f"[3] jax dense {dtname} block={blk}: run {run['median_s']:.3f} s (min {run['min_s']:.3f}, cpu "
+                f"{run['cpu_median_s']:.2f} s, cpu-time ratio vs torch |m| loop {rec['cpu_speedup_vs_torch_m']:.1f}x), "
+                f"compile "
                 f"{comp['compile_s']:.2f} s, {rec['matmul_gflop_per_s']:.1f} GFLOP/s, "
                 f"{rec['speedup_vs_torch_m']:.1f}x vs torch |m| loop, {rec['speedup_vs_torch_stats']:.1f}x vs torch "
                 f"stats loop" + (f", |m| diff {rec['max_abs_diff_m_vs_torch']:.1e}, pairs equal "
@@ -260,14 +280,16 @@ def main(argv=None):
             fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk, cluster_count="rank"))(
                 best["block"])
             compiled, comp, mem = compile_jitted(fn, *args)
-            run = time_compiled(compiled, args, a.repeats)
+            run = time_jax(compiled, args, a.repeats)
             clusters = np.asarray(compiled(*args)[1])
             rk = {"block": best["block"], "compile": comp, "memory": mem, "run": run,
                   "clusters_equal_torch_rank_fraction": float(np.mean(clusters == tref[:, :, 1, :].transpose(0, 2, 1))),
-                  "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"]}
+                  "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"],
+                  "cpu_speedup_vs_torch_stats": res["torch_stats"]["run"]["cpu_median_s"] / run["cpu_median_s"]}
             res["jax_dense"]["float64_rank"] = rk
-            log(f"[3] jax dense float64 cluster_count='rank' block={best['block']}: run {run['median_s']:.3f} s, "
-                f"{rk['speedup_vs_torch_stats']:.1f}x vs torch stats loop, clusters equal to torch's rank "
+            log(f"[3] jax dense float64 cluster_count='rank' block={best['block']}: run {run['median_s']:.3f} s "
+                f"(cpu {run['cpu_median_s']:.2f} s), {rk['speedup_vs_torch_stats']:.1f}x vs torch stats loop (cpu "
+                f"{rk['cpu_speedup_vs_torch_stats']:.1f}x), clusters equal to torch's rank "
                 f"{rk['clusters_equal_torch_rank_fraction']:.4f}")
 
     # ---- the same on several CPU devices (systems sharded; one XLA device per core)
@@ -295,7 +317,7 @@ def main(argv=None):
         sargs = (xs, jnp.asarray(A.ravel()), jnp.asarray(1.0), jnp.asarray(H))
         fn = lambda *a_: _rollout_batch(*a_, kernel="softmax", method="layer", layers=steps, kernel_options=())  # noqa: E731
         compiled, comp, mem = compile_jitted(fn, *sargs)
-        run = time_compiled(compiled, sargs, 1)
+        run = time_jax(compiled, sargs, 1)
         res["simulate_batch"] = {"compile": comp, "memory": mem, "run": run}
         log(f"[4] simulate_batch float64: run {run['median_s']:.2f} s, compile {comp['compile_s']:.2f} s")
 
@@ -304,6 +326,8 @@ def main(argv=None):
         "jax_dense_float64_s": b64["run"]["median_s"], "block": b64["block"],
         "torch_m_s": res["torch_m"]["run"]["median_s"], "torch_stats_s": res["torch_stats"]["run"]["median_s"],
         "speedup_vs_torch_m": b64["speedup_vs_torch_m"], "speedup_vs_torch_stats": b64["speedup_vs_torch_stats"],
+        "cpu_speedup_vs_torch_m": b64["cpu_speedup_vs_torch_m"],
+        "cpu_speedup_vs_torch_stats": b64["cpu_speedup_vs_torch_stats"],
         "jax_dense_float32_s": res["jax_dense"]["float32"]["best"]["run"]["median_s"],
         "jax_dense_float64_rank_s": res["jax_dense"]["float64_rank"]["run"]["median_s"],
         "speedup_rank_vs_torch_stats": res["jax_dense"]["float64_rank"]["speedup_vs_torch_stats"],
@@ -320,7 +344,8 @@ def main(argv=None):
     s = res["summary"]
     log(f"\nsummary: jax dense float64 {s['jax_dense_float64_s']:.2f} s (block {s['block']}), float32 "
         f"{s['jax_dense_float32_s']:.2f} s; torch |m| loop {s['torch_m_s']:.2f} s -> {s['speedup_vs_torch_m']:.1f}x; "
-        f"torch stats loop {s['torch_stats_s']:.2f} s -> {s['speedup_vs_torch_stats']:.1f}x (target {TARGET:g}x: "
+        f"torch stats loop {s['torch_stats_s']:.2f} s -> {s['speedup_vs_torch_stats']:.1f}x; cpu-time ratios "
+        f"{s['cpu_speedup_vs_torch_m']:.1f}x and {s['cpu_speedup_vs_torch_stats']:.1f}x (target {TARGET:g}x: "
         f"{'PASS' if s['target_met'] else 'MISS'}); {s['matmul_gflop_per_s_float64']:.1f} GFLOP/s; "
         + (f"simulate_batch {s['simulate_batch_s']:.2f} s; " if s["simulate_batch_s"] else "")
         + (f"{a.cpu_devices} CPU devices {s['jax_dense_float64_sharded_cpu_devices_s']:.2f} s; "
