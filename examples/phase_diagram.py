@@ -11,8 +11,8 @@ at large beta they stay apart for a long, metastable time; the boundary moves wi
 
 Sizes: ``--full`` is the authors' setting (90 betas in [0.1, 9] x 2 048 systems, 200 save times,
 float64; meant for a GPU -- 2.3e14 FLOP of matrix products for d = 1024). The default is a
-reduced CPU run (24 betas x 64 systems, 61 save times, float32 for d = 1024): 2 min 45 s on 2 shared CPU cores at a load
-average of ~12 (64 s of CPU time), most of it d = 1024.
+reduced CPU run (24 betas x 64 systems, 61 save times, float32 for d = 1024): 2 min 45 s on 2
+shared CPU cores at a load average of ~12 (64 s of CPU time), most of it d = 1024.
 
 Run: ``python examples/phase_diagram.py [--full]`` (writes ``docs/img/phase_diagram.png`` and
 prints the wall time of each panel). Library: :func:`meanfield.phase.phase_diagram`, docs/phase_diagrams.md.
