@@ -1,0 +1,358 @@
+"""Phase-diagram benchmark (issue 11): ``meanfield.phase`` against the PyTorch loop over beta.
+
+The workload is the experiment of Geshkovski et al. (2023), reference code ``phase-diagrams.py``:
+``len(betas)`` inverse temperatures x ``B`` systems of ``n`` tokens in ``R^d``, ``steps`` transformer
+layers ``Z <- normalize(Z + dt softmax(beta Z Z^T) Z)`` of ``dt = 0.1``, float64. In one process:
+
+1. ``torch_m``: the PyTorch loop over beta as measured in the issue -- batched ``bmm`` +
+   ``softmax`` + ``normalize`` per step, ``|m|`` recorded after every step;
+2. ``torch_stats``: the same loop recording the reference's statistics at the save steps only:
+   pairs with ``<x_i, x_j> > 0.999``, number of clusters (the reference's rank of the 0/1 matrix
+   ``<x_i, x_j> > 0.9999``, batched over systems instead of its Python loop) and ``|m|``;
+3. ``jax_dense``: :func:`meanfield.phase.phase_rollout` (dense path, the same statistics at the
+   same save steps, clusters as connected components), float64 and float32, AOT compiled;
+4. ``simulate_batch``: what a meanfield user ran before (the vmapped streaming rollout, ``|m|``
+   after every layer), float64.
+
+PyTorch is timed with its default thread count and with one thread; the faster is the reference
+(on a shared 2-core machine oversubscription can make the default much slower). Compile time is
+recorded apart from run time; JAX runs are warmed up and end in ``block_until_ready``. The float64
+JAX statistics are checked against the PyTorch ones (``|m|`` to round-off; pair counts; clusters).
+Results go to ``benchmarks/results/phase_diagram.json`` with the machine description.
+
+Run (about 3-5 minutes on 2 cores):  ``python benchmarks/phase_diagram.py``
+The issue's GPU workload (90 betas x 2048 x n = 32 x d = 128 x 300 steps, 200 saves):
+``python benchmarks/phase_diagram.py --full`` (PyTorch on CUDA when available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)  # the benchmark's float64 reference; the library never does this
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from meanfield.phase import phase_rollout, save_steps  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import compile_jitted, log, machine, write_json  # noqa: E402
+
+PAIR_T, CLUSTER_T, H = 0.999, 0.9999, 0.1
+TARGET = 10.0
+
+
+# ---------------------------------------------------------------- the PyTorch loop over beta
+def torch_loop(torch, x0, betas, steps, save_at=None, record_m_every_step=True):
+    """The authors' scheme, batched over systems, one beta at a time (float64).
+
+    With ``save_at`` (sorted step indices) it records per-system ``(pairs, clusters, |m|)`` at those
+    steps (clusters = rank of the thresholded Gram matrix, as in the reference); otherwise ``|m|``
+    after every step. Returns NumPy arrays.
+    """
+    dev = x0.device
+    n = x0.shape[1]
+    off = ~torch.eye(n, dtype=torch.bool, device=dev)
+    out = []
+    for beta in betas:
+        z = x0.clone()
+        rec = []
+
+        def stats(z):
+            g = torch.bmm(z, z.transpose(1, 2))
+            pairs = ((g > PAIR_T) & off).sum(dim=(1, 2))
+            clusters = torch.linalg.matrix_rank((g > CLUSTER_T).to(z.dtype))
+            return torch.stack([pairs.to(z.dtype), clusters.to(z.dtype), z.mean(1).norm(dim=-1)])
+
+        if save_at is not None and save_at[0] == 0:
+            rec.append(stats(z))
+        k = 1 if save_at is not None and save_at[0] == 0 else 0
+        for s in range(1, steps + 1):
+            sm = torch.softmax(float(beta) * torch.bmm(z, z.transpose(1, 2)), dim=2)
+            z = torch.nn.functional.normalize(z + H * torch.bmm(sm, z), dim=2)
+            if save_at is None:
+                if record_m_every_step:
+                    rec.append(z.mean(1).norm(dim=-1))
+            elif k < len(save_at) and s == save_at[k]:
+                rec.append(stats(z))
+                k += 1
+        out.append(torch.stack(rec).cpu().numpy())
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return np.stack(out)
+
+
+def timed(fn, repeats, warmup=0):
+    """Wall AND process CPU time of ``fn()`` (medians). On a shared machine the wall time depends on
+    the other jobs; the CPU time of this process much less (one thread here = one core's work)."""
+    for _ in range(warmup):
+        fn()
+    ws, cs = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        ws.append(time.perf_counter() - w0)
+        cs.append(time.process_time() - c0)
+    return {"median_s": float(np.median(ws)), "min_s": float(min(ws)), "all_s": ws, "repeats": repeats,
+            "cpu_median_s": float(np.median(cs)), "all_cpu_s": cs}
+
+
+def time_jax(compiled, args, repeats):
+    return timed(lambda: jax.block_until_ready(compiled(*args)), repeats, warmup=1)
+
+
+def time_torch(torch, fn, repeats, threads=None):
+    """Median wall time with torch's default thread count and with one thread (CPU), or with the
+    given thread counts; the fastest is the reference."""
+    runs = {}
+    default = torch.get_num_threads()
+    settings = threads or [default] + ([1] if default != 1 else [])
+    for th in settings:
+        torch.set_num_threads(th)
+        runs[str(th)] = timed(fn, repeats)
+    torch.set_num_threads(default)
+    best = min(runs, key=lambda k: runs[k]["median_s"])
+    return {"run": runs[best], "threads": best, "runs_by_threads": runs}
+
+
+# ---------------------------------------------------------------- JAX on several CPU devices
+def child_sharded(cfg_path):
+    """Child process (started with ``--xla_force_host_platform_device_count``): time
+    ``phase_rollout_sharded`` with the systems split over the forced CPU devices."""
+    from meanfield.sharding import device_mesh, phase_rollout_sharded, shard_batch
+
+    cfg = json.loads(Path(cfg_path).read_text())
+    x0 = np.load(cfg["x0"])
+    mesh = device_mesh("batch")
+    at = np.asarray(cfg["save_at"])
+    seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
+    args = (shard_batch(x0, mesh), jnp.asarray(cfg["betas"]), jnp.asarray(H), seg, jnp.asarray(PAIR_T),
+            jnp.asarray(CLUSTER_T))
+
+    def fn(*a_):
+        return phase_rollout_sharded(*a_, mesh=mesh, axis="batch", method="dense", block=cfg["block"])
+
+    compiled, comp, mem = compile_jitted(fn, *args)
+    run = time_jax(compiled, args, cfg["repeats"])
+    pairs, clusters, m = (np.asarray(v) for v in compiled(*args))
+    ref = np.load(cfg["m_ref"])
+    print("RESULT " + json.dumps({"devices": len(jax.devices()), "block": cfg["block"], "compile": comp, "run": run,
+                                  "max_abs_diff_m_vs_one_device": float(np.max(np.abs(m - ref)))}), flush=True)
+
+
+def run_sharded_child(x0, betas, at, block, repeats, m_ref, n_devices):
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/x0.npy", x0)
+        np.save(f"{tmp}/m.npy", m_ref)
+        cfg = {"x0": f"{tmp}/x0.npy", "m_ref": f"{tmp}/m.npy", "betas": [float(b) for b in betas],
+               "save_at": [int(s) for s in at], "block": block, "repeats": repeats}
+        Path(f"{tmp}/cfg.json").write_text(json.dumps(cfg))
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}", JAX_PLATFORMS="cpu")
+        r = subprocess.run([sys.executable, __file__, "--child-sharded", f"{tmp}/cfg.json"], env=env,
+                           capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"error": r.stderr[-2000:]}
+    return json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--full", action="store_true", help="the issue's GPU workload: 90 betas, d = 128, 300 steps")
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke test); ratios not comparable")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of the JAX runs (default 3)")
+    p.add_argument("--torch-repeats", type=int, default=1, help="timed repeats of each PyTorch run (default 1)")
+    p.add_argument("--n-saves", type=int, default=None, help="save steps (default 51 for 100 steps, 200 for --full)")
+    p.add_argument("--blocks", type=int, nargs="*", default=None, help="block sizes of the dense path to time")
+    p.add_argument("--no-simulate-batch", action="store_true", help="skip the simulate_batch baseline")
+    p.add_argument("--torch-threads", type=int, nargs="*", default=None,
+                   help="PyTorch thread counts to time (default: its default count and 1; the faster is the reference)")
+    p.add_argument("--cpu-devices", type=int, default=2,
+                   help="also time the dense path sharded over this many forced CPU devices (child process; 0: skip)")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--child-sharded", type=str, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child_sharded:
+        return child_sharded(a.child_sharded)
+    import torch
+
+    if a.full:
+        B, n, d, nb, steps, ns = 2048, 32, 128, 90, 300, a.n_saves or 200
+    elif a.quick:
+        B, n, d, nb, steps, ns = 256, 32, 8, 4, 20, a.n_saves or 11
+    else:
+        B, n, d, nb, steps, ns = 2048, 32, 8, 10, 100, a.n_saves or 51
+    betas = np.linspace(0.1, 9.0, nb)
+    at = save_steps(steps, ns)
+    gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    dev = torch.device("cuda" if gpu else "cpu")
+    res = {"benchmark": "phase_diagram", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": machine(), "torch": torch.__version__, "torch_device": str(dev),
+           "torch_default_threads": torch.get_num_threads(),
+           "sizes": {"B": B, "n": n, "d": d, "n_betas": nb, "steps": steps, "n_saves": ns, "dt": H,
+                     "betas": [float(b) for b in betas]},
+           "target_speedup": TARGET}
+    mc = res["machine"]
+    log(f"machine: {mc['cpu_model']}, {mc['usable_cores']} cores, jax {jax.__version__} ({jax.default_backend()}), "
+        f"torch {torch.__version__} ({dev}), load {mc['loadavg_at_start'][0]:.1f}")
+    log(f"workload: {nb} betas x {B} systems x n = {n} x d = {d}, {steps} steps, {ns} saves, float64")
+    flop = 4.0 * n * n * d * B * nb * steps  # the two n x n x d matrix products per step
+    res["matmul_flop"] = flop
+
+    x0 = np.random.default_rng(0).standard_normal((B, n, d))
+    x0 /= np.linalg.norm(x0, axis=-1, keepdims=True)
+    xt = torch.from_numpy(x0).to(dev)
+
+    # ---- PyTorch
+    torch_loop(torch, xt[:8], betas[:1], 2)  # warm-up
+    log("[1] PyTorch loop over beta, |m| every step")
+    res["torch_m"] = time_torch(torch, lambda: torch_loop(torch, xt, betas, steps), a.torch_repeats, a.torch_threads)
+    log(f"    {res['torch_m']['run']['median_s']:.2f} s, cpu {res['torch_m']['run']['cpu_median_s']:.2f} s "
+        f"({res['torch_m']['threads']} thread(s); all "
+        + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_m"]["runs_by_threads"].items()) + ")")
+    log("[2] PyTorch loop over beta, statistics at the save steps")
+    ref = {}
+
+    def run_stats_loop():
+        ref["out"] = torch_loop(torch, xt, betas, steps, save_at=at)
+
+    res["torch_stats"] = time_torch(torch, run_stats_loop, a.torch_repeats, a.torch_threads)
+    log(f"    {res['torch_stats']['run']['median_s']:.2f} s, cpu {res['torch_stats']['run']['cpu_median_s']:.2f} s "
+        f"({res['torch_stats']['threads']} thread(s); all "
+        + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_stats"]["runs_by_threads"].items()) + ")")
+    tref = ref["out"]  # (nb, T, 3, B)
+
+    # ---- JAX dense path
+    seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
+    res["jax_dense"] = {}
+    blocks = a.blocks or ([4096, 16384] if gpu else [256])
+    m_by_block = {}
+    for dtname in ("float64", "float32"):
+        dt = jnp.dtype(dtname)
+        xj = jnp.asarray(x0, dt)
+        args = (xj, jnp.asarray(betas, dt), jnp.asarray(H, dt), seg, jnp.asarray(PAIR_T, dt),
+                jnp.asarray(CLUSTER_T, dt))
+        recs = []
+        for blk in blocks:
+            fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk))(blk)
+            compiled, comp, mem = compile_jitted(fn, *args)
+            run = time_jax(compiled, args, a.repeats)
+            rec = {"block": blk, "compile": comp, "memory": mem, "run": run,
+                   "matmul_gflop_per_s": flop / run["median_s"] / 1e9,
+                   "speedup_vs_torch_m": res["torch_m"]["run"]["median_s"] / run["median_s"],
+                   "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"],
+                   "cpu_speedup_vs_torch_m": res["torch_m"]["run"]["cpu_median_s"] / run["cpu_median_s"],
+                   "cpu_speedup_vs_torch_stats": res["torch_stats"]["run"]["cpu_median_s"] / run["cpu_median_s"]}
+            if dtname == "float64":
+                pairs, clusters, m = (np.asarray(v) for v in compiled(*args))  # (nb, B, T)
+                m_by_block[blk] = m
+                rec["max_abs_diff_m_vs_torch"] = float(np.max(np.abs(m - tref[:, :, 2, :].transpose(0, 2, 1))))
+                rec["pairs_equal_fraction"] = float(np.mean(pairs == tref[:, :, 0, :].transpose(0, 2, 1)))
+                rec["clusters_equal_rank_fraction"] = float(np.mean(clusters == tref[:, :, 1, :].transpose(0, 2, 1)))
+            recs.append(rec)
+            log(f"[3] jax dense {dtname} block={blk}: run {run['median_s']:.3f} s (min {run['min_s']:.3f}, cpu "
+                f"{run['cpu_median_s']:.2f} s, cpu-time ratio vs torch |m| loop {rec['cpu_speedup_vs_torch_m']:.1f}x), "
+                f"compile "
+                f"{comp['compile_s']:.2f} s, {rec['matmul_gflop_per_s']:.1f} GFLOP/s, "
+                f"{rec['speedup_vs_torch_m']:.1f}x vs torch |m| loop, {rec['speedup_vs_torch_stats']:.1f}x vs torch "
+                f"stats loop" + (f", |m| diff {rec['max_abs_diff_m_vs_torch']:.1e}, pairs equal "
+                                 f"{rec['pairs_equal_fraction']:.4f}, clusters = rank "
+                                 f"{rec['clusters_equal_rank_fraction']:.4f}" if dtname == "float64" else ""))
+        best = min(recs, key=lambda r: r["run"]["median_s"])
+        res["jax_dense"][dtname] = {"blocks": recs, "best": best}
+        if dtname == "float64":
+            m64 = m_by_block[best["block"]]
+            # like for like with the PyTorch statistics loop: clusters by the rank of the 0/1 matrix
+            fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk, cluster_count="rank"))(
+                best["block"])
+            compiled, comp, mem = compile_jitted(fn, *args)
+            run = time_jax(compiled, args, a.repeats)
+            clusters = np.asarray(compiled(*args)[1])
+            rk = {"block": best["block"], "compile": comp, "memory": mem, "run": run,
+                  "clusters_equal_torch_rank_fraction": float(np.mean(clusters == tref[:, :, 1, :].transpose(0, 2, 1))),
+                  "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"],
+                  "cpu_speedup_vs_torch_stats": res["torch_stats"]["run"]["cpu_median_s"] / run["cpu_median_s"]}
+            res["jax_dense"]["float64_rank"] = rk
+            log(f"[3] jax dense float64 cluster_count='rank' block={best['block']}: run {run['median_s']:.3f} s "
+                f"(cpu {run['cpu_median_s']:.2f} s), {rk['speedup_vs_torch_stats']:.1f}x vs torch stats loop (cpu "
+                f"{rk['cpu_speedup_vs_torch_stats']:.1f}x), clusters equal to torch's rank "
+                f"{rk['clusters_equal_torch_rank_fraction']:.4f}")
+
+    # ---- the same on several CPU devices (systems sharded; one XLA device per core)
+    if a.cpu_devices > 1 and not gpu:
+        b64 = res["jax_dense"]["float64"]["best"]
+        sh = run_sharded_child(x0, betas, at, b64["block"], a.repeats, m64, a.cpu_devices)
+        if "run" in sh:
+            sh["speedup_vs_torch_m"] = res["torch_m"]["run"]["median_s"] / sh["run"]["median_s"]
+            sh["speedup_vs_torch_stats"] = res["torch_stats"]["run"]["median_s"] / sh["run"]["median_s"]
+            sh["matmul_gflop_per_s"] = flop / sh["run"]["median_s"] / 1e9
+            log(f"[3b] jax dense float64 on {sh['devices']} CPU devices (block {sh['block']}): run "
+                f"{sh['run']['median_s']:.3f} s, {sh['speedup_vs_torch_m']:.1f}x vs torch |m| loop, "
+                f"{sh['speedup_vs_torch_stats']:.1f}x vs torch stats loop, |m| diff vs one device "
+                f"{sh['max_abs_diff_m_vs_one_device']:.1e}")
+        else:
+            log(f"[3b] sharded child failed: {sh['error'][-300:]}")
+        res["jax_dense_sharded_cpu_devices"] = sh
+
+    # ---- simulate_batch (the previous way)
+    if not a.no_simulate_batch:
+        from meanfield.batch import _rollout_batch
+
+        A, S = np.meshgrid(betas, np.arange(B), indexing="ij")
+        xs = jnp.asarray(x0)[jnp.asarray(S.ravel())]
+        sargs = (xs, jnp.asarray(A.ravel()), jnp.asarray(1.0), jnp.asarray(H))
+        fn = lambda *a_: _rollout_batch(*a_, kernel="softmax", method="layer", layers=steps, kernel_options=())  # noqa: E731
+        compiled, comp, mem = compile_jitted(fn, *sargs)
+        run = time_jax(compiled, sargs, 1)
+        res["simulate_batch"] = {"compile": comp, "memory": mem, "run": run}
+        log(f"[4] simulate_batch float64: run {run['median_s']:.2f} s, compile {comp['compile_s']:.2f} s")
+
+    b64 = res["jax_dense"]["float64"]["best"]
+    res["summary"] = {
+        "jax_dense_float64_s": b64["run"]["median_s"], "block": b64["block"],
+        "torch_m_s": res["torch_m"]["run"]["median_s"], "torch_stats_s": res["torch_stats"]["run"]["median_s"],
+        "speedup_vs_torch_m": b64["speedup_vs_torch_m"], "speedup_vs_torch_stats": b64["speedup_vs_torch_stats"],
+        "cpu_speedup_vs_torch_m": b64["cpu_speedup_vs_torch_m"],
+        "cpu_speedup_vs_torch_stats": b64["cpu_speedup_vs_torch_stats"],
+        "jax_dense_float32_s": res["jax_dense"]["float32"]["best"]["run"]["median_s"],
+        "jax_dense_float64_rank_s": res["jax_dense"]["float64_rank"]["run"]["median_s"],
+        "speedup_rank_vs_torch_stats": res["jax_dense"]["float64_rank"]["speedup_vs_torch_stats"],
+        "matmul_gflop_per_s_float64": b64["matmul_gflop_per_s"],
+        "simulate_batch_s": res.get("simulate_batch", {}).get("run", {}).get("median_s"),
+        "jax_dense_float64_sharded_cpu_devices_s": res.get("jax_dense_sharded_cpu_devices", {}).get("run", {}).get(
+            "median_s"),
+        "target_met": bool(b64["speedup_vs_torch_m"] >= TARGET),
+    }
+    res["loadavg_at_end"] = os.getloadavg()
+    out = a.out or ROOT / "benchmarks" / "results" / (
+        "phase_diagram-quick.json" if a.quick else "phase_diagram-full.json" if a.full else "phase_diagram.json")
+    write_json(out, res)
+    s = res["summary"]
+    log(f"\nsummary: jax dense float64 {s['jax_dense_float64_s']:.2f} s (block {s['block']}), float32 "
+        f"{s['jax_dense_float32_s']:.2f} s; torch |m| loop {s['torch_m_s']:.2f} s -> {s['speedup_vs_torch_m']:.1f}x; "
+        f"torch stats loop {s['torch_stats_s']:.2f} s -> {s['speedup_vs_torch_stats']:.1f}x; cpu-time ratios "
+        f"{s['cpu_speedup_vs_torch_m']:.1f}x and {s['cpu_speedup_vs_torch_stats']:.1f}x (target {TARGET:g}x: "
+        f"{'PASS' if s['target_met'] else 'MISS'}); {s['matmul_gflop_per_s_float64']:.1f} GFLOP/s; "
+        + (f"simulate_batch {s['simulate_batch_s']:.2f} s; " if s["simulate_batch_s"] else "")
+        + (f"{a.cpu_devices} CPU devices {s['jax_dense_float64_sharded_cpu_devices_s']:.2f} s; "
+           if s["jax_dense_float64_sharded_cpu_devices_s"] else "")
+        + f"load {mc['loadavg_at_start'][0]:.1f} -> {res['loadavg_at_end'][0]:.1f}")
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The attention field of ONE system whose tokens are sharded over devices (use inside ``shard_map``).
+
+Inside ``jax.shard_map`` each device holds ``N / P`` rows of the state ``x`` (``P`` devices along
+the mesh axis ``axis``); queries are local, but every query needs all keys. Per kernel
+(docs/theory.md "The three kernels"):
+
+* ``linear``: the field is ``m + alpha Sigma x`` from the key moments, so only the moments travel:
+  an all-reduce (``lax.psum``) of ``d + d^2 + 1`` numbers per evaluation, shifted by one global
+  token (the shifted-data algorithm of :func:`solvers.kernels.key_moments`) so nothing cancels
+  near collapse. Memory per device: the local rows.
+* ``softmax`` / ``usa``, ``strategy="gather"``: ``lax.all_gather`` of the keys, then the streaming
+  kernel on (local queries, all keys). Memory per device: all ``N x d`` keys plus the kernel's
+  ``query_block x key_block`` scratch. Simplest and fastest while ``N d`` fits on one device.
+* ``softmax`` / ``usa``, ``strategy="ring"``: the key shards travel around a ring (``P - 1``
+  ``lax.ppermute`` steps); each device folds every visiting shard into its queries' online-softmax
+  moments (running maximum, sum of weights, weighted sum of keys; the merge rule of
+  :mod:`solvers.streaming`). Memory per device: two shards (``2 N d / P``) plus the scratch; the
+  same bytes travel as for the all-gather, in ``P - 1`` messages. The result equals the gathered
+  one up to round-off (the sums are taken in another order).
+
+:class:`ShardedAttentionField` has the ``drive``/``velocity`` interface of
+:class:`solvers.AttentionField`, so the integrators of :mod:`solvers.integrators` run unchanged
+on the local rows.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float
+
+from .kernels import LinearKernel, SoftmaxKernel, USAKernel
+from .sphere import project
+from .streaming import Moments, map_query_blocks, weighted_moments
+
+STRATEGIES = ("gather", "ring")
+
+
+def _linear_drive(kernel: LinearKernel, x, axis):
+    c = lax.all_gather(x[0], axis)[0]  # one global token: the shift
+    y = x - c
+    count = lax.psum(jnp.asarray(x.shape[0], x.dtype), axis)
+    my = lax.psum(jnp.sum(y, axis=0), axis) / count
+    second = lax.psum(y.T @ y, axis) / count
+    cov = second - jnp.outer(my, my)
+    cov = 0.5 * (cov + cov.T)
+    return my + c + jnp.asarray(kernel.alpha, x.dtype) * (x @ cov)
+
+
+def _merge(a: Moments, b: Moments) -> Moments:
+    mx = jnp.maximum(a.mx, b.mx)
+    sa, sb = jnp.exp(a.mx - mx), jnp.exp(b.mx - mx)
+    return Moments(mx, a.l * sa + b.l * sb, a.acc * sa[:, None] + b.acc * sb[:, None], a.acc2)
+
+
+def _ring_moments(kernel, x, axis, n_shards: int) -> Moments:
+    alpha = jnp.asarray(kernel.alpha, x.dtype)
+
+    def moments(k):
+        return map_query_blocks(lambda q: weighted_moments(q, k, alpha, kernel.key_block, with_acc2=False),
+                                x, kernel.query_block)
+
+    perm = [(i, (i + 1) % n_shards) for i in range(n_shards)]
+    k = x
+    mo = moments(k)
+    for _ in range(n_shards - 1):
+        k = lax.ppermute(k, axis, perm)
+        mo = _merge(mo, moments(k))
+    return mo
+
+
+def sharded_drive(kernel, x: Float[Array, "n d"], axis: str, strategy: str = "gather") -> Float[Array, "n d"]:
+    """``sum_j A_ij x_j`` for the local rows ``x`` of a token-sharded system (inside ``shard_map``)."""
+    if isinstance(kernel, LinearKernel):
+        return _linear_drive(kernel, x, axis)
+    if strategy == "gather":
+        return kernel.drive(x, lax.all_gather(x, axis, tiled=True))
+    if strategy != "ring":
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}")
+    n_shards = lax.axis_size(axis)
+    mo = _ring_moments(kernel, x, axis, n_shards)
+    if isinstance(kernel, SoftmaxKernel):
+        return mo.acc / mo.l[:, None]
+    if isinstance(kernel, USAKernel):
+        return mo.acc * (jnp.exp(mo.mx) / (x.shape[0] * n_shards))[:, None]
+    raise ValueError(f"no sharded drive for kernel {type(kernel).__name__}")
+
+
+class ShardedAttentionField(eqx.Module):
+    """:class:`solvers.AttentionField` for a token-sharded system: ``drive`` and ``velocity`` of
+    the local rows, with the communication of the module doc. Only valid inside ``shard_map``."""
+
+    kernel: eqx.Module
+    mobility: float | Array = 1.0
+    axis: str = eqx.field(static=True, default="tokens")
+    strategy: str = eqx.field(static=True, default="gather")
+
+    def drive(self, x):
+        return jnp.asarray(self.mobility, x.dtype) * sharded_drive(self.kernel, x, self.axis, self.strategy)
+
+    def velocity(self, x):
+        return project(x, self.drive(x))
+
+
+__all__ = ["STRATEGIES", "ShardedAttentionField", "sharded_drive"]
