@@ -13,7 +13,7 @@ the paper's tables ``paper_table(1|2)``; token-merging strategies ``ToMe`` and `
 
 from ._version import __version__
 
-from solvers import USA, Adaptive, Euler, Heun, Layer, Linear, Softmax
+from solvers import NGPT, USA, Adaptive, Bilinear, Euler, Heun, Layer, Linear, PeriLN, PostLN, PreLN, Softmax, SphereSDE
 
 from . import diagnostics, fit, theory
 from .batch import simulate_batch
@@ -24,10 +24,19 @@ from .flow import FlowSolution, kernels, methods, solve_flow
 from .io import load_results, save_results
 from .merging import FastVGGT, ToMe
 from .paper import PAPER_CITATION, paper_table
+from .phase import PhaseDiagram, phase_diagram
 
 
 __all__ = [
     "__version__",
+    "Bilinear",
+    "NGPT",
+    "PeriLN",
+    "PhaseDiagram",
+    "PostLN",
+    "PreLN",
+    "SphereSDE",
+    "phase_diagram",
     "USA",
     "Adaptive",
     "Characteristics",
