@@ -19,12 +19,14 @@ from .batch import simulate_batch
 from .fit import FitResult, fit_entropy_curve, fit_rank_curve
 from .distributions import Uniform, VonMisesFisher, VonMisesFisherMixture
 from .density import Characteristics, Circle, Zonal
+from .checkpoint import Checkpoint
 from .flow import FlowSolution, kernels, methods, solve_flow
 from .io import load_results, save_results
 from .paper import PAPER_CITATION, paper_table
 
 
 __all__ = [
+    "Checkpoint",
     "__version__",
     "USA",
     "Adaptive",

@@ -42,7 +42,7 @@ from solvers.finite_volume import CFL_POSITIVE, rollout
 from solvers.quadrature import log_sphere_area
 from solvers.zonal import make_zonal_solver, zonal_cell_averages
 
-from . import _validate
+from . import _validate, checkpoint
 from ._threads import fetch
 from .diagnostics import query_subset, simulation_diagnostics_jit
 from .particles import attention_field, initial_tokens
@@ -75,7 +75,7 @@ def _subgrid_warning(diags, spec, threshold, log_cell_measure, density) -> list[
 
 def _run_grid(spec, method, solver, u0, grid, params):
     t0 = time.perf_counter()
-    us, diags = rollout(solver, u0, float(spec.dt), int(spec.n_steps), cfl=method.cfl)
+    us, diags = _rollout_checkpointed(spec, method, solver, u0)
     jax.block_until_ready(us)
     elapsed = time.perf_counter() - t0
     us = np.asarray(us)
@@ -86,6 +86,31 @@ def _run_grid(spec, method, solver, u0, grid, params):
              "cell_steps": int(solver.n_cells) * n_sub * int(spec.n_steps)}
     return _solution(spec, diags, us, grid, stats, {"cells": int(solver.n_cells), "cfl": method.cfl, **params},
                      warnings)
+
+
+def _rollout_checkpointed(spec, method, solver, u0):
+    """``rollout`` in one piece, or save interval by save interval with checkpoints (and resume)."""
+    ck = checkpoint.current(spec)
+    if ck.checkpoint is None and ck.state is None:
+        return rollout(solver, u0, float(spec.dt), int(spec.n_steps), cfl=method.cfl)
+    steps = np.asarray(spec.save_steps, dtype=int)
+    if ck.state is None:
+        us, diags = [np.asarray(u0)[None]], None
+    else:
+        us, diags = [ck.state["arrays"]["u"]], {k[5:]: v for k, v in ck.state["arrays"].items() if k.startswith("diag_")}
+    u = jnp.asarray(us[0][-1], u0.dtype)
+    for i in range(ck.start + 1, len(steps)):
+        seg_u, seg_d = rollout(solver, u, float(spec.dt), int(steps[i] - steps[i - 1]), cfl=method.cfl)
+        seg_u, seg_d = np.asarray(seg_u), {k: np.asarray(v) for k, v in seg_d.items()}
+        u = jnp.asarray(seg_u[-1], u0.dtype)
+        us.append(seg_u[1:])
+        diags = seg_d if diags is None else \
+            {k: np.concatenate([diags[k], seg_d[k][1:]]) for k in diags}
+        if ck.due(i):
+            u_all = np.concatenate(us)
+            us = [u_all]
+            ck.save(i, {"u": u_all, **{f"diag_{k}": v for k, v in diags.items()}}, {})
+    return np.concatenate(us), diags
 
 
 def _check_grid_start(spec, name):
@@ -211,15 +236,29 @@ class Characteristics:
         t0 = time.perf_counter()
         # per-layer log-rho diagnostics from the engine; the particle solver's standard statistics
         # (attention spectrum, token statistics) at the save steps only, as in run_particles
-        layer_diags, saved, snaps = [], [fetch(simulation_diagnostics_jit, field, x, q_dev)], [x]
+        ck = checkpoint.current(spec)
+        if ck.state is None:
+            layer_diags, saved, snaps = [], [fetch(simulation_diagnostics_jit, field, x, q_dev)], [x]
+        else:
+            arr = ck.state["arrays"]
+            x, lr = jnp.asarray(arr["x"], spec.dtype), jnp.asarray(arr["log_rho"], spec.dtype)
+            layer_diags = [{k[5:]: v for k, v in arr.items() if k.startswith("diag_")}]
+            saved, snaps = ck.state["records"]["saved"], list(arr.get("snapshots", []))
         steps = np.asarray(spec.save_steps, dtype=int)
-        for a, b in zip(steps[:-1], steps[1:]):
-            x, lr, dg = characteristics_rollout(field.velocity_and_divergence, x, lr, float(spec.dt), int(b - a),
-                                                substeps)
+        for i in range(ck.start + 1, len(steps)):
+            x, lr, dg = characteristics_rollout(field.velocity_and_divergence, x, lr, float(spec.dt),
+                                                int(steps[i] - steps[i - 1]), substeps)
             layer_diags.append({k: np.asarray(v)[(1 if layer_diags else 0):] for k, v in dg.items()})
             saved.append(fetch(simulation_diagnostics_jit, field, x, q_dev))
             if spec.save_tokens:
                 snaps.append(x)
+            if ck.due(i):
+                layer_diags = [{k: np.concatenate([d[k] for d in layer_diags]) for k in layer_diags[0]}]
+                arrays = {"x": np.asarray(x), "log_rho": np.asarray(lr),
+                          **{f"diag_{k}": v for k, v in layer_diags[0].items()}}
+                if spec.save_tokens:
+                    arrays["snapshots"] = np.stack([np.asarray(s) for s in snaps])
+                ck.save(i, arrays, {"saved": saved})
         elapsed = time.perf_counter() - t0
         diags = {k: np.concatenate([d[k] for d in layer_diags]) for k in layer_diags[0]}
         diags["kl_to_uniform"] = log_sphere_area(int(spec.d)) - diags["entropy"]

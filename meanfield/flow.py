@@ -21,7 +21,7 @@ import numpy as np
 
 from solvers import INTEGRATORS, KERNELS, AbstractIntegrator, AbstractKernel, make_kernel
 
-from . import _validate
+from . import _resources, _validate, checkpoint as _checkpoint
 from .density import DENSITY_METHODS
 from .diagnostics import DEFAULT_N_QUERY
 from .distributions import as_key
@@ -129,6 +129,7 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
             raise ValueError(f"N = {N} does not match the {x0.shape[0]} rows of the token array")
         N, d = x0.shape
         init = None
+    _resources.check_sizes(N, d)
     w = None if weights is None else _validate.weights(weights, N)
     dtype = _resolve_dtype(dtype, x0)
     n_steps, h = _steps(t1, layers, dt, time_map, N)
@@ -143,16 +144,24 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
     )
 
 
-def run(spec: FlowSpec) -> FlowSolution:
-    """Run a validated spec with its method."""
-    if isinstance(spec.method, AbstractIntegrator):
-        return run_particles(spec)
-    return spec.method.run(spec)
+def run(spec: FlowSpec, *, checkpoint=None, resume=None, check_memory: bool = True) -> FlowSolution:
+    """Run a validated spec with its method (``checkpoint``, ``resume``: see :func:`solve_flow`).
+
+    ``check_memory``: refuse (``ValueError``) before allocating when the run's estimated peak
+    memory (``meanfield._resources.estimate_memory``) exceeds the memory the system has available.
+    """
+    if check_memory:
+        _resources.check_memory(spec)
+    with _checkpoint.session(spec, checkpoint, resume):
+        if isinstance(spec.method, AbstractIntegrator):
+            return run_particles(spec)
+        return spec.method.run(spec)
 
 
 def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
                layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
-               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False) -> FlowSolution:
+               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, checkpoint=None,
+               resume=None, check_memory=True) -> FlowSolution:
     """Solve the mean-field token flow ``dx_i/dt = (1/M) P_{x_i} sum_j A_ij x_j`` on S^{d-1}.
 
     Parameters (keyword-only after ``init``; defaults in brackets)
@@ -181,6 +190,11 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
     dtype : float32 or float64 [float32, or float64 when 64-bit JAX is enabled].
     progress : ``True`` for a tqdm bar, or an object with init/step/close [False].
     save_tokens : keep the tokens at every save in ``sol.snapshots`` [False].
+    checkpoint : ``meanfield.Checkpoint(path, every=K)`` (or a path, K = 1): write the run's state
+        atomically after every K-th save [None]. Every particle method and density method.
+    resume : path of a checkpoint of this same run: continue from it; the final state equals an
+        uninterrupted run's bit for bit [None].
+    check_memory : refuse a run whose estimated peak memory exceeds the available memory [True].
 
     Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
     """
@@ -188,7 +202,7 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
         init, N=N, weights=weights, kernel=kernel, alpha=alpha, merge=merge, fusion=fusion, t1=t1, layers=layers,
         dt=dt, time_map=time_map, method=method, save_every=save_every, key=key, n_query=n_query, dtype=dtype,
         progress=progress, save_tokens=save_tokens,
-    ))
+    ), checkpoint=checkpoint, resume=resume, check_memory=check_memory)
 
 
 __all__ = ["METHODS", "FlowSolution", "FlowSpec", "kernels", "make_spec", "methods", "resolve_kernel", "resolve_method",

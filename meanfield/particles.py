@@ -17,6 +17,7 @@ import numpy as np
 
 from solvers import AttentionField
 
+from . import checkpoint
 from ._threads import fetch
 from .diagnostics import query_subset, simulation_diagnostics_jit
 from .progress import make_progress
@@ -69,15 +70,26 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     q_idx = query_subset(spec.N, spec.n_query, spec.seed)
     q_dev = jnp.asarray(q_idx)
     h = jnp.asarray(spec.dt, spec.dtype)
-    x = initial_tokens(spec)
-
-    records = [fetch(simulation_diagnostics_jit, field, x, q_dev)]
-    snaps = [np.asarray(x)] if spec.save_tokens else None
-    evals = 0
+    ck = checkpoint.current(spec)
+    if ck.state is None:
+        x = initial_tokens(spec)
+        records = [fetch(simulation_diagnostics_jit, field, x, q_dev)]
+        snaps = [np.asarray(x)] if spec.save_tokens else None
+        evals = 0
+    else:  # resumed: the state after save ck.start, then the same chunks as an uninterrupted run
+        x = jnp.asarray(ck.state["arrays"]["x"], spec.dtype)
+        records = ck.state["records"]["diagnostics"]
+        snaps = list(ck.state["arrays"]["snapshots"]) if spec.save_tokens else None
+        evals = int(ck.state["arrays"]["evals"])
     bar = make_progress(spec.progress)
     bar.init(spec.n_steps, desc=f"{spec.kernel.name}/{spec.method.name} N={spec.N} d={spec.d}")
+    bar.step(int(spec.save_steps[ck.start]))
+    reached = 0
     try:
         for k, save in chunks(spec.save_steps, spec.n_steps):
+            if reached < ck.start:  # skipping the chunks done before the checkpoint
+                reached = save if save is not None else reached
+                continue
             x, nev = _advance(spec.method, field, x, jnp.asarray(k, jnp.int32), h)
             evals += int(nev)
             bar.step(k)
@@ -85,6 +97,11 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
                 records.append(fetch(simulation_diagnostics_jit, field, x, q_dev))
                 if snaps is not None:
                     snaps.append(np.asarray(x))
+                if ck.due(save):
+                    arrays = {"x": np.asarray(x), "evals": evals}
+                    if snaps is not None:
+                        arrays["snapshots"] = np.stack(snaps)
+                    ck.save(save, arrays, {"diagnostics": records})
     finally:
         bar.close()
 
@@ -103,13 +120,33 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     )
 
 
+UNDEFINED_FOR_ONE_QUERY = ("normalized_entropy",)
+"""NaN by design when the attention has one query row (``H_sv / log 1 = 0/0``; N = 1 or n_query = 1)."""
+UNDEFINED_FOR_ONE_TOKEN = ("covariance_effective_rank",)
+"""NaN by design for a single token (its covariance is 0: the eigenvalue distribution is 0/0)."""
+
+
 def check_finite(diags: dict, spec: FlowSpec) -> None:
-    """Value problems are checked once per run on the host, not per step in the hot loop."""
-    names = [k for k in diags if k != "row_entropy"]  # row entropy is NaN by definition for some linear rows
-    bad = ~np.all(np.stack([np.isfinite(diags[k]).reshape(len(diags[k]), -1).all(1) for k in names]), axis=0)
-    if bad.any():
-        i = int(np.argmax(bad))
+    """Value problems are checked once per run on the host, not per step in the hot loop.
+
+    The error names the first diagnostic that became non-finite and the step. Diagnostics that are
+    undefined for the run's sizes (:data:`UNDEFINED_FOR_ONE_QUERY`, :data:`UNDEFINED_FOR_ONE_TOKEN`)
+    are NaN by design and not checked; row entropy is NaN by definition for some linear rows.
+    """
+    skip = {"row_entropy"}
+    if min(spec.N, spec.n_query) == 1:
+        skip.update(UNDEFINED_FOR_ONE_QUERY)
+    if spec.N == 1:
+        skip.update(UNDEFINED_FOR_ONE_TOKEN)
+    first = None
+    for name in (k for k in diags if k not in skip):
+        ok = np.isfinite(diags[name]).reshape(len(diags[name]), -1).all(1)
+        if not ok.all() and (first is None or int(np.argmin(ok)) < first[1]):
+            first = (name, int(np.argmin(ok)))
+    if first is not None:
+        name, i = first
         raise FloatingPointError(
-            f"the {spec.kernel.name} flow became non-finite by step {int(spec.save_steps[i])} "
+            f"the {spec.kernel.name} flow became non-finite by step {int(spec.save_steps[i])}: diagnostic {name!r} "
+            f"is {diags[name].reshape(len(diags[name]), -1)[i][0]!r} "
             f"(alpha = {float(spec.kernel.alpha)}, precision {jnp.dtype(spec.dtype).name}); try float64 or a smaller alpha"
         )

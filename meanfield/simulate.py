@@ -69,8 +69,16 @@ def build_parser() -> ArgumentParser:
     a("--n-query", type=int, default=512, help="query tokens for the attention spectrum (default: %(default)s)")
     a("--save-every", type=int, default=None, help="layers between saved rows (default: every layer up to 100)")
     a("--save-tokens", action="store_true", help="store the tokens at every save in the HDF5 file")
-    a("--out", default="meanfield_results.h5", help="results file (default: %(default)s)")
-    a("--overwrite", action="store_true", help="replace existing output files")
+    a("--out", default="meanfield_results.h5", help="results file, .h5 or .hdf5; the plot is OUT with .png "
+      "(default: %(default)s)")
+    a("--overwrite", action="store_true", help="replace existing output files (default: refuse to)")
+    a("--checkpoint-every", type=int, default=None, metavar="K", help="write a checkpoint after every K-th saved "
+      "row, atomically (default: no checkpoints)")
+    a("--checkpoint", default=None, metavar="FILE", help="checkpoint file (default: OUT with .ckpt.h5)")
+    a("--resume", default=None, metavar="FILE", help="continue the run from this checkpoint (same options as the "
+      "checkpointed run); the result equals an uninterrupted run's bit for bit")
+    a("--no-memory-check", action="store_true", help="run even when the estimated peak memory exceeds the "
+      "available memory (default: refuse)")
     a("--no-plot", action="store_true", help="do not write the PNG plot")
     a("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -113,6 +121,7 @@ def main(argv=None) -> int:
     from .flow import METHODS, make_spec, run
     from .io import save_results
     from .plots import plot_solution
+    from . import _resources
 
     from ._validate import choice, integer, real
 
@@ -122,6 +131,9 @@ def main(argv=None) -> int:
     choice("method", args.method, tuple(METHODS))
     cls = METHODS[args.method]
     method = cls(cells=integer("cells", args.cells, 4)) if args.method in GRID_METHODS else cls()
+    if args.method in GRID_METHODS and args.init == "uniform":
+        raise ValueError(f"--method {args.method} with --init uniform shows nothing: the uniform density is a steady "
+                         "state of the density equation (docs/theory.md); start from --init vmf --kappa K")
     init = distributions.make_distribution(args.init, args.d, args.kappa)
     spec = make_spec(
         init, N=args.N, kernel=args.kernel, alpha=args.alpha, merge=args.merge, fusion=args.fusion,
@@ -129,15 +141,17 @@ def main(argv=None) -> int:
         save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
         progress=not args.no_progress, save_tokens=args.save_tokens,
     )
-    out = Path(args.out)
-    if out.suffix.lower() == ".png":
-        raise ValueError(f"--out names the HDF5 results file, got {out}")
+    out = check_writable(args.out, args.overwrite, nbytes=_resources.results_size(spec), suffixes=(".h5", ".hdf5"))
     png = out.with_suffix(".png")
-    check_writable(out, args.overwrite)
     if not args.no_plot:
         check_writable(png, args.overwrite)
+    ckpt = _checkpoint_option(args, out, spec)
+    need = _resources.estimate_memory(spec) if args.no_memory_check else \
+        _resources.check_memory(spec, flag="--no-memory-check")
+    print(f"{PROG}: {spec.kernel.name}/{spec.method.name}, N={spec.N}, d={spec.d}, {spec.n_steps} steps, "
+          f"{jax.numpy.dtype(spec.dtype).name}; estimated peak memory {_resources.format_bytes(need)}", file=sys.stderr)
 
-    sol = run(spec)
+    sol = run(spec, checkpoint=ckpt, resume=args.resume, check_memory=False)
     print(format_table(sol))
     save_results(out, sol, overwrite=args.overwrite)
     written = [str(out)]
@@ -148,6 +162,21 @@ def main(argv=None) -> int:
     for w in sol.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0
+
+
+def _checkpoint_option(args, out, spec):
+    """The ``Checkpoint`` of ``--checkpoint-every``/``--checkpoint``, checked before the run (or None)."""
+    from .atomic import check_writable
+    from .checkpoint import Checkpoint
+
+    if args.checkpoint_every is None:
+        if args.checkpoint is not None:
+            raise ValueError("--checkpoint needs --checkpoint-every K")
+        return None
+    path = args.checkpoint or str(out.with_suffix(".ckpt.h5"))
+    if args.resume is None or Path(path).resolve() != Path(args.resume).resolve():
+        check_writable(path, overwrite=True, suffixes=(".h5", ".hdf5"))
+    return Checkpoint(path, every=args.checkpoint_every)
 
 
 def cli(argv=None) -> int:
