@@ -258,7 +258,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dt", type=float, default=None, help="replay time per block [fitted]")
     p.add_argument("--pca", type=int, default=None, help="replay in the top-k principal directions [off]")
     p.add_argument("--no-replay", action="store_true", help="measured curves and fits only")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing PREFIX.png/PREFIX.h5 (default: refuse)")
     return p
 
 

@@ -145,8 +145,9 @@ def check_finite(diags: dict, spec: FlowSpec) -> None:
             first = (name, int(np.argmin(ok)))
     if first is not None:
         name, i = first
+        row = np.asarray(diags[name]).reshape(len(diags[name]), -1)[i]
         raise FloatingPointError(
             f"the {spec.kernel.name} flow became non-finite by step {int(spec.save_steps[i])}: diagnostic {name!r} "
-            f"is {diags[name].reshape(len(diags[name]), -1)[i][0]!r} "
+            f"is {float(row[~np.isfinite(row)][0])} "
             f"(alpha = {float(spec.kernel.alpha)}, precision {jnp.dtype(spec.dtype).name}); try float64 or a smaller alpha"
         )

@@ -30,7 +30,7 @@ import numpy as np
 
 from meanfield._cli import ArgumentParser, run_cli
 from meanfield._hdf5 import decode_attr, is_hdf5, read_attrs
-from meanfield.atomic import atomic_path
+from meanfield.atomic import atomic_path, check_writable
 
 PROG = "meanfield-fit"
 QUANTITIES = ("effective_rank", "normalized_entropy")
@@ -132,7 +132,7 @@ def run_fit(xname, x, y, sigma, quantity, *, N=None, merge=1.0, r=None, optimize
                                  optimizer=optimizer)
 
 
-def plot_fit(result, xname, quantity, out):
+def plot_fit(result, xname, quantity, out, overwrite=True):
     """Data, fitted curve and 95 % band; written to a temp file in the same folder, then renamed."""
     import matplotlib
 
@@ -155,7 +155,7 @@ def plot_fit(result, xname, quantity, out):
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        with atomic_path(out, overwrite=True) as tmp:
+        with atomic_path(out, overwrite=overwrite) as tmp:
             fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
@@ -171,7 +171,8 @@ def build_parser():
     p.add_argument("--r", type=float, default=None, help="fix the rank plateau r (default: fitted)")
     p.add_argument("--optimizer", choices=("lbfgs+lm", "lm"), default="lbfgs+lm",
                    help="L-BFGS then Levenberg-Marquardt (default), or LM alone (faster to compile)")
-    p.add_argument("--out", default=None, help="PNG to write (default: DATA's name + '_fit.png')")
+    p.add_argument("--out", default=None, help="PNG to write, .png (default: DATA's name + '_fit.png')")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
     p.add_argument("--no-plot", action="store_true", help="do not write a PNG")
     return p
 
@@ -189,8 +190,8 @@ def main(argv=None) -> int:
         if not merge >= 1:
             raise ValueError(f"merge must be >= 1, got {merge}")
         out = args.out or os.path.splitext(args.data)[0] + "_fit.png"
-        if not args.no_plot and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise ValueError(f"output folder does not exist: {os.path.dirname(os.path.abspath(out))}")
+        if not args.no_plot:
+            check_writable(out, args.overwrite, suffixes=(".png",))
         result = run_fit(xname, x, y, sigma, quantity, N=N, merge=merge, r=args.r,
                          optimizer=args.optimizer)
         print(f"{args.data}: {quantity} vs {xname}, n = {x.size}"
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
         if not result.ok:
             print(f"{PROG}: warning: the fit has problems, see the notes above", file=sys.stderr)
         if not args.no_plot:
-            plot_fit(result, xname, quantity, out)
+            plot_fit(result, xname, quantity, out, overwrite=args.overwrite)
             print(f"wrote {out}")
     except (ValueError, OSError) as err:
         parser.error(str(err))
