@@ -29,7 +29,7 @@ import sys
 import numpy as np
 
 from meanfield._cli import ArgumentParser, run_cli
-from meanfield._hdf5 import decode_attr, is_hdf5, read_attrs
+from meanfield._hdf5 import READ_ERRORS, decode_attr, is_hdf5, read_array, read_attrs
 from meanfield.atomic import atomic_path, check_writable
 
 PROG = "meanfield-fit"
@@ -37,8 +37,13 @@ QUANTITIES = ("effective_rank", "normalized_entropy")
 
 
 def _read_csv(path):
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a CSV file") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header row and data rows")
     header = [h.strip() for h in rows[0]]
@@ -74,7 +79,7 @@ def _read_hdf5(path):
         out = {}
         for name, key in cols.items():
             if key in f:
-                a = np.asarray(f[key][...], dtype=np.float64)
+                a = np.asarray(read_array(f[key], f"{path}: /{key}"), dtype=np.float64)
                 if a.ndim != 1:
                     raise ValueError(f"{path}: /{key} must be 1-D per layer, got shape {a.shape}")
                 out[name] = a
@@ -93,7 +98,12 @@ def load_curve(path, quantity=None):
     """Read DATA; return (abscissa name, x, y, sigma or None, quantity, metadata dict)."""
     if not os.path.isfile(path):
         raise ValueError(f"no such file: {path}")
-    cols, meta = _read_hdf5(path) if is_hdf5(path) else _read_csv(path)  # by signature, not by name
+    try:
+        cols, meta = _read_hdf5(path) if is_hdf5(path) else _read_csv(path)  # by signature, not by name
+    except ValueError:
+        raise
+    except READ_ERRORS as e:  # a damaged HDF5 file: one documented exception type for every loader
+        raise ValueError(f"{path}: damaged file ({type(e).__name__}: {e})".splitlines()[0]) from None
     xname = "layer" if "layer" in cols else "m" if "m" in cols else None
     if xname is None:
         raise ValueError(f"{path}: no abscissa column 'layer' or 'm' (found {sorted(cols)})")
