@@ -62,15 +62,22 @@ def _solution(spec, diags, density, grid, stats, params, warnings, x=None, snaps
 
 
 def _subgrid_warning(diags, spec, threshold, log_cell_measure, density) -> list[str]:
+    """The first time the density is narrower than a cell, with the grid's entropy floor.
+
+    The floor is the smallest per-cell floor ``e_i`` of the grid's entropy formula: with cell masses
+    ``w_i`` (sum 1), ``H = sum w_i (e_i - log w_i) >= sum w_i e_i >= min_i e_i``, whatever cells the
+    mass later moves to. ``e_i = log(cell measure)`` on the circle; on the zonal grid the formula uses
+    the cell average of ``log sin^(d-2)``, so ``e_i`` is below the log-measure (by Jensen), most at the pole.
+    """
     pf = np.asarray(diags["peak_fraction"])
     hit = np.nonzero(pf > threshold)[0]
     if hit.size == 0:
         return []
     k = int(hit[0])
-    floor = float(np.asarray(log_cell_measure)[int(np.argmax(np.asarray(density)[k]))])
+    floor = float(np.min(np.asarray(log_cell_measure)))
     return [f"density concentrated below the grid scale at t={k * float(spec.dt):g} (layer {k}, peak cell holds "
             f"{pf[k]:.2f} of its neighbourhood's mass); later entropies are limited by the grid "
-            f"(H >= log(cell measure) = {floor:.4g}) and under-report the collapse"]
+            f"(H >= {floor:.6g}, one cell at the pole) and under-report the collapse"]
 
 
 def _run_grid(spec, method, solver, u0, grid, params):
@@ -80,7 +87,7 @@ def _run_grid(spec, method, solver, u0, grid, params):
     elapsed = time.perf_counter() - t0
     us = np.asarray(us)
     diags = {k: np.asarray(v) for k, v in diags.items()}
-    warnings = _subgrid_warning(diags, spec, method.subgrid_threshold, grid["log_cell_measure"], us)
+    warnings = _subgrid_warning(diags, spec, method.subgrid_threshold, grid.get("entropy_floor", grid["log_cell_measure"]), us)
     n_sub = solver.substeps(float(spec.dt), method.cfl)
     stats = {"wall_time": elapsed, "substeps_per_layer": n_sub, "cells": int(solver.n_cells),
              "cell_steps": int(solver.n_cells) * n_sub * int(spec.n_steps)}
@@ -164,7 +171,10 @@ class Zonal:
                                    dtype=spec.dtype)
         F0 = zonal_cell_averages(lambda th: np.asarray(spec.init.zonal_log_marginal(th), np.float64), n)
         grid = {"theta": np.asarray(solver.centers), "theta_edges": np.linspace(0.0, np.pi, n + 1),
-                "axis": np.asarray(spec.init.axis, np.float64), "log_cell_measure": np.asarray(solver.log_cell_measure)}
+                "axis": np.asarray(spec.init.axis, np.float64), "log_cell_measure": np.asarray(solver.log_cell_measure),
+                # per cell, the smallest entropy the grid's H formula can give (mass in that one cell)
+                "entropy_floor": np.asarray(log_sphere_area(int(spec.d) - 1) + (int(spec.d) - 2) * np.asarray(solver.log_sin_avg, np.float64)
+                                            + np.log(float(solver.h)))}
         return _run_grid(spec, self, solver, jnp.asarray(F0, solver.centers.dtype), grid, {"n_phi": self.n_phi})
 
 
