@@ -147,7 +147,7 @@ def check_finite(diags: dict, spec: FlowSpec) -> None:
         name, i = first
         row = np.asarray(diags[name]).reshape(len(diags[name]), -1)[i]
         raise FloatingPointError(
-            f"the {spec.kernel.name} flow became non-finite by step {int(spec.save_steps[i])}: diagnostic {name!r} "
+            f"the {spec.kernel.name} flow is non-finite at step {int(spec.save_steps[i])}: diagnostic {name!r} "
             f"is {float(row[~np.isfinite(row)][0])} "
             f"(alpha = {float(spec.kernel.alpha)}, precision {jnp.dtype(spec.dtype).name}); try float64 or a smaller alpha"
         )

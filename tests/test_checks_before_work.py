@@ -68,7 +68,7 @@ def test_non_finite_error_names_the_diagnostic():
                                  save_steps=np.array([0, 5, 10]))
     diags = {"order_parameter": np.array([0.1, 0.2, 0.3]), "entropy_rate": np.array([0.0, np.inf, np.nan]),
              "row_entropy": np.array([np.nan] * 3)}
-    with pytest.raises(FloatingPointError, match="step 5: diagnostic 'entropy_rate' is inf"):
+    with pytest.raises(FloatingPointError, match="at step 5: diagnostic 'entropy_rate' is inf"):
         check_finite(diags, spec)
 
 
