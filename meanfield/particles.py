@@ -117,7 +117,21 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
         snapshots=None if snaps is None else np.stack(snaps),
         stats={"field_evaluations": evals, "wall_time": time.perf_counter() - t_start},
         weights=spec.weights,
+        warnings=scheme_warnings(spec),
     )
+
+
+USA_FIXED_STEP_ALPHA = 8.0
+"""From this alpha on, fixed-step euler/heun on usa were seen to lose the energy's monotonicity (audit)."""
+
+
+def scheme_warnings(spec: FlowSpec) -> list[str]:
+    """Known weaknesses of the chosen scheme for this run, as warnings carried by the solution."""
+    if spec.kernel.name == "usa" and spec.method.name in ("euler", "heun") and float(spec.kernel.alpha) >= USA_FIXED_STEP_ALPHA:
+        return [f"fixed-step {spec.method.name} on usa at alpha = {float(spec.kernel.alpha):g} >= {USA_FIXED_STEP_ALPHA:g}: "
+                f"the interaction energy may lose its monotone increase at dt = {spec.dt:g} (the drive grows like "
+                "e^alpha); use method='adaptive' or a smaller dt (docs/limitations.md)"]
+    return []
 
 
 UNDEFINED_FOR_ONE_QUERY = ("normalized_entropy",)

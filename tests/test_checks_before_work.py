@@ -135,3 +135,10 @@ def test_dump_rejects_non_utf8_text_file(tmp_path, capsys):
     bad.write_bytes("caf\xe9".encode("latin-1"))
     assert dump_main.cli(_dump_args(tmp_path, "--text-file", str(bad))) == 2
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_usa_fixed_step_at_large_alpha_warns():
+    kw = dict(N=8, layers=1, kernel="usa", dtype="float64")
+    assert any("adaptive" in w for w in mf.solve_flow(distributions.Uniform(3), alpha=8.0, method="heun", **kw).warnings)
+    assert not mf.solve_flow(distributions.Uniform(3), alpha=7.9, method="heun", **kw).warnings
+    assert not mf.solve_flow(distributions.Uniform(3), alpha=8.0, method="adaptive", **kw).warnings
