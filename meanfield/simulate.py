@@ -79,6 +79,8 @@ def build_parser() -> ArgumentParser:
       "checkpointed run); the result equals an uninterrupted run's bit for bit")
     a("--no-memory-check", action="store_true", help="run even when the estimated peak memory exceeds the "
       "available memory (default: refuse)")
+    a("--table", default=None, metavar="FILE", help="also write the per-layer table, every saved row and scalar "
+      "diagnostic, as FILE.csv or FILE.json (default: none)")
     a("--no-plot", action="store_true", help="do not write the PNG plot")
     a("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -145,6 +147,8 @@ def main(argv=None) -> int:
     png = out.with_suffix(".png")
     if not args.no_plot:
         check_writable(png, args.overwrite)
+    if args.table is not None:
+        check_writable(args.table, args.overwrite, suffixes=(".csv", ".json"))
     ckpt = _checkpoint_option(args, out, spec)
     need = _resources.estimate_memory(spec) if args.no_memory_check else \
         _resources.check_memory(spec, flag="--no-memory-check")
@@ -155,6 +159,9 @@ def main(argv=None) -> int:
     print(format_table(sol))
     save_results(out, sol, overwrite=args.overwrite)
     written = [str(out)]
+    if args.table is not None:
+        write_table(args.table, sol, overwrite=args.overwrite)
+        written.append(str(args.table))
     if not args.no_plot:
         plot_solution(sol, png, overwrite=args.overwrite)
         written.append(str(png))
@@ -162,6 +169,29 @@ def main(argv=None) -> int:
     for w in sol.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0
+
+
+def write_table(path, sol, *, overwrite: bool = False) -> None:
+    """Every saved row with its scalar diagnostics, as CSV or JSON (by extension), atomically."""
+    import csv
+    import json
+
+    import numpy as np
+
+    from .atomic import atomic_path
+
+    names = [k for k, v in sol.diagnostics.items() if np.ndim(v) == 1]
+    cols = {"layer": np.asarray(sol.layers).tolist(), "t": np.asarray(sol.t, float).tolist(),
+            **{k: np.asarray(sol.diagnostics[k], float).tolist() for k in names}}
+    with atomic_path(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
+        if str(path).lower().endswith(".json"):  # NaN (undefined diagnostics) as null, valid JSON
+            rows = [{k: (None if isinstance(v[i], float) and v[i] != v[i] else v[i]) for k, v in cols.items()}
+                    for i in range(len(cols["layer"]))]
+            json.dump({"params": sol.params, "rows": rows}, fh, indent=1, default=str)
+        else:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            w.writerows(zip(*cols.values()))
 
 
 def _checkpoint_option(args, out, spec):
