@@ -88,6 +88,9 @@ def _run_grid(spec, method, solver, u0, grid, params):
     us = np.asarray(us)
     diags = {k: np.asarray(v) for k, v in diags.items()}
     warnings = _subgrid_warning(diags, spec, method.subgrid_threshold, grid.get("entropy_floor", grid["log_cell_measure"]), us)
+    if type(spec.init).__name__ == "Uniform":
+        warnings.insert(0, f"the uniform start is a steady state of the density equation: method={method.name!r} keeps "
+                           "it (up to round-off) and shows no collapse; start from VonMisesFisher (CLI: --init vmf)")
     n_sub = solver.substeps(float(spec.dt), method.cfl)
     stats = {"wall_time": elapsed, "substeps_per_layer": n_sub, "cells": int(solver.n_cells),
              "cell_steps": int(solver.n_cells) * n_sub * int(spec.n_steps)}

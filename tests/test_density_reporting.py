@@ -28,3 +28,10 @@ def test_circle_order_parameter_at_most_one():
     sol = mf.solve_flow(mf.VonMisesFisher(2, kappa=2.0), N=100, method=mf.Circle(cells=64), layers=40, alpha=1.0,
                         dtype="float32")
     assert np.all(sol.diagnostics["order_parameter"] <= 1.0)
+
+
+def test_grid_solver_from_uniform_warns_that_nothing_happens():
+    sol = mf.solve_flow(mf.Uniform(4), N=100, method=mf.Zonal(cells=16), layers=2)
+    assert "steady state" in sol.warnings[0]
+    # and indeed nothing evolves: |m| stays at round-off level
+    assert np.max(sol.diagnostics["order_parameter"]) < 1e-10

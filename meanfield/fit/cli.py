@@ -34,6 +34,7 @@ from meanfield.atomic import atomic_path, check_writable
 
 PROG = "meanfield-fit"
 QUANTITIES = ("effective_rank", "normalized_entropy")
+QUANTITY_LABELS = {"effective_rank": "effective rank", "normalized_entropy": "normalized entropy H_sv / log n"}
 
 
 def _read_csv(path):
@@ -150,19 +151,35 @@ def plot_fit(result, xname, quantity, out, overwrite=True):
     import matplotlib.pyplot as plt
 
     grid = np.linspace(result.x.min(), result.x.max(), 200)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, axr) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     if result.sigma is not None:
         ax.errorbar(result.x, result.y, yerr=result.sigma, fmt="o", color="k", label="data")
     else:
         ax.plot(result.x, result.y, "o", color="k", label="data")
-    ax.plot(grid, result.predict(grid), "C0-", label=f"fit: {result.model.formula}")
+    fitted = np.asarray(result.predict(grid), float)
+    notes = []
+    if quantity == "effective_rank" and np.any(fitted < 1):  # an effective rank is >= 1 by definition
+        notes.append("fitted curve < 1 (impossible for an effective rank) not drawn")
+        fitted = np.where(fitted >= 1, fitted, np.nan)
+    ax.plot(grid, fitted, "C0-", label=f"fit: {result.model.formula}")
     if np.all(np.isfinite(result.cov_u)):
         lo, hi = result.band(grid)
         ax.fill_between(grid, lo, hi, color="C0", alpha=0.25, label="95% confidence band")
-    ax.set_xlabel(xname)
-    ax.set_ylabel(quantity)
+    label = QUANTITY_LABELS.get(quantity, quantity.replace("_", " "))
+    ax.set_ylabel(label)
     ax.set_title(", ".join(f"{p} = {v:.4g}" for p, v in result.estimates.items()), fontsize=9)
+    if "alpha" in result.estimates:
+        notes.append("alpha: the law's fitted rate, not the kernel's inverse temperature")
+    if notes:
+        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom", color="0.3")
     ax.legend(fontsize=8)
+    resid = np.asarray(result.y, float) - np.asarray(result.predict(result.x), float)
+    if result.sigma is not None:
+        resid = resid / np.asarray(result.sigma, float)
+    axr.axhline(0.0, color="0.5", lw=0.8)
+    axr.plot(result.x, resid, "o", color="k", ms=4)
+    axr.set_ylabel("residual / sigma" if result.sigma is not None else "residual")
+    axr.set_xlabel(xname)
     fig.tight_layout()
     try:
         with atomic_path(out, overwrite=overwrite) as tmp:
