@@ -118,7 +118,7 @@ def load(path, fp: str | None = None) -> dict:
                 cols = {k: sub[k][()] for k in sub}
                 state["records"][name] = [{k: v[i] for k, v in cols.items()} for i in range(int(sub.attrs["count"]))]
             return state
-    except (OSError, KeyError) as e:
+    except (OSError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:  # damaged file
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 
