@@ -10,6 +10,8 @@ a declared 2^40-element dataset would need 8 TiB, so a pass also shows reads are
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,6 +29,7 @@ MAX_EXAMPLES = 500
 SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
 WORK = Path(tempfile.mkdtemp(prefix="mf_fuzz_"))
+atexit.register(shutil.rmtree, WORK, True)
 
 
 def _valid_results() -> bytes:
