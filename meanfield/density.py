@@ -42,7 +42,7 @@ from solvers.finite_volume import CFL_POSITIVE, rollout
 from solvers.quadrature import log_sphere_area
 from solvers.zonal import make_zonal_solver, zonal_cell_averages
 
-from . import _validate
+from . import _validate, checkpoint
 from ._threads import fetch
 from .diagnostics import simulation_diagnostics_jit
 from .particles import attention_field, diagnostic_subsets, initial_tokens
@@ -62,30 +62,65 @@ def _solution(spec, diags, density, grid, stats, params, warnings, x=None, snaps
 
 
 def _subgrid_warning(diags, spec, threshold, log_cell_measure, density) -> list[str]:
+    """The first time the density is narrower than a cell, with the grid's entropy floor.
+
+    The floor is the smallest per-cell floor ``e_i`` of the grid's entropy formula: with cell masses
+    ``w_i`` (sum 1), ``H = sum w_i (e_i - log w_i) >= sum w_i e_i >= min_i e_i``, whatever cells the
+    mass later moves to. ``e_i = log(cell measure)`` on the circle; on the zonal grid the formula uses
+    the cell average of ``log sin^(d-2)``, so ``e_i`` is below the log-measure (by Jensen), most at the pole.
+    """
     pf = np.asarray(diags["peak_fraction"])
     hit = np.nonzero(pf > threshold)[0]
     if hit.size == 0:
         return []
     k = int(hit[0])
-    floor = float(np.asarray(log_cell_measure)[int(np.argmax(np.asarray(density)[k]))])
+    floor = float(np.min(np.asarray(log_cell_measure)))
     return [f"density concentrated below the grid scale at t={k * float(spec.dt):g} (layer {k}, peak cell holds "
             f"{pf[k]:.2f} of its neighbourhood's mass); later entropies are limited by the grid "
-            f"(H >= log(cell measure) = {floor:.4g}) and under-report the collapse"]
+            f"(H >= {floor:.6g}, one cell at the pole) and under-report the collapse"]
 
 
 def _run_grid(spec, method, solver, u0, grid, params):
     t0 = time.perf_counter()
-    us, diags = rollout(solver, u0, float(spec.dt), int(spec.n_steps), cfl=method.cfl)
+    us, diags = _rollout_checkpointed(spec, method, solver, u0)
     jax.block_until_ready(us)
     elapsed = time.perf_counter() - t0
     us = np.asarray(us)
     diags = {k: np.asarray(v) for k, v in diags.items()}
-    warnings = _subgrid_warning(diags, spec, method.subgrid_threshold, grid["log_cell_measure"], us)
+    warnings = _subgrid_warning(diags, spec, method.subgrid_threshold, grid.get("entropy_floor", grid["log_cell_measure"]), us)
+    if type(spec.init).__name__ == "Uniform":
+        warnings.insert(0, f"the uniform start is a steady state of the density equation: method={method.name!r} keeps "
+                           "it (up to round-off) and shows no collapse; start from VonMisesFisher (CLI: --init vmf)")
     n_sub = solver.substeps(float(spec.dt), method.cfl)
     stats = {"wall_time": elapsed, "substeps_per_layer": n_sub, "cells": int(solver.n_cells),
              "cell_steps": int(solver.n_cells) * n_sub * int(spec.n_steps)}
     return _solution(spec, diags, us, grid, stats, {"cells": int(solver.n_cells), "cfl": method.cfl, **params},
                      warnings)
+
+
+def _rollout_checkpointed(spec, method, solver, u0):
+    """``rollout`` in one piece, or save interval by save interval with checkpoints (and resume)."""
+    ck = checkpoint.current(spec)
+    if ck.checkpoint is None and ck.state is None:
+        return rollout(solver, u0, float(spec.dt), int(spec.n_steps), cfl=method.cfl)
+    steps = np.asarray(spec.save_steps, dtype=int)
+    if ck.state is None:
+        us, diags = [np.asarray(u0)[None]], None
+    else:
+        us, diags = [ck.state["arrays"]["u"]], {k[5:]: v for k, v in ck.state["arrays"].items() if k.startswith("diag_")}
+    u = jnp.asarray(us[0][-1], u0.dtype)
+    for i in range(ck.start + 1, len(steps)):
+        seg_u, seg_d = rollout(solver, u, float(spec.dt), int(steps[i] - steps[i - 1]), cfl=method.cfl)
+        seg_u, seg_d = np.asarray(seg_u), {k: np.asarray(v) for k, v in seg_d.items()}
+        u = jnp.asarray(seg_u[-1], u0.dtype)
+        us.append(seg_u[1:])
+        diags = seg_d if diags is None else \
+            {k: np.concatenate([diags[k], seg_d[k][1:]]) for k in diags}
+        if ck.due(i):
+            u_all = np.concatenate(us)
+            us = [u_all]
+            ck.save(i, {"u": u_all, **{f"diag_{k}": v for k, v in diags.items()}}, {})
+    return np.concatenate(us), diags
 
 
 def _check_grid_start(spec, name):
@@ -142,7 +177,10 @@ class Zonal:
                                    dtype=spec.dtype, diffusion=0.5 * float(self.sigma) ** 2)
         F0 = zonal_cell_averages(lambda th: np.asarray(spec.init.zonal_log_marginal(th), np.float64), n)
         grid = {"theta": np.asarray(solver.centers), "theta_edges": np.linspace(0.0, np.pi, n + 1),
-                "axis": np.asarray(spec.init.axis, np.float64), "log_cell_measure": np.asarray(solver.log_cell_measure)}
+                "axis": np.asarray(spec.init.axis, np.float64), "log_cell_measure": np.asarray(solver.log_cell_measure),
+                # per cell, the smallest entropy the grid's H formula can give (mass in that one cell)
+                "entropy_floor": np.asarray(log_sphere_area(int(spec.d) - 1) + (int(spec.d) - 2) * np.asarray(solver.log_sin_avg, np.float64)
+                                            + np.log(float(solver.h)))}
         return _run_grid(spec, self, solver, jnp.asarray(F0, solver.centers.dtype), grid, {"n_phi": self.n_phi})
 
 
@@ -219,15 +257,29 @@ class Characteristics:
         def record(x):
             return fetch(simulation_diagnostics_jit, field, x, q_dev, None, 1.0, key_idx)
 
-        layer_diags, saved, snaps = [], [record(x)], [x]
+        ck = checkpoint.current(spec)
+        if ck.state is None:
+            layer_diags, saved, snaps = [], [record(x)], [x]
+        else:
+            arr = ck.state["arrays"]
+            x, lr = jnp.asarray(arr["x"], spec.dtype), jnp.asarray(arr["log_rho"], spec.dtype)
+            layer_diags = [{k[5:]: v for k, v in arr.items() if k.startswith("diag_")}]
+            saved, snaps = ck.state["records"]["saved"], list(arr.get("snapshots", []))
         steps = np.asarray(spec.save_steps, dtype=int)
-        for a, b in zip(steps[:-1], steps[1:]):
-            x, lr, dg = characteristics_rollout(field.velocity_and_divergence, x, lr, float(spec.dt), int(b - a),
-                                                substeps)
+        for i in range(ck.start + 1, len(steps)):
+            x, lr, dg = characteristics_rollout(field.velocity_and_divergence, x, lr, float(spec.dt),
+                                                int(steps[i] - steps[i - 1]), substeps)
             layer_diags.append({k: np.asarray(v)[(1 if layer_diags else 0):] for k, v in dg.items()})
             saved.append(record(x))
             if spec.save_tokens:
                 snaps.append(x)
+            if ck.due(i):
+                layer_diags = [{k: np.concatenate([d[k] for d in layer_diags]) for k in layer_diags[0]}]
+                arrays = {"x": np.asarray(x), "log_rho": np.asarray(lr),
+                          **{f"diag_{k}": v for k, v in layer_diags[0].items()}}
+                if spec.save_tokens:
+                    arrays["snapshots"] = np.stack([np.asarray(s) for s in snaps])
+                ck.save(i, arrays, {"saved": saved})
         elapsed = time.perf_counter() - t0
         diags = {k: np.concatenate([d[k] for d in layer_diags]) for k in layer_diags[0]}
         diags["kl_to_uniform"] = log_sphere_area(int(spec.d)) - diags["entropy"]

@@ -22,7 +22,7 @@ import numpy as np
 
 from solvers import INTEGRATORS, KERNELS, AbstractIntegrator, AbstractKernel, make_kernel
 
-from . import _validate
+from . import _resources, _validate, checkpoint as _checkpoint
 from .density import DENSITY_METHODS
 from .diagnostics import DEFAULT_KEY_SAMPLE, DEFAULT_N_QUERY, DIAGNOSTIC_MODES
 from .distributions import as_key
@@ -139,6 +139,7 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
             raise ValueError(f"N = {N} does not match the {x0.shape[0]} rows of the token array")
         N, d = x0.shape
         init = None
+    _resources.check_sizes(N, d)
     w = None if weights is None else _validate.weights(weights, N)
     dtype = _resolve_dtype(dtype, x0)
     n_steps, h = _steps(t1, layers, dt, time_map, N)
@@ -157,19 +158,29 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
     return spec
 
 
-def run(spec: FlowSpec) -> FlowSolution:
-    """Run a validated spec with its method."""
+def run(spec: FlowSpec, *, checkpoint=None, resume=None, check_memory: bool = True) -> FlowSolution:
+    """Run a validated spec with its method (``checkpoint``, ``resume``: see :func:`solve_flow`).
+
+    ``check_memory``: refuse (``ValueError``) before allocating when the run's estimated peak
+    memory (``meanfield._resources.estimate_memory``) exceeds the memory the system has available.
+    """
+    if check_memory:
+        _resources.check_memory(spec)
     if spec.merging is not None:
+        if checkpoint is not None or resume is not None:
+            raise ValueError("checkpoint/resume are not available for runs with token merging (merging=...)")
         return run_merged(spec)
-    if isinstance(spec.method, AbstractIntegrator):
-        return run_particles(spec)
-    return spec.method.run(spec)
+    with _checkpoint.session(spec, checkpoint, resume):
+        if isinstance(spec.method, AbstractIntegrator):
+            return run_particles(spec)
+        return spec.method.run(spec)
 
 
 def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
                layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
                n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
-               key_sample=DEFAULT_KEY_SAMPLE, merging=None) -> FlowSolution:
+               key_sample=DEFAULT_KEY_SAMPLE, merging=None, checkpoint=None, resume=None,
+               check_memory=True) -> FlowSolution:
     """Solve the mean-field token flow ``dx_i/dt = (1/M) P_{x_i} sum_j A_ij x_j`` on S^{d-1}.
 
     Parameters (keyword-only after ``init``; defaults in brackets)
@@ -199,14 +210,19 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
     progress : ``True`` for a tqdm bar, or an object with init/step/close [False].
     save_tokens : keep the tokens at every save in ``sol.snapshots`` [False].
     diagnostics : ``"sampled"`` -- when ``N > key_sample`` the attention statistics at each save
-        are estimated from the query rows over a fixed, seeded subsample of ``key_sample`` keys and
-        (softmax/usa) the entropy rate is averaged over the query tokens, so saving costs about as
-        much as a step at most; ``"exact"`` -- rows over all N keys, entropy rate over all tokens
-        [sampled; exact anyway when N <= key_sample]. ``params["diagnostics"]`` records which.
+        are estimated from the query rows over a fixed, seeded subsample of ``key_sample`` keys;
+        ``"exact"`` -- rows over all N keys [sampled; exact anyway when N <= key_sample]. The
+        token statistics and the entropy rate are exact either way. ``params["diagnostics"]``
+        records which.
     key_sample : keys in the subsample of sampled diagnostics [4096].
     merging : real token merging, a strategy object ``ToMe(ratio=m, proportional=...)`` or
         ``FastVGGT(ratio=m, protected_fraction=...)`` (``meanfield.merging``, docs/merging.md);
         distinct from the mobility model ``merge``/``fusion`` [None].
+    checkpoint : ``meanfield.Checkpoint(path, every=K)`` (or a path, K = 1): write the run's state
+        atomically after every K-th save [None]. Every particle method and density method.
+    resume : path of a checkpoint of this same run: continue from it; the final state equals an
+        uninterrupted run's bit for bit [None].
+    check_memory : refuse a run whose estimated peak memory exceeds the available memory [True].
 
     Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
     """
@@ -215,7 +231,7 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
         dt=dt, time_map=time_map, method=method, save_every=save_every, key=key, n_query=n_query, dtype=dtype,
         progress=progress, save_tokens=save_tokens, diagnostics=diagnostics, key_sample=key_sample,
         merging=merging,
-    ))
+    ), checkpoint=checkpoint, resume=resume, check_memory=check_memory)
 
 
 __all__ = ["FlowSolution", "FlowSpec", "kernels", "make_spec", "method_table", "methods", "resolve_kernel", "resolve_method",

@@ -26,7 +26,7 @@ import h5py
 import jax
 import numpy as np
 
-from ._hdf5 import decode_attr, encode_attr, read_attrs
+from ._hdf5 import READ_ERRORS, decode_attr, encode_attr, read_array, read_attrs
 from ._version import __version__
 from .atomic import atomic_path
 from .solution import FlowSolution
@@ -81,38 +81,66 @@ def save_results(path, sol: FlowSolution, *, overwrite: bool = False, compressio
 
 
 def load_results(path) -> FlowSolution:
-    """Read a results file written by :func:`save_results` (raises ``ValueError`` if it is not one)."""
+    """Read a results file written by :func:`save_results`.
+
+    Raises ``ValueError`` (one line) for anything that is not a complete, consistent results file:
+    missing, truncated, foreign, damaged (wrong dtypes or shapes, missing parts, declared sizes
+    beyond memory); this is the loader's one documented exception (fuzzed in tests/test_fuzz_loaders.py).
+    """
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:
         raise ValueError(f"no such results file: {path}") from None
-    except OSError as e:
-        raise ValueError(f"{path} is not a readable HDF5 file ({e})") from None
-    with f:
-        fmt = decode_attr(f.attrs.get("format"))
-        if fmt != FORMAT:
-            raise ValueError(f"{path} is not a meanfield results file (format attribute {fmt!r})")
-        version = int(f.attrs.get("format_version", -1))
-        if version > FORMAT_VERSION:
-            raise ValueError(f"{path} has results format version {version}; this meanfield reads <= {FORMAT_VERSION}")
-        for need in ("parameters", "scales/t", "scales/layer", "diagnostics"):
-            if need not in f:
-                raise ValueError(f"{path} is missing /{need}")
-        params = read_attrs(f["parameters"])
-        diags = {k: f["diagnostics"][k][()] for k in f["diagnostics"]}
-        tok = f.get("tokens")
-        dens = f.get("density")
-        return FlowSolution(
-            t=f["scales/t"][()],
-            layers=f["scales/layer"][()],
-            x=tok["final"][()] if tok is not None and "final" in tok else None,
-            diagnostics=diags,
-            params=params,
-            query_indices=f["query_indices"][()] if "query_indices" in f else None,
-            snapshots=tok["snapshots"][()] if tok is not None and "snapshots" in tok else None,
-            stats=read_attrs(f["stats"]) if "stats" in f else {},
-            grid={k[5:]: dens[k][()] for k in dens if k.startswith("grid_")} if dens is not None else None,
-            density=dens["values"][()] if dens is not None else None,
-            warnings=[str(decode_attr(v)) for _, v in sorted(f["warnings"].attrs.items())] if "warnings" in f else [],
-            weights=tok["weights"][()] if tok is not None and "weights" in tok else None,
-        )
+    except READ_ERRORS as e:
+        raise ValueError(f"{path} is not a readable HDF5 file ({e})".splitlines()[0]) from None
+    try:
+        with f:
+            return _read(f, path)
+    except ValueError as e:
+        raise ValueError(str(e).splitlines()[0] if str(e) else f"{path}: damaged results file") from None
+    except READ_ERRORS as e:
+        raise ValueError(f"{path}: damaged results file ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def _read(f, path) -> FlowSolution:
+    fmt = decode_attr(f.attrs.get("format"))
+    if fmt != FORMAT:
+        raise ValueError(f"{path} is not a meanfield results file (format attribute {fmt!r})")
+    version = int(np.asarray(f.attrs.get("format_version", -1)).item())
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path} has results format version {version}; this meanfield reads <= {FORMAT_VERSION}")
+    for need in ("parameters", "scales/t", "scales/layer", "diagnostics"):
+        if need not in f:
+            raise ValueError(f"{path} is missing /{need}")
+
+    def arr(where, numeric=True):
+        return read_array(f[where], f"{path}: /{where}", numeric=numeric)
+
+    t, layers = arr("scales/t"), arr("scales/layer")
+    if t.ndim != 1 or layers.shape != t.shape or t.size == 0:
+        raise ValueError(f"{path}: /scales/t and /scales/layer must be equal non-empty 1-D arrays, "
+                         f"got {t.shape} and {layers.shape}")
+    diags = {k: arr(f"diagnostics/{k}") for k in f["diagnostics"]}
+    for k, v in diags.items():
+        if v.ndim < 1 or v.shape[0] != t.size:
+            raise ValueError(f"{path}: /diagnostics/{k} has shape {v.shape}, expected ({t.size}, ...)")
+    params = read_attrs(f["parameters"])
+    tok = f.get("tokens")
+    dens = f.get("density")
+    x = arr("tokens/final") if tok is not None and "final" in tok else None
+    if x is not None and x.ndim != 2:
+        raise ValueError(f"{path}: /tokens/final has shape {x.shape}, expected (N, d)")
+    return FlowSolution(
+        t=t,
+        layers=layers,
+        x=x,
+        diagnostics=diags,
+        params=params,
+        query_indices=arr("query_indices") if "query_indices" in f else None,
+        snapshots=arr("tokens/snapshots") if tok is not None and "snapshots" in tok else None,
+        stats=read_attrs(f["stats"]) if "stats" in f else {},
+        grid={k[5:]: arr(f"density/{k}") for k in dens if k.startswith("grid_")} if dens is not None else None,
+        density=arr("density/values") if dens is not None else None,
+        warnings=[str(decode_attr(v)) for _, v in sorted(f["warnings"].attrs.items())] if "warnings" in f else [],
+        weights=arr("tokens/weights") if tok is not None and "weights" in tok else None,
+    )

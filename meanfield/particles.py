@@ -17,6 +17,7 @@ import numpy as np
 
 from solvers import AttentionField
 
+from . import checkpoint
 from ._threads import fetch
 from .diagnostics import query_subset, simulation_diagnostics_jit
 from .progress import make_progress
@@ -91,41 +92,56 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
 
     The diagnostics of a saved state are computed when the next step has run: that step's first
     field evaluation at the saved state also gives the divergence, so the exact entropy rate costs
-    no extra pass over the keys (``AbstractIntegrator.step_with_divergence``). Only the last save
-    takes one extra evaluation.
+    no extra pass over the keys (``AbstractIntegrator.step_with_divergence``; schemes without it
+    take one extra evaluation per save). Only the last save takes one extra evaluation.
+    With a checkpoint session (``meanfield.checkpoint``) the state after every K-th save is written,
+    including whether that save's diagnostics still wait for the next step, so a resumed run takes
+    exactly the same steps as an uninterrupted one.
     """
     t_start = time.perf_counter()
     field = attention_field(spec)
     q_idx, key_idx = diagnostic_subsets(spec)
     q_dev = jnp.asarray(q_idx)
     h = jnp.asarray(spec.dt, spec.dtype)
-    x = initial_tokens(spec)
+    fused = spec.method.fused_divergence
+    noise_key = jax.random.fold_in(spec.key, 2) if getattr(spec.method, "stochastic", False) else None
 
     def record(x_saved, div):
         return fetch(simulation_diagnostics_jit, field, x_saved, q_dev, None, 1.0, key_idx, div)
 
-    fused = spec.method.fused_divergence
-    records = []
-    extra = 0  # field evaluations made for the diagnostics only
-    pending = None  # a saved state whose diagnostics wait for the divergence from the next step
+    ck = checkpoint.current(spec)
+    if ck.state is None:
+        x = initial_tokens(spec)
+        records, snaps, evals, extra = [], ([np.asarray(x)] if spec.save_tokens else None), 0, 0
+        pending = None  # a saved state whose diagnostics wait for the divergence from the next step
+    else:  # resumed: the state after save ck.start, then the same chunks as an uninterrupted run
+        arrays = ck.state["arrays"]
+        x = jnp.asarray(arrays["x"], spec.dtype)
+        records = ck.state["records"]["diagnostics"]
+        snaps = list(arrays["snapshots"]) if spec.save_tokens else None
+        evals, extra = int(arrays["evals"]), int(arrays["extra"])
+        pending = x if int(arrays["pending"]) else None
 
     def save_state(state):
         nonlocal pending, extra
         if fused:
             pending = state
         else:
-            x = _tokens(spec.method, state)  # a pre-/peri-LN scheme's state is the residual stream
-            records.append(record(x, _divergence(field, x)))
+            xt = _tokens(spec.method, state)  # a pre-/peri-LN scheme's state is the residual stream
+            records.append(record(xt, _divergence(field, xt)))
             extra += 1
 
-    snaps = [np.asarray(x)] if spec.save_tokens else None
-    noise_key = jax.random.fold_in(spec.key, 2) if getattr(spec.method, "stochastic", False) else None
-    evals = 0
     bar = make_progress(spec.progress)
     bar.init(spec.n_steps, desc=f"{spec.kernel.name}/{spec.method.name} N={spec.N} d={spec.d}")
+    bar.step(int(spec.save_steps[ck.start]))
+    reached = 0
     try:
-        save_state(x)
+        if ck.state is None:
+            save_state(x)
         for i, (k, save) in enumerate(chunks(spec.save_steps, spec.n_steps)):
+            if reached < ck.start:  # skipping the chunks done before the checkpoint
+                reached = save if save is not None else reached
+                continue
             key = () if noise_key is None else (jax.random.fold_in(noise_key, i),)  # fresh noise per chunk
             todo = k
             if pending is not None:
@@ -141,6 +157,11 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
                 save_state(x)
                 if snaps is not None:
                     snaps.append(np.asarray(_tokens(spec.method, x)))
+                if ck.due(save):
+                    arrays = {"x": np.asarray(x), "evals": evals, "extra": extra, "pending": int(pending is not None)}
+                    if snaps is not None:
+                        arrays["snapshots"] = np.stack(snaps)
+                    ck.save(save, arrays, {"diagnostics": records})
         if pending is not None:
             records.append(record(pending, _divergence(field, pending)))
             extra += 1
@@ -160,16 +181,51 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
         stats={"field_evaluations": evals, "diagnostic_field_evaluations": extra,
                "wall_time": time.perf_counter() - t_start},
         weights=spec.weights,
+        warnings=scheme_warnings(spec),
     )
 
 
+USA_FIXED_STEP_ALPHA = 8.0
+"""From this alpha on, fixed-step euler/heun on usa were seen to lose the energy's monotonicity (audit)."""
+
+
+def scheme_warnings(spec: FlowSpec) -> list[str]:
+    """Known weaknesses of the chosen scheme for this run, as warnings carried by the solution."""
+    if spec.kernel.name == "usa" and spec.method.name in ("euler", "heun") and float(spec.kernel.alpha) >= USA_FIXED_STEP_ALPHA:
+        return [f"fixed-step {spec.method.name} on usa at alpha = {float(spec.kernel.alpha):g} >= {USA_FIXED_STEP_ALPHA:g}: "
+                f"the interaction energy may lose its monotone increase at dt = {spec.dt:g} (the drive grows like "
+                "e^alpha); use method='adaptive' or a smaller dt (docs/limitations.md)"]
+    return []
+
+
+UNDEFINED_FOR_ONE_QUERY = ("normalized_entropy",)
+"""NaN by design when the attention has one query row (``H_sv / log 1 = 0/0``; N = 1 or n_query = 1)."""
+UNDEFINED_FOR_ONE_TOKEN = ("covariance_effective_rank",)
+"""NaN by design for a single token (its covariance is 0: the eigenvalue distribution is 0/0)."""
+
+
 def check_finite(diags: dict, spec: FlowSpec) -> None:
-    """Value problems are checked once per run on the host, not per step in the hot loop."""
-    names = [k for k in diags if k != "row_entropy"]  # row entropy is NaN by definition for some linear rows
-    bad = ~np.all(np.stack([np.isfinite(diags[k]).reshape(len(diags[k]), -1).all(1) for k in names]), axis=0)
-    if bad.any():
-        i = int(np.argmax(bad))
+    """Value problems are checked once per run on the host, not per step in the hot loop.
+
+    The error names the first diagnostic that became non-finite and the step. Diagnostics that are
+    undefined for the run's sizes (:data:`UNDEFINED_FOR_ONE_QUERY`, :data:`UNDEFINED_FOR_ONE_TOKEN`)
+    are NaN by design and not checked; row entropy is NaN by definition for some linear rows.
+    """
+    skip = {"row_entropy"}
+    if min(spec.N, spec.n_query) == 1:
+        skip.update(UNDEFINED_FOR_ONE_QUERY)
+    if spec.N == 1:
+        skip.update(UNDEFINED_FOR_ONE_TOKEN)
+    first = None
+    for name in (k for k in diags if k not in skip):
+        ok = np.isfinite(diags[name]).reshape(len(diags[name]), -1).all(1)
+        if not ok.all() and (first is None or int(np.argmin(ok)) < first[1]):
+            first = (name, int(np.argmin(ok)))
+    if first is not None:
+        name, i = first
+        row = np.asarray(diags[name]).reshape(len(diags[name]), -1)[i]
         raise FloatingPointError(
-            f"the {spec.kernel.name} flow became non-finite by step {int(spec.save_steps[i])} "
+            f"the {spec.kernel.name} flow is non-finite at step {int(spec.save_steps[i])}: diagnostic {name!r} "
+            f"is {float(row[~np.isfinite(row)][0])} "
             f"(alpha = {float(spec.kernel.alpha)}, precision {jnp.dtype(spec.dtype).name}); try float64 or a smaller alpha"
         )

@@ -85,8 +85,18 @@ def build_parser() -> ArgumentParser:
       "(default: %(default)s)")
     a("--save-every", type=int, default=None, help="layers between saved rows (default: every layer up to 100)")
     a("--save-tokens", action="store_true", help="store the tokens at every save in the HDF5 file")
-    a("--out", default="meanfield_results.h5", help="results file (default: %(default)s)")
-    a("--overwrite", action="store_true", help="replace existing output files")
+    a("--out", default="meanfield_results.h5", help="results file, .h5 or .hdf5; the plot is OUT with .png "
+      "(default: %(default)s)")
+    a("--overwrite", action="store_true", help="replace existing output files (default: refuse to)")
+    a("--checkpoint-every", type=int, default=None, metavar="K", help="write a checkpoint after every K-th saved "
+      "row, atomically (default: no checkpoints)")
+    a("--checkpoint", default=None, metavar="FILE", help="checkpoint file (default: OUT with .ckpt.h5)")
+    a("--resume", default=None, metavar="FILE", help="continue the run from this checkpoint (same options as the "
+      "checkpointed run); the result equals an uninterrupted run's bit for bit")
+    a("--no-memory-check", action="store_true", help="run even when the estimated peak memory exceeds the "
+      "available memory (default: refuse)")
+    a("--table", default=None, metavar="FILE", help="also write the per-layer table, every saved row and scalar "
+      "diagnostic, as FILE.csv or FILE.json (default: none)")
     a("--no-plot", action="store_true", help="do not write the PNG plot")
     a("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -129,6 +139,7 @@ def main(argv=None) -> int:
     from .flow import make_spec, method_table, run
     from .io import save_results
     from .plots import plot_solution
+    from . import _resources
 
     from ._validate import choice, integer, real
 
@@ -147,6 +158,9 @@ def main(argv=None) -> int:
         method = table["sde"](sigma=real("sigma", args.sigma, minimum=0.0))
     else:
         method = cls(cells=integer("cells", args.cells, 4)) if args.method in GRID_METHODS else cls()
+    if args.method in GRID_METHODS and args.init == "uniform":
+        raise ValueError(f"--method {args.method} with --init uniform shows nothing: the uniform density is a steady "
+                         "state of the density equation (docs/theory.md); start from --init vmf --kappa K")
     init = distributions.make_distribution(args.init, args.d, args.kappa)
     kernel, alpha = args.kernel, args.alpha
     if args.causal:
@@ -166,18 +180,25 @@ def main(argv=None) -> int:
         progress=not args.no_progress, save_tokens=args.save_tokens, diagnostics=args.diagnostics,
         key_sample=args.key_sample, merging=merging,
     )
-    out = Path(args.out)
-    if out.suffix.lower() == ".png":
-        raise ValueError(f"--out names the HDF5 results file, got {out}")
+    out = check_writable(args.out, args.overwrite, nbytes=_resources.results_size(spec), suffixes=(".h5", ".hdf5"))
     png = out.with_suffix(".png")
-    check_writable(out, args.overwrite)
     if not args.no_plot:
         check_writable(png, args.overwrite)
+    if args.table is not None:
+        check_writable(args.table, args.overwrite, suffixes=(".csv", ".json"))
+    ckpt = _checkpoint_option(args, out, spec)
+    need = _resources.estimate_memory(spec) if args.no_memory_check else \
+        _resources.check_memory(spec, flag="--no-memory-check")
+    print(f"{PROG}: {spec.kernel.name}/{spec.method.name}, N={spec.N}, d={spec.d}, {spec.n_steps} steps, "
+          f"{jax.numpy.dtype(spec.dtype).name}; estimated peak memory {_resources.format_bytes(need)}", file=sys.stderr)
 
-    sol = run(spec)
+    sol = run(spec, checkpoint=ckpt, resume=args.resume, check_memory=False)
     print(format_table(sol))
     save_results(out, sol, overwrite=args.overwrite)
     written = [str(out)]
+    if args.table is not None:
+        write_table(args.table, sol, overwrite=args.overwrite)
+        written.append(str(args.table))
     if not args.no_plot:
         plot_solution(sol, png, overwrite=args.overwrite)
         written.append(str(png))
@@ -185,6 +206,44 @@ def main(argv=None) -> int:
     for w in sol.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0
+
+
+def write_table(path, sol, *, overwrite: bool = False) -> None:
+    """Every saved row with its scalar diagnostics, as CSV or JSON (by extension), atomically."""
+    import csv
+    import json
+
+    import numpy as np
+
+    from .atomic import atomic_path
+
+    names = [k for k, v in sol.diagnostics.items() if np.ndim(v) == 1]
+    cols = {"layer": np.asarray(sol.layers).tolist(), "t": np.asarray(sol.t, float).tolist(),
+            **{k: np.asarray(sol.diagnostics[k], float).tolist() for k in names}}
+    with atomic_path(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
+        if str(path).lower().endswith(".json"):  # NaN (undefined diagnostics) as null, valid JSON
+            rows = [{k: (None if isinstance(v[i], float) and v[i] != v[i] else v[i]) for k, v in cols.items()}
+                    for i in range(len(cols["layer"]))]
+            json.dump({"params": sol.params, "rows": rows}, fh, indent=1, default=str)
+        else:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            w.writerows(zip(*cols.values()))
+
+
+def _checkpoint_option(args, out, spec):
+    """The ``Checkpoint`` of ``--checkpoint-every``/``--checkpoint``, checked before the run (or None)."""
+    from .atomic import check_writable
+    from .checkpoint import Checkpoint
+
+    if args.checkpoint_every is None:
+        if args.checkpoint is not None:
+            raise ValueError("--checkpoint needs --checkpoint-every K")
+        return None
+    path = args.checkpoint or str(out.with_suffix(".ckpt.h5"))
+    if args.resume is None or Path(path).resolve() != Path(args.resume).resolve():
+        check_writable(path, overwrite=True, suffixes=(".h5", ".hdf5"))
+    return Checkpoint(path, every=args.checkpoint_every)
 
 
 def cli(argv=None) -> int:

@@ -3,8 +3,11 @@
 
 Samples ``x_k(0) ~ rho_0`` with known ``log rho_0(x_k)`` move with the mean-field velocity
 (estimated from the samples themselves) and carry ``d/dt log rho(x_k(t)) = -div_S v(x_k(t))``.
-Then ``H(t) = -E_rho[log rho] ≈ -(1/N) sum_k log rho(x_k(t))`` is an unbiased Monte-Carlo estimate
-(no kNN bias) with standard error ``std(log rho)/sqrt(N)``.
+Then ``H(t) = -E_rho[log rho] ≈ -(1/N) sum_k log rho(x_k(t))``, a Monte-Carlo mean with no density
+estimation (no kNN or kernel bias). ``std(log rho)/sqrt(N)`` is its sampling standard error only:
+the particles move in their own mean field, so they are independent samples of ``rho_t`` only at
+``t = 0``; the N-particle system's O(N^{-1/2}) deviation from the mean-field density and the time
+stepping error are not in it, and near collapse the actual error can be several times larger.
 
 The state is the pair ``(x, logrho)``; a *field* is any function ``x -> (v, div)`` returning the
 tangent velocity ``v`` (N, d) (mobility ``1/M`` included) and ``div_S v`` (N,): in the package,

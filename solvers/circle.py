@@ -139,7 +139,8 @@ class CircleSolver(AbstractGridSolver):
 
     def diagnostics(self, rho) -> dict:
         w = rho * self.h
-        m = w @ self.xc
+        m = (w @ self.xc) / jnp.sum(w)  # per unit of mass: round-off drift must not give |m| > 1
+        m = m / jnp.maximum(1.0, jnp.sqrt(m @ m))
         logr = jnp.log(jnp.where(rho > 0, rho, 1.0))
         H = -jnp.sum(w * logr)
         return {

@@ -47,27 +47,30 @@ def _parser():
             g = s.add_mutually_exclusive_group(required=True)
             g.add_argument("--text-file", help="UTF-8 text file (one sequence)")
             g.add_argument("--text", help="the text itself")
-            s.add_argument("--max-tokens", type=int, default=512)
+            s.add_argument("--max-tokens", type=int, default=512, help="truncate the tokenized text to this many "
+                           "tokens, >= 2 (default: %(default)s)")
         else:
             s.add_argument("--images", nargs="+", required=True, help="image files, in frame order")
             s.add_argument("--weights", default="facebook/VGGT-1B", help="hub id or local checkpoint (.pt)")
-            s.add_argument("--device", default="cuda")
-            s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+            s.add_argument("--device", default="cuda", help="torch device (default: %(default)s)")
+            s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                           help="autocast dtype of the forward pass (default: %(default)s)")
             s.add_argument("--merge", default=None, help="FastVGGT merge settings as JSON, recorded as given")
             s.add_argument(
                 "--no-capture-check",
                 action="store_true",
                 help="skip the check that recomputed q/k reproduce each block's output (FastVGGT)",
             )
-        s.add_argument("--out", required=True, help="output dump (.h5), written atomically")
+        s.add_argument("--out", required=True, help="output dump (.h5 or .hdf5), written atomically")
         s.add_argument("--n-query", type=int, default=512, help="query rows (seeded subset; all if N <= n)")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--seed", type=int, default=0, help="seed of the query subset and row sample (default: 0)")
         s.add_argument("--layers", default=None, help="comma-separated block indices (default: all)")
         s.add_argument("--sample-rows", type=int, default=1024, help="float16 token rows kept (<= 1024)")
         s.add_argument("--sample-layers", default="all", help="'all' or comma-separated block indices")
-        s.add_argument("--key-block", type=int, default=1024)
+        s.add_argument("--key-block", type=int, default=1024, help="keys per streamed block of the attention "
+                       "statistics: memory, not results (default: %(default)s)")
         s.add_argument("--no-self-check", action="store_true", help="skip the plain-vs-hooked comparison")
-        s.add_argument("--overwrite", action="store_true")
+        s.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
     return p
 
 
@@ -132,13 +135,11 @@ def main(argv=None) -> int:
 
     jax.config.update("jax_enable_x64", True)
     args = _parser().parse_args(argv)
-    from meanfield.atomic import check_writable
-
+    from ._inputs import quiet_transformers, validate
     from .format import write_dump
 
-    check_writable(args.out, args.overwrite)  # fail before loading a model
-    if not 1 <= args.sample_rows <= 1024:
-        raise ValueError(f"--sample-rows must lie in [1, 1024], got {args.sample_rows}")
+    text = validate(args)  # every input checked (and the text read) before a model is loaded
+    quiet_transformers()
     common = {
         "n_query": args.n_query, "seed": args.seed, "layers": _ints(args.layers, "--layers"),
         "sample_rows": args.sample_rows, "sample_layers": _ints(args.sample_layers, "--sample-layers"),
@@ -149,11 +150,6 @@ def main(argv=None) -> int:
         from .hf import dump_hf, load_encoder
 
         model, tok, model_id, folder = load_encoder(args.model)
-        if args.text_file:
-            with open(args.text_file, encoding="utf-8") as fh:
-                text = fh.read()
-        else:
-            text = args.text
         dump = dump_hf(model, tok, text, max_tokens=args.max_tokens, model_id=model_id, checkpoint=folder, **common)
     elif args.adapter == "dinov2":
         dump = _run_dinov2(args, common)

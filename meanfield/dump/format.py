@@ -39,7 +39,7 @@ import os
 import h5py
 import numpy as np
 
-from meanfield._hdf5 import decode_attr, encode_attr
+from meanfield._hdf5 import READ_ERRORS, decode_attr, encode_attr, read_array
 
 FORMAT = "meanfield-dump"
 FORMAT_VERSION = 1
@@ -222,8 +222,8 @@ def _dataset(f, name):
     if name not in f:
         raise ValueError(f"{f.filename}: missing {'group' if '/' not in name else 'dataset'} /{name}")
     try:
-        return np.asarray(f[name][()])
-    except (OSError, RuntimeError, TypeError, ValueError) as exc:  # truncated chunk data, wrong type
+        return np.asarray(read_array(f[name], f"/{name}", numeric=False))
+    except (OSError, RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:  # damaged, wrong type
         raise ValueError(f"{f.filename}: cannot read /{name}: {exc}".splitlines()[0]) from None
 
 
@@ -299,7 +299,20 @@ def _attr(key, value):
 
 
 def read_dump(path) -> Dump:
-    """Validate and load a dump file into a :class:`Dump`."""
+    """Validate and load a dump file into a :class:`Dump`; ``ValueError`` (one line) for anything else.
+
+    ``ValueError`` is the one documented exception for missing, truncated, foreign or damaged files
+    (fuzzed in tests/test_fuzz_loaders.py).
+    """
+    try:
+        return _read_dump(path)
+    except ValueError as e:
+        raise ValueError(str(e).splitlines()[0] if str(e) else f"{path}: damaged dump") from None
+    except READ_ERRORS as e:
+        raise ValueError(f"{path}: damaged dump ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def _read_dump(path) -> Dump:
     with _open(path) as f:
         attrs, arr = _validate_open(f)
         names = decode_attr(f["query/token_type"].attrs.get("names", "[]"), parse_json=True, null=None)

@@ -29,16 +29,22 @@ import sys
 import numpy as np
 
 from meanfield._cli import ArgumentParser, run_cli
-from meanfield._hdf5 import decode_attr, is_hdf5, read_attrs
-from meanfield.atomic import atomic_path
+from meanfield._hdf5 import READ_ERRORS, decode_attr, is_hdf5, read_array, read_attrs
+from meanfield.atomic import atomic_path, check_writable
 
 PROG = "meanfield-fit"
 QUANTITIES = ("effective_rank", "normalized_entropy")
+QUANTITY_LABELS = {"effective_rank": "effective rank", "normalized_entropy": "normalized entropy H_sv / log n"}
 
 
 def _read_csv(path):
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a CSV file") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header row and data rows")
     header = [h.strip() for h in rows[0]]
@@ -74,7 +80,7 @@ def _read_hdf5(path):
         out = {}
         for name, key in cols.items():
             if key in f:
-                a = np.asarray(f[key][...], dtype=np.float64)
+                a = np.asarray(read_array(f[key], f"{path}: /{key}"), dtype=np.float64)
                 if a.ndim != 1:
                     raise ValueError(f"{path}: /{key} must be 1-D per layer, got shape {a.shape}")
                 out[name] = a
@@ -93,7 +99,12 @@ def load_curve(path, quantity=None):
     """Read DATA; return (abscissa name, x, y, sigma or None, quantity, metadata dict)."""
     if not os.path.isfile(path):
         raise ValueError(f"no such file: {path}")
-    cols, meta = _read_hdf5(path) if is_hdf5(path) else _read_csv(path)  # by signature, not by name
+    try:
+        cols, meta = _read_hdf5(path) if is_hdf5(path) else _read_csv(path)  # by signature, not by name
+    except ValueError:
+        raise
+    except READ_ERRORS as e:  # a damaged HDF5 file: one documented exception type for every loader
+        raise ValueError(f"{path}: damaged file ({type(e).__name__}: {e})".splitlines()[0]) from None
     xname = "layer" if "layer" in cols else "m" if "m" in cols else None
     if xname is None:
         raise ValueError(f"{path}: no abscissa column 'layer' or 'm' (found {sorted(cols)})")
@@ -132,7 +143,7 @@ def run_fit(xname, x, y, sigma, quantity, *, N=None, merge=1.0, r=None, optimize
                                  optimizer=optimizer)
 
 
-def plot_fit(result, xname, quantity, out):
+def plot_fit(result, xname, quantity, out, overwrite=True):
     """Data, fitted curve and 95 % band; written to a temp file in the same folder, then renamed."""
     import matplotlib
 
@@ -140,22 +151,38 @@ def plot_fit(result, xname, quantity, out):
     import matplotlib.pyplot as plt
 
     grid = np.linspace(result.x.min(), result.x.max(), 200)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, axr) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     if result.sigma is not None:
         ax.errorbar(result.x, result.y, yerr=result.sigma, fmt="o", color="k", label="data")
     else:
         ax.plot(result.x, result.y, "o", color="k", label="data")
-    ax.plot(grid, result.predict(grid), "C0-", label=f"fit: {result.model.formula}")
+    fitted = np.asarray(result.predict(grid), float)
+    notes = []
+    if quantity == "effective_rank" and np.any(fitted < 1):  # an effective rank is >= 1 by definition
+        notes.append("fitted curve < 1 (impossible for an effective rank) not drawn")
+        fitted = np.where(fitted >= 1, fitted, np.nan)
+    ax.plot(grid, fitted, "C0-", label=f"fit: {result.model.formula}")
     if np.all(np.isfinite(result.cov_u)):
         lo, hi = result.band(grid)
         ax.fill_between(grid, lo, hi, color="C0", alpha=0.25, label="95% confidence band")
-    ax.set_xlabel(xname)
-    ax.set_ylabel(quantity)
+    label = QUANTITY_LABELS.get(quantity, quantity.replace("_", " "))
+    ax.set_ylabel(label)
     ax.set_title(", ".join(f"{p} = {v:.4g}" for p, v in result.estimates.items()), fontsize=9)
+    if "alpha" in result.estimates:
+        notes.append("alpha: the law's fitted rate, not the kernel's inverse temperature")
+    if notes:
+        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom", color="0.3")
     ax.legend(fontsize=8)
+    resid = np.asarray(result.y, float) - np.asarray(result.predict(result.x), float)
+    if result.sigma is not None:
+        resid = resid / np.asarray(result.sigma, float)
+    axr.axhline(0.0, color="0.5", lw=0.8)
+    axr.plot(result.x, resid, "o", color="k", ms=4)
+    axr.set_ylabel("residual / sigma" if result.sigma is not None else "residual")
+    axr.set_xlabel(xname)
     fig.tight_layout()
     try:
-        with atomic_path(out, overwrite=True) as tmp:
+        with atomic_path(out, overwrite=overwrite) as tmp:
             fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
@@ -171,7 +198,8 @@ def build_parser():
     p.add_argument("--r", type=float, default=None, help="fix the rank plateau r (default: fitted)")
     p.add_argument("--optimizer", choices=("lbfgs+lm", "lm"), default="lbfgs+lm",
                    help="L-BFGS then Levenberg-Marquardt (default), or LM alone (faster to compile)")
-    p.add_argument("--out", default=None, help="PNG to write (default: DATA's name + '_fit.png')")
+    p.add_argument("--out", default=None, help="PNG to write, .png (default: DATA's name + '_fit.png')")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
     p.add_argument("--no-plot", action="store_true", help="do not write a PNG")
     return p
 
@@ -189,8 +217,8 @@ def main(argv=None) -> int:
         if not merge >= 1:
             raise ValueError(f"merge must be >= 1, got {merge}")
         out = args.out or os.path.splitext(args.data)[0] + "_fit.png"
-        if not args.no_plot and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise ValueError(f"output folder does not exist: {os.path.dirname(os.path.abspath(out))}")
+        if not args.no_plot:
+            check_writable(out, args.overwrite, suffixes=(".png",))
         result = run_fit(xname, x, y, sigma, quantity, N=N, merge=merge, r=args.r,
                          optimizer=args.optimizer)
         print(f"{args.data}: {quantity} vs {xname}, n = {x.size}"
@@ -199,7 +227,7 @@ def main(argv=None) -> int:
         if not result.ok:
             print(f"{PROG}: warning: the fit has problems, see the notes above", file=sys.stderr)
         if not args.no_plot:
-            plot_fit(result, xname, quantity, out)
+            plot_fit(result, xname, quantity, out, overwrite=args.overwrite)
             print(f"wrote {out}")
     except (ValueError, OSError) as err:
         parser.error(str(err))

@@ -1,0 +1,141 @@
+"""Checkpoint and resume: a long run saves its state every K saves and continues from it exactly.
+
+``solve_flow(..., checkpoint=Checkpoint("run.ckpt.h5", every=K))`` writes the complete state of
+the run (tokens or grid values, the diagnostics recorded so far, counters) to one HDF5 file after
+every ``K``-th save, atomically (``meanfield.atomic``: a kill during the write leaves the previous
+checkpoint). ``solve_flow(..., resume="run.ckpt.h5")`` (CLI ``--resume FILE``) continues from it:
+the run must be the same (a fingerprint of its parameters, starting tokens and masses is
+compared), and because every runner advances in the same chunks whether resumed or not, the final
+state equals an uninterrupted run's bit for bit.
+
+Runners ask :func:`current` for the session of the run in progress; it is set by :func:`session`
+(``meanfield.flow.run``), so method objects keep their ``run(spec)`` signature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._hdf5 import decode_attr
+from .atomic import atomic_path
+
+FORMAT = "meanfield-checkpoint"
+FORMAT_VERSION = 1
+_CURRENT = contextvars.ContextVar("meanfield_checkpoint", default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """Where and how often to checkpoint: ``path`` (HDF5), ``every`` saves (>= 1)."""
+
+    path: str
+    every: int = 1
+
+    def __post_init__(self):
+        from ._validate import integer
+
+        integer("checkpoint every", self.every, 1)
+        if not str(self.path).strip():
+            raise ValueError("checkpoint path is empty; expected a file name")
+
+
+def fingerprint(spec) -> str:
+    """Digest of everything that determines the run: parameters, save steps, start tokens, masses."""
+    params = {k: v for k, v in spec.params().items() if k != "meanfield_version"}
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(np.asarray(spec.save_steps, np.int64).tobytes())
+    for arr in (spec.x0, spec.weights):
+        if arr is not None:
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+class Session:
+    """The checkpoint policy and the resumed state (if any) of one run."""
+
+    def __init__(self, spec, checkpoint: Checkpoint | None, resume=None):
+        self.spec, self.checkpoint = spec, checkpoint
+        self.fingerprint = fingerprint(spec)
+        self.state = None if resume is None else load(resume, self.fingerprint)
+        self.written = 0
+
+    @property
+    def start(self) -> int:
+        """Index (into ``spec.save_steps``) of the save the run continues from (0: from the start)."""
+        return 0 if self.state is None else self.state["save_index"]
+
+    def due(self, save_index: int) -> bool:
+        """True when the save ``save_index`` is a checkpoint (every K-th, not the last)."""
+        c = self.checkpoint
+        return c is not None and save_index % c.every == 0 and save_index < len(self.spec.save_steps) - 1
+
+    def save(self, save_index: int, arrays: dict, records: dict) -> None:
+        """Write the state after save ``save_index`` (``records``: name -> list of per-save dicts)."""
+        write(self.checkpoint.path, self.fingerprint, self.spec.method.name, save_index, arrays, records)
+        self.written += 1
+
+
+def write(path, fp: str, method: str, save_index: int, arrays: dict, records: dict) -> None:
+    import h5py
+
+    with atomic_path(path, overwrite=True) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fp, "method": method,
+                        "save_index": int(save_index)})
+        g = f.create_group("arrays")
+        for k, v in arrays.items():
+            g.create_dataset(k, data=np.asarray(v))
+        r = f.create_group("records")
+        for name, rows in records.items():
+            sub = r.create_group(name)
+            sub.attrs["count"] = len(rows)
+            for key in (rows[0] if rows else {}):
+                sub.create_dataset(key, data=np.stack([np.asarray(row[key]) for row in rows]))
+
+
+def load(path, fp: str | None = None) -> dict:
+    """Read a checkpoint; ``ValueError`` if it is missing, damaged, or (``fp`` given) of another run."""
+    import h5py
+
+    if not Path(path).is_file():
+        raise ValueError(f"no such checkpoint file: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if decode_attr(f.attrs.get("format")) != FORMAT:
+                raise ValueError(f"{path} is not a meanfield checkpoint")
+            if fp is not None and decode_attr(f.attrs.get("fingerprint")) != fp:
+                raise ValueError(f"{path} is a checkpoint of a different run (parameters, seed or start differ); "
+                                 "resume with exactly the options of the checkpointed run")
+            state = {"save_index": int(f.attrs["save_index"]), "method": decode_attr(f.attrs["method"]),
+                     "arrays": {k: f["arrays"][k][()] for k in f["arrays"]}, "records": {}}
+            for name, sub in f["records"].items():
+                cols = {k: sub[k][()] for k in sub}
+                state["records"][name] = [{k: v[i] for k, v in cols.items()} for i in range(int(sub.attrs["count"]))]
+            return state
+    except (OSError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:  # damaged file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+@contextlib.contextmanager
+def session(spec, checkpoint: Checkpoint | None = None, resume=None):
+    """Make the checkpoint session of ``spec`` current for the runners inside the block."""
+    if isinstance(checkpoint, (str, Path)):
+        checkpoint = Checkpoint(str(checkpoint))
+    s = Session(spec, checkpoint, resume)
+    token = _CURRENT.set(s)
+    try:
+        yield s
+    finally:
+        _CURRENT.reset(token)
+
+
+def current(spec) -> Session:
+    """The session of the run in progress (a no-op session when none was opened)."""
+    s = _CURRENT.get()
+    return s if s is not None and s.spec is spec else Session(spec, None)
