@@ -68,6 +68,14 @@ def build_parser() -> ArgumentParser:
     a("--method", default="layer", help=f"{', '.join(methods())}: particle schemes (layer: x <- normalize(x + h A x)) "
       "and density solvers (characteristics: any d; zonal: d >= 3, axisymmetric init; circle: d = 2); "
       "see docs/python.md (default: %(default)s)")
+    a("--weights-kq", default=None, help="a weight ensemble of Geshkovski et al.: draw the query-key matrix B "
+      "from identity, gaussian, wigner or goe (docs/theory.md \"Weight ensembles\"), redrawn every --tau; "
+      "runs the bilinear kernel at --alpha (default: none, B = alpha I)")
+    a("--weights-v", default="identity", help="with --weights-kq: the value matrix, identity, gaussian, +kq or -kq "
+      "(write --weights-v=-kq) "
+      "(default: %(default)s)")
+    a("--tau", type=float, default=1.0, help="with --weights-kq: time between redraws, a whole number of steps "
+      "(default: %(default)s)")
     a("--causal", action="store_true", help="causal mask: token i attends to tokens j <= i (softmax-type "
       "attention, the bilinear kernel with B = V = I)")
     a("--sigma", type=float, default=None, help="noise strength sigma >= 0: Brownian motion on the sphere, "
@@ -192,7 +200,10 @@ def main(argv=None) -> int:
     print(f"{PROG}: {spec.kernel.name}/{spec.method.name}, N={spec.N}, d={spec.d}, {spec.n_steps} steps, "
           f"{jax.numpy.dtype(spec.dtype).name}; estimated peak memory {_resources.format_bytes(need)}", file=sys.stderr)
 
-    sol = run(spec, checkpoint=ckpt, resume=args.resume, check_memory=False)
+    if args.weights_kq is not None:
+        sol = _ensemble_run(args, spec, ckpt)
+    else:
+        sol = run(spec, checkpoint=ckpt, resume=args.resume, check_memory=False)
     print(format_table(sol))
     save_results(out, sol, overwrite=args.overwrite)
     written = [str(out)]
@@ -244,6 +255,24 @@ def _checkpoint_option(args, out, spec):
     if args.resume is None or Path(path).resolve() != Path(args.resume).resolve():
         check_writable(path, overwrite=True, suffixes=(".h5", ".hdf5"))
     return Checkpoint(path, every=args.checkpoint_every)
+
+
+def _ensemble_run(args, spec, ckpt):
+    """``--weights-kq``: the flow with random weights redrawn every ``--tau`` (meanfield.ensembles)."""
+    from solvers.ensembles import KQ_OPTIONS, V_OPTIONS
+
+    from ._validate import choice
+    from .ensembles import redrawn_flow
+    from .particles import initial_tokens
+
+    choice("weights_kq", args.weights_kq, KQ_OPTIONS)
+    choice("weights_v", args.weights_v, V_OPTIONS)
+    if ckpt is not None or args.resume is not None or args.kernel != "linear" or args.merging is not None:
+        raise ValueError("--weights-kq runs its own bilinear kernel without checkpoints, --kernel or --merging")
+    x0 = initial_tokens(spec)
+    return redrawn_flow(x0, alpha=float(spec.kernel.alpha), kq=args.weights_kq, v=args.weights_v, tau=args.tau,
+                        t1=spec.n_steps * spec.dt, dt=spec.dt, method=spec.method, key=spec.seed,
+                        dtype=spec.dtype, causal=args.causal, save_every=args.save_every)
 
 
 def cli(argv=None) -> int:

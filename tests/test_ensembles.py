@@ -53,3 +53,18 @@ def test_redraw_changes_the_flow():
     assert np.max(np.abs(a.x - b.x)) > 1e-3  # the second period's weights differ
     with pytest.raises(ValueError, match="periods"):
         redrawn_flow(x0, tau=0.3, t1=1.0)
+
+
+def test_cli_weight_ensemble(tmp_path, capsys):
+    """``--weights-kq``: the redrawn-weights flow from the CLI; its options are recorded; bad names exit 2."""
+    from meanfield import load_results
+    from meanfield.simulate import cli
+
+    out = tmp_path / "ens.h5"
+    argv = ["--N", "60", "--d", "4", "--alpha", "1", "--layers", "4", "--tau", "2", "--no-plot", "--no-progress"]
+    assert cli(argv + ["--weights-kq", "goe", "--weights-v=-kq", "--out", str(out)]) == 0
+    sol = load_results(out)
+    assert sol.params["ensemble"]["kq"] == "goe" and sol.params["ensemble"]["periods"] == 2
+    assert sol.params["kernel"] == "bilinear" and len(sol.t) == 5
+    assert cli(argv + ["--weights-kq", "foo", "--out", str(tmp_path / "bad.h5")]) == 2
+    assert "unknown weights_kq 'foo'" in capsys.readouterr().err and not (tmp_path / "bad.h5").exists()
