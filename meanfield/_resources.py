@@ -11,8 +11,6 @@ index (32-bit array indices) with one line instead of an ``OverflowError`` trace
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 INT32_MAX = 2**31 - 1

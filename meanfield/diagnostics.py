@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from solvers import AttentionField
-from solvers.kernels import key_moments
+from solvers.kernels import key_moments, probabilities
 from solvers.sphere import normalize
 
 DEFAULT_N_QUERY = 512
@@ -115,7 +115,7 @@ def entropy_rate(kernel, x: Float[Array, "N d"], weights=None, mobility=1.0) -> 
     (mass-weighted) particle average of the blockwise divergence.
     """
     _, div = kernel.drive_and_divergence(x, x, weights)
-    p = None if weights is None else jnp.asarray(weights, x.dtype) / jnp.sum(jnp.asarray(weights, x.dtype))
+    p = probabilities(weights, x.shape[0], x.dtype)
     return _mean(div, p) * jnp.asarray(mobility, x.dtype)
 
 
@@ -158,7 +158,7 @@ def simulation_diagnostics(kernel, x, query_idx, weights=None, mobility=1.0, key
     if div is None:
         out["entropy_rate"] = entropy_rate(kernel, x, weights, mobility)
     else:
-        p = None if weights is None else jnp.asarray(weights, x.dtype) / jnp.sum(jnp.asarray(weights, x.dtype))
+        p = probabilities(weights, x.shape[0], x.dtype)
         out["entropy_rate"] = _mean(div, p)
     out["norm_drift"] = jnp.max(jnp.abs(jnp.linalg.norm(x, axis=-1) - 1.0))
     return out

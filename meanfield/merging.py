@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from solvers import Euler, Layer
-from solvers.merging import MergeAttendUnmerge, MergeState, ToMeLayer, merge
+from solvers.merging import MergeAttendUnmerge, MergeState, ToMeLayer
 
 from . import _validate
 from ._threads import fetch
