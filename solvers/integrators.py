@@ -37,7 +37,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 
+from . import feature_major
 from ._registry import register
+from .kernels import Linear
 from .sphere import project, retract
 
 
@@ -112,6 +114,19 @@ def _loop(step, x, n_steps):
     return lax.fori_loop(0, n_steps, lambda _, y: step(y), x)
 
 
+def _feature_major_ok(integrator, field) -> bool:
+    """The linear kernel on a plain :class:`AttentionField` with ``Layer``/``Euler``/``Heun`` itself
+    (not a subclass, which may change the step) runs in ``solvers.feature_major``."""
+    return (type(integrator) in (Layer, Euler, Heun) and type(field) is AttentionField
+            and type(field.kernel) is Linear)
+
+
+def _feature_major(integrator, field, x, n_steps, h):
+    """The linear kernel's steps on the transposed state (``solvers.feature_major``)."""
+    xt, n = feature_major.advance(integrator, field, x.T, n_steps, h)
+    return xt.T, n
+
+
 class Layer(AbstractIntegrator):
     """Literal transformer layer ``x <- normalize(x + h (1/M) sum_j A_ij x_j)``; order 1."""
 
@@ -120,6 +135,8 @@ class Layer(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
+        if _feature_major_ok(self, field):
+            return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.drive(y)), x, n_steps), n_steps
 
@@ -136,6 +153,8 @@ class Euler(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
+        if _feature_major_ok(self, field):
+            return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.velocity(y)), x, n_steps), n_steps
 
@@ -154,6 +173,8 @@ class Heun(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
+        if _feature_major_ok(self, field):
+            return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
 
         def step(y):
