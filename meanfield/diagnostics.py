@@ -94,8 +94,11 @@ def token_statistics(x: Float[Array, "N d"], weights=None) -> dict:
     eigenvalues of ``Sigma = E[(x-m)(x-m)^T]``; ``collapse_residual`` ``|X - 1 m^T|_F / |X|_F``.
     With ``weights`` every mean is over the normalised masses.
     """
-    u = normalize(x)
-    m, cov = key_moments(u, weights)  # one shifted pass: accurate near collapse, fused for small d
+    return token_statistics_from_moments(*key_moments(normalize(x), weights))  # one shifted pass
+
+
+def token_statistics_from_moments(m: Float[Array, " d"], cov: Float[Array, "d d"]) -> dict:
+    """:func:`token_statistics` from the mean ``m`` and covariance ``Sigma`` of the unit tokens."""
     ev = jnp.maximum(jnp.linalg.eigvalsh(cov), 0.0)
     m2 = jnp.sum(m * m)
     # |X - 1 m^T|_F^2 / |X|_F^2 = tr(Sigma) / E|u|^2, and E|u|^2 = 1 for the normalised rows
@@ -126,9 +129,15 @@ def key_sample_masses(x, key_idx, weights=None):
     sampled mass; ``N / K`` for unit masses), so the per-unit-mass attention statistics of the
     subsample (docs/theory.md "Token masses") are ratio estimators of those over all keys.
     """
-    w = jnp.ones(x.shape[0], x.dtype) if weights is None else jnp.asarray(weights, x.dtype)
+    return x[key_idx], _sample_masses(x.shape[0], key_idx, weights, x.dtype)
+
+
+def _sample_masses(n, key_idx, weights, dtype):
+    if weights is None:  # unit masses: W / W_S = N / K
+        return jnp.full(key_idx.shape, n / key_idx.shape[0], dtype)
+    w = jnp.asarray(weights, dtype)
     ws = w[key_idx]
-    return x[key_idx], ws * (jnp.sum(w) / jnp.sum(ws))
+    return ws * (jnp.sum(w) / jnp.sum(ws))
 
 
 def simulation_diagnostics(kernel, x, query_idx, weights=None, mobility=1.0, key_idx=None, div=None) -> dict:
@@ -150,11 +159,7 @@ def simulation_diagnostics(kernel, x, query_idx, weights=None, mobility=1.0, key
     else:
         att = attention_statistics(kernel, x[query_idx], *key_sample_masses(x, key_idx, weights))
     out = token_statistics(x, weights)
-    out["effective_rank"] = att["effective_rank"]
-    out["normalized_entropy"] = att["normalized_entropy"]
-    out["attention_singular_values"] = att["singular_values"]
-    for name in ("row_entropy", "max_weight", "logit_mean", "logit_std"):
-        out[name] = jnp.mean(att[name])
+    _attention_record(out, att)
     if div is None:
         out["entropy_rate"] = entropy_rate(kernel, x, weights, mobility)
     else:
@@ -164,8 +169,45 @@ def simulation_diagnostics(kernel, x, query_idx, weights=None, mobility=1.0, key
     return out
 
 
+def _attention_record(out, att):
+    out["effective_rank"] = att["effective_rank"]
+    out["normalized_entropy"] = att["normalized_entropy"]
+    out["attention_singular_values"] = att["singular_values"]
+    for name in ("row_entropy", "max_weight", "logit_mean", "logit_std"):
+        out[name] = jnp.mean(att[name])
+
+
+def linear_diagnostics(field: AttentionField, xt: Float[Array, "d N"], query_idx, moments, key_idx=None) -> dict:
+    """:func:`simulation_diagnostics` of a linear-kernel state from the step's own key pass.
+
+    ``xt`` is the state in feature-major layout ``(d, N)`` (``solvers.feature_major``) and
+    ``moments = (m, Sigma, norm_drift)`` of it, as ``solvers.feature_major.step_with_moments``
+    returns them. The token statistics are those of ``m`` and ``Sigma``
+    (:func:`token_statistics_from_moments`), the entropy rate is the closed form
+    ``(1/M)[alpha(tr Sigma - d tr(Sigma Q)) - (d-1)|m|^2]`` (``Q = Sigma + m m^T``;
+    ``solvers.Linear.mean_divergence``), so only the attention rows touch the tokens: the
+    ``n_query`` query columns and the key subsample (or all keys with ``key_idx=None``).
+    :func:`token_statistics` normalises the rows first; a state of ``Layer``/``Euler``/``Heun`` is
+    unit-norm to round-off (its ``norm_drift``), so the values agree to round-off
+    (``tests/test_fused_linear_diagnostics.py``).
+    """
+    kernel, weights = field.kernel, field.weights
+    m, cov, drift = moments
+    q = xt[:, query_idx].T
+    if key_idx is None:
+        att = attention_statistics(kernel, q, xt.T, weights)
+    else:
+        att = attention_statistics(kernel, q, xt[:, key_idx].T, _sample_masses(xt.shape[1], key_idx, weights, xt.dtype))
+    out = token_statistics_from_moments(m, cov)
+    _attention_record(out, att)
+    out["entropy_rate"] = jnp.asarray(field.mobility, xt.dtype) * kernel.mean_divergence(m, cov)
+    out["norm_drift"] = drift
+    return out
+
+
 simulation_diagnostics_jit = jax.jit(simulation_diagnostics)
 """The one jitted copy, used by every runner (through ``meanfield._threads.fetch``)."""
+linear_diagnostics_jit = jax.jit(linear_diagnostics)
 
 SCALAR_DIAGNOSTICS = (
     "order_parameter", "mean_cosine", "covariance_effective_rank", "collapse_residual",

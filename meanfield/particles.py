@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solvers import AttentionField
+from solvers import AttentionField, feature_major
+from solvers.integrators import uses_feature_major
 
 from . import checkpoint
 from ._threads import fetch
-from .diagnostics import query_subset, simulation_diagnostics_jit
+from .diagnostics import linear_diagnostics_jit, query_subset, simulation_diagnostics_jit
 from .progress import make_progress
 from .solution import FlowSolution, FlowSpec
 
@@ -71,6 +72,26 @@ def _divergence(field, x):
     return field.velocity_and_divergence(x)[1]
 
 
+@jax.jit
+def _advance_fm(integrator, field, xt, n_steps, h):
+    return feature_major.advance(integrator, field, xt, n_steps, h)
+
+
+@jax.jit
+def _step_with_moments(integrator, field, xt, h):
+    return feature_major.step_with_moments(integrator, field, xt, h)
+
+
+@jax.jit
+def _moments_fm(field, xt):
+    return (*feature_major.moments(xt, field.weights), feature_major.norm_drift(xt))
+
+
+@jax.jit
+def _transpose(x):
+    return x.T
+
+
 def chunks(save_steps: np.ndarray, n_steps: int, max_chunk: int | None = None):
     """Yield ``(steps_in_chunk, save_index_or_None)`` covering ``0..n_steps``."""
     max_chunk = max_chunk or max(1, math.ceil(n_steps / 100))
@@ -104,19 +125,32 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     q_dev = jnp.asarray(q_idx)
     h = jnp.asarray(spec.dt, spec.dtype)
     fused = spec.method.fused_divergence
+    # linear kernel with Layer/Euler/Heun: the state stays feature-major (d, N) for the whole run and
+    # each save's statistics come from the moments of the step's own key pass (solvers.feature_major)
+    fm = uses_feature_major(spec.method, field)
     noise_key = jax.random.fold_in(spec.key, 2) if getattr(spec.method, "stochastic", False) else None
 
     def record(x_saved, div):
+        if fm:  # div is (m, Sigma, norm drift) of x_saved
+            return fetch(linear_diagnostics_jit, field, x_saved, q_dev, div, key_idx)
         return fetch(simulation_diagnostics_jit, field, x_saved, q_dev, None, 1.0, key_idx, div)
+
+    def tokens(state):  # (N, d) unit tokens of the state, on the host
+        return np.asarray(_transpose(state)) if fm else np.asarray(_tokens(spec.method, state))
+
+    def from_tokens(x_host):
+        x_dev = jnp.asarray(x_host, spec.dtype)
+        return _transpose(x_dev) if fm else x_dev
 
     ck = checkpoint.current(spec)
     if ck.state is None:
         x = initial_tokens(spec)
         records, snaps, evals, extra = [], ([np.asarray(x)] if spec.save_tokens else None), 0, 0
+        x = _transpose(x) if fm else x
         pending = None  # a saved state whose diagnostics wait for the divergence from the next step
     else:  # resumed: the state after save ck.start, then the same chunks as an uninterrupted run
         arrays = ck.state["arrays"]
-        x = jnp.asarray(arrays["x"], spec.dtype)
+        x = from_tokens(arrays["x"])
         records = ck.state["records"]["diagnostics"]
         snaps = list(arrays["snapshots"]) if spec.save_tokens else None
         evals, extra = int(arrays["evals"]), int(arrays["extra"])
@@ -146,24 +180,26 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
             todo = k
             if pending is not None:
                 x_saved = pending
-                x, div, nev = _step_with_divergence(spec.method, field, x, h)
+                step = _step_with_moments if fm else _step_with_divergence
+                x, div, nev = step(spec.method, field, x, h)
                 records.append(record(x_saved, div))
                 pending, todo, evals = None, todo - 1, evals + int(nev)
             if todo > 0:
-                x, nev = _advance(spec.method, field, x, jnp.asarray(todo, jnp.int32), h, *key)
+                adv = _advance_fm if fm else _advance
+                x, nev = adv(spec.method, field, x, jnp.asarray(todo, jnp.int32), h, *key)
                 evals += int(nev)
             bar.step(k)
             if save is not None:
                 save_state(x)
                 if snaps is not None:
-                    snaps.append(np.asarray(_tokens(spec.method, x)))
+                    snaps.append(tokens(x))
                 if ck.due(save):
-                    arrays = {"x": np.asarray(x), "evals": evals, "extra": extra, "pending": int(pending is not None)}
+                    arrays = {"x": tokens(x), "evals": evals, "extra": extra, "pending": int(pending is not None)}
                     if snaps is not None:
                         arrays["snapshots"] = np.stack(snaps)
                     ck.save(save, arrays, {"diagnostics": records})
         if pending is not None:
-            records.append(record(pending, _divergence(field, pending)))
+            records.append(record(pending, (_moments_fm if fm else _divergence)(field, pending)))
             extra += 1
     finally:
         bar.close()
@@ -173,7 +209,7 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     return FlowSolution(
         t=spec.save_steps * spec.dt,
         layers=spec.save_steps.copy(),
-        x=np.asarray(_tokens(spec.method, x)),
+        x=tokens(x),
         diagnostics=diags,
         params=spec.params(),
         query_indices=q_idx,

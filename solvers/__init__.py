@@ -10,6 +10,7 @@ Interfaces: :class:`AbstractKernel` (registry :data:`KERNELS`), :class:`Abstract
 
 from .finite_volume import AbstractGridSolver
 from .general import Bilinear, MultiHead
+from . import feature_major
 from .integrators import (
     INTEGRATORS,
     AbstractIntegrator,

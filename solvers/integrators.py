@@ -114,7 +114,7 @@ def _loop(step, x, n_steps):
     return lax.fori_loop(0, n_steps, lambda _, y: step(y), x)
 
 
-def _feature_major_ok(integrator, field) -> bool:
+def uses_feature_major(integrator, field) -> bool:
     """The linear kernel on a plain :class:`AttentionField` with ``Layer``/``Euler``/``Heun`` itself
     (not a subclass, which may change the step) runs in ``solvers.feature_major``."""
     return (type(integrator) in (Layer, Euler, Heun) and type(field) is AttentionField
@@ -135,7 +135,7 @@ class Layer(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
-        if _feature_major_ok(self, field):
+        if uses_feature_major(self, field):
             return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.drive(y)), x, n_steps), n_steps
@@ -153,7 +153,7 @@ class Euler(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
-        if _feature_major_ok(self, field):
+        if uses_feature_major(self, field):
             return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.velocity(y)), x, n_steps), n_steps
@@ -173,7 +173,7 @@ class Heun(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
-        if _feature_major_ok(self, field):
+        if uses_feature_major(self, field):
             return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
 
@@ -264,6 +264,7 @@ __all__ = [
     "INTEGRATORS",
     "Layer",
     "make_integrator",
+    "uses_feature_major",
     "AdaptiveODE",
     "ProjectedEuler",
     "RetractionHeun",

@@ -201,6 +201,15 @@ class Linear(AbstractKernel):
         m, cov = key_moments(k, weights)
         return m + _alpha(self.alpha, q.dtype) * _apply(q, cov)
 
+    def mean_divergence(self, m, cov):
+        """``E_rho[div_S P_x F] = alpha(tr Sigma - d tr(Sigma Q)) - (d-1)|m|^2`` with
+        ``Q = Sigma + m m^T``: the mean over the keys' own measure of :meth:`from_moments`'s
+        divergence (docs/theory.md "Entropy: the exact identity")."""
+        a = _alpha(self.alpha, cov.dtype)
+        d = cov.shape[-1]
+        q2 = cov + jnp.outer(m, m)
+        return a * (jnp.trace(cov) - d * jnp.sum(cov * q2)) - (d - 1) * jnp.sum(m * m)
+
     def drive_and_divergence(self, q, k, weights=None):
         m, cov = key_moments(k, weights)
         return self.from_moments(q, m, cov)
