@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from solvers import AttentionField, LinearKernel, ProjectedEuler, SoftmaxKernel, TransformerLayer  # noqa: E402
+from solvers import AttentionField, Heun, LinearKernel, ProjectedEuler, SoftmaxKernel, TransformerLayer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import GB, run_stats, compile_jitted, log, machine, sphere_points, time_compiled, time_numpy, write_json  # noqa: E402,E501
@@ -85,6 +85,59 @@ def advance_fn(scheme):
     return lambda field, x, n: integ.advance(field, x, n, H)[0]
 
 
+# Subclasses run the generic row-major (N, d) step: solvers.integrators.uses_feature_major takes the
+# feature-major linear path only for Layer/Euler/Heun themselves. The side-by-side reference.
+class RowMajorLayer(TransformerLayer):
+    pass
+
+
+class RowMajorEuler(ProjectedEuler):
+    pass
+
+
+class RowMajorHeun(Heun):
+    pass
+
+
+LAYOUTS = {"feature_major": {"layer": TransformerLayer(), "euler": ProjectedEuler(), "heun": Heun()},
+           "row_major": {"layer": RowMajorLayer(), "euler": RowMajorEuler(), "heun": RowMajorHeun()}}
+
+
+def case_layouts(xj, repeats):
+    """Feature-major (default) against row-major linear steps, CHUNK steps per call, timed round-robin
+    (alternating order) in wall and CPU time; ratios of the medians."""
+    field = AttentionField(LinearKernel(ALPHA_LINEAR), 1.0)
+    built, times = {}, {}
+    for lay, schemes in LAYOUTS.items():
+        for name, integ in schemes.items():
+            fn = jax.jit(lambda f, x, n, integ=integ: integ.advance(f, x, n, H)[0])
+            jax.block_until_ready(fn(field, xj, jnp.int32(CHUNK)))
+            built[lay, name], times[lay, name] = fn, ([], [])
+    keys = list(built)
+    for r in range(repeats):
+        for k in keys if r % 2 == 0 else keys[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(built[k](field, xj, jnp.int32(CHUNK)))
+            times[k][0].append(time.perf_counter() - t0)
+            times[k][1].append(time.process_time() - c0)
+    out = {}
+    for name in ("layer", "euler", "heun"):
+        rec = {}
+        for lay in LAYOUTS:
+            w, c = times[lay, name]
+            rec[lay] = {"per_step_s": float(np.median(w)) / CHUNK, "cpu_per_step_s": float(np.median(c)) / CHUNK,
+                        "wall_s": w, "cpu_s": c}
+        rec["speedup_wall"] = rec["row_major"]["per_step_s"] / rec["feature_major"]["per_step_s"]
+        rec["speedup_cpu"] = rec["row_major"]["cpu_per_step_s"] / rec["feature_major"]["cpu_per_step_s"]
+        out[name] = rec
+        log(f"  linear {name:5s}: feature-major {rec['feature_major']['per_step_s'] * 1e3:6.1f} ms/step "
+            f"(cpu {rec['feature_major']['cpu_per_step_s'] * 1e3:.1f}), row-major "
+            f"{rec['row_major']['per_step_s'] * 1e3:6.1f} ms (cpu {rec['row_major']['cpu_per_step_s'] * 1e3:.1f}): "
+            f"{rec['speedup_wall']:.2f}x wall, {rec['speedup_cpu']:.2f}x cpu")
+    out["loadavg"] = list(os.getloadavg())
+    return out
+
+
 # ---------------------------------------------------------------- cases
 def case_linear(n, d, repeats):
     x32 = sphere_points(n, d)
@@ -114,6 +167,7 @@ def case_linear(n, d, repeats):
         for name in ("float32", "float64"):
             jx[f"speedup_vs_numpy_{name}"] = out["numpy"][f"{scheme}_{name}"]["run"]["median_s"] / jx["per_step_s"]
         out["numpy"][f"{scheme}_float32"]["particle_steps_per_s"] = n / out["numpy"][f"{scheme}_float32"]["run"]["median_s"]
+    out["layouts"] = case_layouts(xj, repeats)
     return out
 
 
@@ -284,6 +338,10 @@ def roofline(linear, bw):
         ach = nbytes / linear["jax"][scheme]["per_step_s"] / GB
         out[scheme] = {"achieved_GBps": ach, "fraction_of_peak": ach / bw["peak_GBps"],
                        "roofline_step_s": nbytes / (bw["peak_GBps"] * GB)}
+        # the same with the CPU time of the round-robin layout comparison (robust to load; the step may
+        # use both cores, so this can only understate the fraction on an idle machine)
+        cpu = linear["layouts"][scheme]["feature_major"]["cpu_per_step_s"]
+        out[scheme]["fraction_of_peak_cpu_time"] = nbytes / cpu / GB / bw["peak_GBps"]
     log(f"  roofline: {nbytes / 1e6:.0f} MB/step minimum; euler {out['euler']['achieved_GBps']:.2f} GB/s = "
         f"{100 * out['euler']['fraction_of_peak']:.1f}% of {bw['peak_GBps']:.1f} GB/s")
     return out
@@ -337,10 +395,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test, ~20 s); targets not comparable")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default benchmarks/results/particles.json, particles-quick.json with --quick)")
+    p.add_argument("--only", choices=["linear"], help="run only the bandwidth and linear sections and merge "
+                   "them (with the roofline) into the existing JSON file")
     p.add_argument("--child-softmax", nargs=4, type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child_softmax:
         return child_softmax(*a.child_softmax)
+    if a.only:
+        return only_linear(a)
     q = a.quick
     sizes = {"linear": (2**15 if q else 10**6, 4), "dense": 1000 if q else 10_000,
              "softmax": (1024 if q else 8192, 64), "softmax_memory": (4096 if q else 65_536, 64),
@@ -373,6 +435,22 @@ def main(argv=None):
     write_json(out, res)
     log("\n" + text)
     log(f"total {res['total_wall_s']:.0f} s; wrote {out}")
+
+
+def only_linear(a):
+    q = a.quick
+    out = a.out or ROOT / "benchmarks" / "results" / ("particles-quick.json" if q else "particles.json")
+    res = json.loads(out.read_text()) if out.exists() else {"benchmark": "particles"}
+    mach = machine()
+    log("[5] memory bandwidth")
+    res["bandwidth"] = case_bandwidth(2**26 if q else 2**30, a.repeats)
+    log("[1] linear kernel from moments")
+    res["linear"] = case_linear(2**15 if q else 10**6, 4, a.repeats)
+    res["roofline"] = roofline(res["linear"], res["bandwidth"])
+    res["linear_rerun"] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": "--only linear",
+                           "machine": mach, "loadavg_at_end": os.getloadavg()}
+    write_json(out, res)
+    log(f"wrote {out} (sections bandwidth, linear, roofline)")
 
 
 if __name__ == "__main__":

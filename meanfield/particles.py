@@ -131,8 +131,9 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     noise_key = jax.random.fold_in(spec.key, 2) if getattr(spec.method, "stochastic", False) else None
 
     def record(x_saved, div):
-        if fm:  # div is (m, Sigma, norm drift) of x_saved
-            return fetch(linear_diagnostics_jit, field, x_saved, q_dev, div, key_idx)
+        if fm:  # div is (m, Sigma, norm drift) of x_saved; only d x d and n_query x (d+1) LAPACK calls,
+            # so no BLAS thread limit (meanfield._threads; entering it costs ~2 ms per save)
+            return jax.device_get(linear_diagnostics_jit(field, x_saved, q_dev, div, key_idx))
         return fetch(simulation_diagnostics_jit, field, x_saved, q_dev, None, 1.0, key_idx, div)
 
     def tokens(state):  # (N, d) unit tokens of the state, on the host
