@@ -42,22 +42,41 @@ def normalize(xt: Float[Array, "d N"]) -> Float[Array, "d N"]:
     return xt * lax.rsqrt(_rowdot(xt, xt))[None, :]
 
 
+MOMENT_CHUNK = 4096
+"""Columns per chunk of the moment pass (d x 4096 float32 = 64 KiB stays in L2 for both products)."""
+
+
+def _sums(y, p):
+    """``sum_j p_j y_j`` and ``sum_j p_j y_j y_j^T`` of the columns of ``y`` (``p=None``: unit weights)."""
+    yp = y if p is None else y * p[None, :]
+    return jnp.sum(yp, axis=1), yp @ y.T
+
+
 def moments(xt: Float[Array, "d N"], weights=None):
     """Key mean ``m`` and covariance ``Sigma`` of the columns (mass-weighted), shifted by ``c = x_0``
-    as ``solvers.kernels.key_moments`` (no cancellation near collapse): ``d`` row sums and one
-    ``(d, N) @ (N, d)`` product (a stacked reduction of the ``d(d+1)/2`` products was measured
-    ~3x slower on XLA:CPU at N = 10^6, d = 4)."""
+    as ``solvers.kernels.key_moments`` (no cancellation near collapse).
+
+    Accumulated over chunks of :data:`MOMENT_CHUNK` columns (a ``fori_loop``; the remainder
+    apart): XLA:CPU runs one ``(d, N) @ (N, d)`` product over the whole array ~2.4x slower than
+    the same products over cache-sized chunks (N = 10^6, d = 4, float32), and separate
+    reductions of the ``d(d+1)/2`` products re-read the array once each.
+    """
+    d, n = xt.shape
     c = xt[:, 0]
-    y = xt - c[:, None]
-    p = probabilities(weights, xt.shape[1], xt.dtype)
-    if p is None:
-        n = xt.shape[1]
-        my = jnp.sum(y, axis=1) / n
-        second = (y @ y.T) / n
-    else:
-        yp = y * p[None, :]
-        my = jnp.sum(yp, axis=1)
-        second = yp @ y.T
+    p = probabilities(weights, n, xt.dtype)
+    k = n // MOMENT_CHUNK
+
+    def chunk(i, acc):
+        y = lax.dynamic_slice_in_dim(xt, i * MOMENT_CHUNK, MOMENT_CHUNK, axis=1) - c[:, None]
+        pc = None if p is None else lax.dynamic_slice_in_dim(p, i * MOMENT_CHUNK, MOMENT_CHUNK)
+        s1, s2 = _sums(y, pc)
+        return acc[0] + s1, acc[1] + s2
+
+    zero = (jnp.zeros((d,), xt.dtype), jnp.zeros((d, d), xt.dtype))
+    s1, s2 = lax.fori_loop(0, k, chunk, zero) if k else zero
+    t1, t2 = _sums(xt[:, k * MOMENT_CHUNK :] - c[:, None], None if p is None else p[k * MOMENT_CHUNK :])
+    s1, s2 = s1 + t1, s2 + t2
+    my, second = (s1 / n, s2 / n) if p is None else (s1, s2)
     cov = second - jnp.outer(my, my)
     return my + c, 0.5 * (cov + cov.T)
 
@@ -78,7 +97,8 @@ def _coefficients(field, xt, mc):
 
 
 def _affine(mat, b, xt, scale=None, shift=None):
-    """Rows ``(mat x + b)_i`` (times the per-token ``scale``, plus ``shift * x_i``), unrolled over d."""
+    """Rows ``(mat x + b)_i`` (times the per-token ``scale``, plus ``shift * x_i``), unrolled over d,
+    as a list of d rows of length N."""
     rows = []
     for i in range(xt.shape[0]):
         r = b[i] + mat[i, 0] * xt[0]
@@ -90,6 +110,19 @@ def _affine(mat, b, xt, scale=None, shift=None):
             r = r + shift * xt[i]
         rows.append(r)
     return rows
+
+
+def _affine_full(mat, b, xt, scale=None, shift=None):
+    """The same as one ``(d, N)`` array built by broadcasting (no concatenation: XLA:CPU emits a
+    concatenate of d rows as a slower loop than one elementwise pass)."""
+    out = b[:, None] + mat[:, 0:1] * xt[0:1]
+    for j in range(1, xt.shape[0]):
+        out = out + mat[:, j : j + 1] * xt[j : j + 1]
+    if scale is not None:
+        out = out * scale[None, :]
+    if shift is not None:
+        out = out + shift[None, :] * xt
+    return out
 
 
 def _barrier(*a):
@@ -104,7 +137,7 @@ def _layer(field, xt, h, mc):
     k, b = _coefficients(field, xt, mc)
     a = jnp.eye(xt.shape[0], dtype=xt.dtype) + h * k
     (r,) = _barrier(lax.rsqrt(sum(v * v for v in _affine(a, h * b, xt))))
-    return jnp.stack(_affine(a, h * b, xt, scale=r))
+    return _affine_full(a, h * b, xt, scale=r)
 
 
 def _euler(field, xt, h, mc):
@@ -116,12 +149,12 @@ def _euler(field, xt, h, mc):
     y = [c * xt[i] + h * f[i] for i in range(xt.shape[0])]
     r = lax.rsqrt(sum(v * v for v in y))
     cr, hr = _barrier(c * r, h * r)
-    return jnp.stack(_affine(k, b, xt, scale=hr, shift=cr))
+    return _affine_full(k, b, xt, scale=hr, shift=cr)
 
 
 def _velocity(field, xt, mc=None):
     k, b = _coefficients(field, xt, moments(xt, field.weights) if mc is None else mc)
-    f = jnp.stack(_affine(k, b, xt))
+    f = _affine_full(k, b, xt)
     return f - _rowdot(xt, f)[None, :] * xt
 
 
