@@ -6,11 +6,12 @@ This package depends only on jax, numpy, equinox and diffrax and never imports `
 
 Interfaces: :class:`AbstractKernel` (registry :data:`KERNELS`), :class:`AbstractIntegrator`
 (registry :data:`INTEGRATORS`) and :class:`~solvers.finite_volume.AbstractGridSolver`.
+``solvers.feature_major`` runs the linear kernel's fixed-step schemes on the transposed state.
 """
 
 from .finite_volume import AbstractGridSolver
-from .general import Bilinear, MultiHead
 from . import feature_major
+from .general import Bilinear, MultiHead
 from .integrators import (
     INTEGRATORS,
     AbstractIntegrator,

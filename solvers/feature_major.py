@@ -153,9 +153,17 @@ def _euler(field, xt, h, mc):
 
 
 def _velocity(field, xt, mc=None):
+    """``P_x F = F - <x, F> x``, materialised (Heun uses it twice)."""
     k, b = _coefficients(field, xt, moments(xt, field.weights) if mc is None else mc)
-    f = _affine_full(k, b, xt)
-    return f - _rowdot(xt, f)[None, :] * xt
+    (s,) = _barrier(sum(xt[i] * f for i, f in enumerate(_affine(k, b, xt))))
+    (v,) = _barrier(_affine_full(k, b, xt, shift=-s))
+    return v
+
+
+def _normalized(y):
+    """``normalize(y)`` with the per-token norm materialised first (see :func:`_barrier`)."""
+    (r,) = _barrier(lax.rsqrt(_rowdot(y, y)))
+    return y * r[None, :]
 
 
 def _step(integrator, field, xt, h, mc=None):
@@ -166,8 +174,8 @@ def _step(integrator, field, xt, h, mc=None):
     if name == "euler":
         return _euler(field, xt, h, mc)
     v1 = _velocity(field, xt, mc)
-    v2 = _velocity(field, normalize(xt + h * v1))
-    return normalize(xt + (0.5 * h) * (v1 + v2))
+    v2 = _velocity(field, _normalized(xt + h * v1))
+    return _normalized(xt + (0.5 * h) * (v1 + v2))
 
 
 def evaluations(integrator) -> int:
