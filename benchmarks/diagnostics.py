@@ -58,9 +58,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
+                    help="cases to run (others keep their entry in an existing results file)")
     args = ap.parse_args(argv)
-    out = {"machine": hx.machine(), "rounds": args.rounds, "cases": {}}
-    for name, case in CASES.items():
+    path = Path(__file__).resolve().parent / "results" / ("diagnostics_quick.json" if args.quick else "diagnostics.json")
+    old = hx_load(path) if set(args.cases) != set(CASES) else {}
+    out = {"machine": hx.machine(), "rounds": args.rounds, "cases": dict(old.get("cases", {}))}
+    for name, case in ((n, CASES[n]) for n in args.cases):
         case = {**case, **(QUICK[name] if args.quick else {})}
         fns = {c: prepare(case, over) for c, over in CONFIGS.items()}
         res = {c: [] for c in CONFIGS}
@@ -85,9 +89,14 @@ def main(argv=None):
                f"end only {row['end_only_s']:.2f} s (cpu {row['end_only_cpu_s']:.2f}) -> ratio {row['ratio_default']:.2f} "
                f"wall, {row['ratio_default_cpu']:.2f} cpu (exact {row['ratio_exact']:.2f}; target <= 1.3); "
                f"load {row['loadavg'][0]:.1f}")
+        row["machine_loadavg_at_start"] = out["machine"]["loadavg_at_start"]
     out["loadavg_at_end"] = list(os.getloadavg())
-    name = "diagnostics_quick.json" if args.quick else "diagnostics.json"
-    hx.write_json(Path(__file__).resolve().parent / "results" / name, out)
+    hx.write_json(path, out)
+
+
+def hx_load(path):
+    import json
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 if __name__ == "__main__":
