@@ -160,6 +160,9 @@ def main(argv=None) -> int:
     from solvers.precision import check_matmul_precision
 
     check_matmul_precision(args.matmul_precision)
+    if args.matmul_precision != "highest" and (args.causal or args.weights_kq is not None):
+        raise ValueError("--matmul-precision tf32/bf16 needs --kernel linear, softmax or usa "
+                         "(the bilinear kernel of --causal and --weights-kq has no such option)")
     table = method_table()
     choice("method", args.method, tuple(table))
     cls = table[args.method]

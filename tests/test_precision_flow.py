@@ -38,3 +38,17 @@ def test_drive_errors_table():
     """The measurement behind docs/precision.md on a small case: ordered highest < tf32 < bf16."""
     rows = {r["mode"]: r for r in drive_errors(N=256, d=32, alphas=(1.0,))}
     assert rows["highest"]["rel_fro"] < 2e-6 < rows["tf32"]["rel_fro"] < rows["bf16"]["rel_fro"] < 6e-3
+
+
+def test_cli_flag_is_recorded(tmp_path, capsys):
+    import h5py
+
+    from meanfield.simulate import cli
+
+    out = tmp_path / "r.h5"
+    argv = ["--N", "64", "--d", "16", "--kernel", "softmax", "--alpha", "1", "--layers", "2",
+            "--matmul-precision", "bf16", "--out", str(out), "--no-plot", "--no-progress"]
+    assert cli(argv) == 0
+    with h5py.File(out) as f:
+        assert f["parameters"].attrs["matmul_precision"] == "bf16"
+        assert f["parameters"].attrs["attention"] == "streaming"
