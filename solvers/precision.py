@@ -12,7 +12,7 @@ products ``w k``, Gram matrices, covariances), chosen by one keyword, ``matmul_p
   elsewhere it is emulated exactly (inputs rounded to nearest TF32, then a float32 product: an
   11 x 11-bit product is exact in float32), which is slower, not faster, but gives the GPU's
   error on a CPU;
-* ``"bf16"`` (opt-in, fastest on GPUs): inputs cast to bfloat16 (8-bit mantissa), products
+* ``"bf16"`` (opt-in, fastest on GPUs): inputs cast to bfloat16 (7 stored mantissa bits), products
   accumulated in float32 (``preferred_element_type``): the same arithmetic on every device.
 
 Only the products change; softmax maxima, exponentials and sums stay in the working dtype.
