@@ -52,3 +52,24 @@ def test_cli_flag_is_recorded(tmp_path, capsys):
     with h5py.File(out) as f:
         assert f["parameters"].attrs["matmul_precision"] == "bf16"
         assert f["parameters"].attrs["attention"] == "streaming"
+
+
+def test_checkpoint_fingerprint_keeps_older_checkpoints():
+    """Default precision options leave the checkpoint fingerprint as it was before they existed
+    (params without matmul_precision/attention); a fast mode changes it."""
+    import hashlib
+    import json
+
+    from meanfield.checkpoint import fingerprint
+    from meanfield.flow import make_spec
+
+    x = np.random.default_rng(0).standard_normal((16, 4))
+    spec = make_spec(x, kernel="softmax", alpha=1.0, layers=2)
+    old = {k: v for k, v in spec.params().items() if k not in ("meanfield_version", "matmul_precision", "attention")}
+    old["kernel_options"] = {k: v for k, v in old["kernel_options"].items() if k not in ("matmul_precision", "attention")}
+    h = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode())
+    h.update(np.asarray(spec.save_steps, np.int64).tobytes())
+    h.update(np.ascontiguousarray(spec.x0).tobytes())
+    assert fingerprint(spec) == h.hexdigest()
+    fast = make_spec(x, kernel="softmax", alpha=1.0, layers=2, matmul_precision="bf16")
+    assert fingerprint(fast) != fingerprint(spec)
