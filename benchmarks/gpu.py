@@ -54,7 +54,7 @@ GPU = {"t1_linear": dict(N=10_000_000, d=4, kernel="linear", alpha=0.25, layers=
        "t5": dict(N=65_536, d=64, steps=2)}
 SMOKE = {"t1_linear": dict(N=100_000, d=4, kernel="linear", alpha=0.25, layers=3),
          "t1_softmax": dict(N=2048, d=16, kernel="softmax", alpha=1.0, layers=2),
-         "t2": dict(N=512, d=32), "t3": dict(N=2048, d=64, repeats=2),
+         "t2": dict(N=512, d=32), "t3": dict(N=4096, d=64, repeats=5),
          "t4": dict(B=64, n=16, d=8, nb=2, steps=10, ns=6, blocks=[64]),
          "t5": dict(N=2048, d=16, steps=1)}
 BUDGET_S = {"t1": 60, "t2": 25, "t3": 60, "t4": 60, "t5": 20}  # per section, of the < 4 minutes
@@ -109,6 +109,24 @@ def _layer(drive):
     return step
 
 
+def _round_robin(fns: dict, reps: int) -> dict:
+    """Wall and process CPU time of each ``fns[name]()``, one warm-up each, then ``reps`` rounds in
+    alternating order so that load drift on a shared machine hits every variant alike (medians)."""
+    for fn in fns.values():
+        fn()
+    ws = {k: [] for k in fns}
+    cs = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(reps):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fns[name]()
+            ws[name].append(time.perf_counter() - w0)
+            cs[name].append(time.process_time() - c0)
+    return {k: {"median_s": float(np.median(ws[k])), "min_s": float(min(ws[k])), "all_s": ws[k], "repeats": reps,
+                "cpu_median_s": float(np.median(cs[k])), "all_cpu_s": cs[k]} for k in fns}
+
+
 def section_t3(cfg):
     from solvers import Softmax
     from solvers.fused import fused_path
@@ -119,14 +137,13 @@ def section_t3(cfg):
                 "fused_highest": Softmax(1.0, attention="fused"),
                 "fused_tf32": Softmax(1.0, attention="fused", matmul_precision="tf32"),
                 "fused_bf16": Softmax(1.0, attention="fused", matmul_precision="bf16")}
-    out = {}
+    out, fns = {}, {}
     for name, ker in variants.items():
         compiled, comp, mem = hx.compile_jitted(_layer(lambda y, k=ker: k.drive(y, y)), x)
-        run = hx.time_compiled(compiled, (x,), reps)
-        out[name] = {"run": run, "compile": comp, "memory": mem,
+        fns[name] = lambda c=compiled: jax.block_until_ready(c(x))
+        out[name] = {"compile": comp, "memory": mem,
                      "path": "streaming" if name.startswith("streaming") else "fused-" + fused_path(
                          d, None, ker.matmul_precision)}
-        hx.log(f"  meanfield {name:18s} {1e3 * run['median_s']:9.2f} ms  ({out[name]['path']})")
     torch = _torch()
     if torch is not None:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -136,18 +153,21 @@ def section_t3(cfg):
                 continue  # no flash kernel on a CPU: nothing to compare with
 
             def tstep(xt=xt, tdt=tdt):
-                q = xt.to(tdt)[None, None]
-                f = torch.nn.functional.scaled_dot_product_attention(q, q, q, scale=1.0)[0, 0].float()
-                y = xt + f
-                y = y / y.norm(dim=1, keepdim=True)
+                with torch.no_grad():
+                    q = xt.to(tdt)[None, None]
+                    f = torch.nn.functional.scaled_dot_product_attention(q, q, q, scale=1.0)[0, 0].float()
+                    y = xt + f
+                    y = y / y.norm(dim=1, keepdim=True)
                 if dev == "cuda":
                     torch.cuda.synchronize()
                 return y
 
-            with torch.no_grad():
-                ts = pd.timed(tstep, reps, warmup=1)
-            out[tname] = {"run": ts, "device": dev}
-            hx.log(f"  torch     {tname:18s} {1e3 * ts['median_s']:9.2f} ms  ({dev})")
+            fns[tname] = tstep
+            out[tname] = {"device": dev}
+    for name, run in _round_robin(fns, reps).items():
+        out[name]["run"] = run
+        hx.log(f"  {name:20s} {1e3 * run['median_s']:9.2f} ms wall, {1e3 * run['cpu_median_s']:9.2f} ms cpu  "
+               f"({out[name].get('path') or out[name].get('device')})")
     ok = None
     if "torch_sdpa_float32" in out and "torch_sdpa_bfloat16" in out:
         t = {k: v["run"]["median_s"] for k, v in out.items()}
