@@ -30,6 +30,11 @@ drive and divergence from the mean and covariance of the keys (``from_moments``)
 solvers compute on their cells. ``speed_bound`` bounds ``|F|`` for every probability measure
 (the CFL rule of the grid solvers).
 
+Precision (docs/precision.md). Every product of tokens follows the kernel's static option
+``matmul_precision`` (``solvers.precision``): ``"highest"`` by default, so float32 is float32 on
+GPUs too, or the opt-in ``"tf32"``/``"bf16"``. ``Softmax(attention=...)`` may evaluate its drive
+with the fused path of ``solvers.fused`` (default on GPU backends).
+
 Costs: ``linear`` O(N d^2) from moments; ``softmax`` and ``usa`` O(n N d) streamed over key
 blocks, memory O(query_block * key_block).
 
