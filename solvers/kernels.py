@@ -30,6 +30,11 @@ drive and divergence from the mean and covariance of the keys (``from_moments``)
 solvers compute on their cells. ``speed_bound`` bounds ``|F|`` for every probability measure
 (the CFL rule of the grid solvers).
 
+Precision (docs/precision.md). Every product of tokens follows the kernel's static option
+``matmul_precision`` (``solvers.precision``): ``"highest"`` by default, so float32 is float32 on
+GPUs too, or the opt-in ``"tf32"``/``"bf16"``. ``Softmax(attention=...)`` may evaluate its drive
+with the fused path of ``solvers.fused`` (default on GPU backends).
+
 Costs: ``linear`` O(N d^2) from moments; ``softmax`` and ``usa`` O(n N d) streamed over key
 blocks, memory O(query_block * key_block).
 
@@ -50,6 +55,8 @@ from jaxtyping import Array, Float
 
 from ._registry import register
 from .sphere import rowdot
+from .fused import check_attention, fused_drive, use_fused
+from .precision import check_matmul_precision, matmul
 from .streaming import fold_key_blocks, logit_pass, map_query_blocks, weighted_moments
 
 KERNELS: dict[str, type] = {}
@@ -72,13 +79,14 @@ def total_mass(weights, n: int, dtype):
     return jnp.asarray(n, dtype) if weights is None else jnp.sum(jnp.asarray(weights, dtype))
 
 
-def key_moments(k: Float[Array, "N d"], weights=None):
+def key_moments(k: Float[Array, "N d"], weights=None, precision: str = "highest"):
     """Mean ``m`` and covariance ``Sigma = E[(k-m)(k-m)^T]`` of the keys, in one pass.
 
     ``weights`` (N,) are key masses (the expectation is over ``w / sum w``; ``None``: uniform).
     Uses the shifted-data algorithm (shift ``c = k_0``): ``Sigma = E[(k-c)(k-c)^T] - (m-c)(m-c)^T``.
     Near collapse all keys are close to ``c``, so there is no catastrophic cancellation (the naive
-    ``Q - m m^T`` loses every digit of ``Sigma`` once ``|m| -> 1`` in float32).
+    ``Q - m m^T`` loses every digit of ``Sigma`` once ``|m| -> 1`` in float32). ``precision``: the
+    policy of the products for ``d > 8`` (``solvers.precision``).
     """
     c = k[0]
     y = k - c
@@ -89,21 +97,21 @@ def key_moments(k: Float[Array, "N d"], weights=None):
         if k.shape[1] <= 8:  # one fused pass; XLA:CPU's skinny y^T y matmul is slower here
             second = jnp.sum(y[:, :, None] * y[:, None, :], axis=0) / n
         else:
-            second = (y.T @ y) / n
+            second = matmul(y.T, y, precision) / n
     else:
-        my = p @ y
+        my = matmul(p[None, :], y, precision)[0]
         if k.shape[1] <= 8:
             second = jnp.sum(p[:, None, None] * y[:, :, None] * y[:, None, :], axis=0)
         else:
-            second = (y * p[:, None]).T @ y
+            second = matmul((y * p[:, None]).T, y, precision)
     cov = second - jnp.outer(my, my)
     return my + c, 0.5 * (cov + cov.T)
 
 
-def _apply(q, mat):
+def _apply(q, mat, precision="highest"):
     """``q @ mat``, unrolled over the short axis for small d (see ``solvers.sphere.rowdot``)."""
     if q.shape[1] > 8:
-        return q @ mat
+        return matmul(q, mat, precision)
     out = q[:, 0:1] * mat[0][None, :]
     for i in range(1, q.shape[1]):
         out = out + q[:, i : i + 1] * mat[i][None, :]
@@ -180,6 +188,7 @@ class Linear(AbstractKernel):
 
     alpha: float | Array = 1.0
     key_block: int = eqx.field(static=True, default=4096)
+    matmul_precision: str = eqx.field(static=True, default="highest")
     name: ClassVar[str] = "linear"
     family: ClassVar[str] = "moments"
 
@@ -193,16 +202,19 @@ class Linear(AbstractKernel):
         a = _alpha(self.alpha, q.dtype)
         d = q.shape[-1] if d is None else d
         tr = jnp.trace(cov) if trace is None else trace
-        sq = _apply(q, cov)
+        sq = _apply(q, cov, self.matmul_precision)
         div = a * (tr - d * rowdot(q, sq)) - (d - 1) * rowdot(q, m[None, :])
         return m + a * sq, div
 
+    def __check_init__(self):
+        check_matmul_precision(self.matmul_precision)
+
     def drive(self, q, k, weights=None):
-        m, cov = key_moments(k, weights)
-        return m + _alpha(self.alpha, q.dtype) * _apply(q, cov)
+        m, cov = key_moments(k, weights, self.matmul_precision)
+        return m + _alpha(self.alpha, q.dtype) * _apply(q, cov, self.matmul_precision)
 
     def drive_and_divergence(self, q, k, weights=None):
-        m, cov = key_moments(k, weights)
+        m, cov = key_moments(k, weights, self.matmul_precision)
         return self.from_moments(q, m, cov)
 
     def speed_bound(self) -> float:
@@ -212,10 +224,11 @@ class Linear(AbstractKernel):
         a = _alpha(self.alpha, q.dtype)
         n_keys = k.shape[0]
         mass = total_mass(weights, n_keys, q.dtype)
-        m, cov = key_moments(k, weights)
+        prec = self.matmul_precision
+        m, cov = key_moments(k, weights, prec)
         evals, evecs = jnp.linalg.eigh(cov)
         half = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
-        lmat = jnp.concatenate([jnp.ones((q.shape[0], 1), q.dtype), a * (q @ half)], axis=1)
+        lmat = jnp.concatenate([jnp.ones((q.shape[0], 1), q.dtype), a * matmul(q, half, prec)], axis=1)
         sv = jnp.linalg.svd(lmat / jnp.sqrt(mass), compute_uv=False)
         n = q.shape[0]
         sv = jnp.zeros((n,), q.dtype).at[: min(n, sv.shape[0])].set(sv[:n])
@@ -224,7 +237,7 @@ class Linear(AbstractKernel):
         # per unit of mass A_ij / w_j = c_ij / W with c_ij = 1 + alpha(<q_i,k_j> - <q_i,m>)
         def body(c, kblk, ok, wblk=None):
             ent, mxw, bad = c
-            u = (1.0 + a * (q @ kblk.T - qm[:, None])) / mass
+            u = (1.0 + a * (matmul(q, kblk.T, prec) - qm[:, None])) / mass
             u_ok = jnp.where(ok[None, :], u, 1.0)
             p = wblk[None, :] * u_ok if weights is not None else u_ok
             ent = ent - jnp.sum(jnp.where(ok[None, :], p * jnp.log(jnp.abs(u_ok)), 0.0), axis=1)
@@ -239,7 +252,7 @@ class Linear(AbstractKernel):
             "row_entropy": jnp.where(bad, jnp.nan, ent),
             "max_weight": mxw,
             "logit_mean": a * qm,
-            "logit_std": a * jnp.sqrt(jnp.maximum(jnp.sum(q * (q @ cov), axis=-1), 0.0)),
+            "logit_std": a * jnp.sqrt(jnp.maximum(jnp.sum(q * matmul(q, cov, prec), axis=-1), 0.0)),
         }
         return sv, rows
 
@@ -250,8 +263,12 @@ class _Streamed(AbstractKernel):
     alpha: float | Array = 1.0
     key_block: int = eqx.field(static=True, default=1024)
     query_block: int = eqx.field(static=True, default=1024)
+    matmul_precision: str = eqx.field(static=True, default="highest")
     family: ClassVar[str] = "profile"
     normalized: ClassVar[bool]
+
+    def __check_init__(self):
+        check_matmul_precision(self.matmul_precision)
 
     def log_profile(self, t):
         """``log K`` as a function of the cosine ``t = <x, y>``: ``alpha t``."""
@@ -261,12 +278,14 @@ class _Streamed(AbstractKernel):
         a = _alpha(self.alpha, q.dtype)
         w = None if weights is None else jnp.asarray(weights, q.dtype)
         return map_query_blocks(
-            lambda qb: weighted_moments(qb, k, a, self.key_block, with_acc2, w), q, self.query_block
+            lambda qb: weighted_moments(qb, k, a, self.key_block, with_acc2, w, self.matmul_precision), q,
+            self.query_block
         )
 
     def _pass(self, q, k, weights):
         w = None if weights is None else jnp.asarray(weights, q.dtype)
-        return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True, weights=w)
+        return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True, weights=w,
+                          precision=self.matmul_precision)
 
     @staticmethod
     def _rows(p):
@@ -285,12 +304,25 @@ class Softmax(_Streamed):
     ``F(x) = g(x) = E_w[y]``.
 
     ``div_S P_x g = alpha(E_w[1 - <x,y>^2] - |g|^2 + <x,g>^2) - (d-1)<x,g>`` (docs/theory.md).
+
+    ``attention`` chooses the drive's evaluation (docs/precision.md): ``"streaming"`` (the key-block
+    scan of ``solvers.streaming``), ``"fused"`` (``solvers.fused``: one logit product per query
+    block, or cuDNN flash attention on a GPU in ``bf16`` mode), or ``"auto"`` (default: fused on
+    GPU backends, streaming elsewhere). The divergence and the statistics always stream.
     """
 
+    attention: str = eqx.field(static=True, default="auto")
     name: ClassVar[str] = "softmax"
     normalized: ClassVar[bool] = True
 
+    def __check_init__(self):
+        check_attention(self.attention)
+
     def drive(self, q, k, weights=None):
+        if use_fused(self.attention):
+            w = None if weights is None else jnp.asarray(weights, q.dtype)
+            return fused_drive(q, k, _alpha(self.alpha, q.dtype), weights=w, precision=self.matmul_precision,
+                               query_block=self.query_block)
         mo = self._moments(q, k, weights, with_acc2=False)
         return mo.acc / mo.l[:, None]
 

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
+from .precision import matmul
+
 
 def _block_size(n_keys: int, key_block: int) -> int:
     return max(1, min(int(key_block), n_keys))
@@ -87,13 +89,15 @@ class Moments(NamedTuple):
 
 
 def weighted_moments(
-    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_acc2: bool = True, weights=None
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_acc2: bool = True, weights=None,
+    precision: str = "highest",
 ) -> Moments:
     """Stream key blocks; return the softmax moments of each query row (see module doc).
 
     ``with_acc2=False`` skips ``acc2`` (returned as zeros): the velocity alone does not need it.
     When ``N`` is a multiple of the block and there are no masses, no mask is applied (the
-    masked ``where`` over every logit costs ~30% of a step on CPU).
+    masked ``where`` over every logit costs ~30% of a step on CPU). ``precision``: the policy of the
+    two products, logits and values (``solvers.precision``).
     """
     n, d = q.shape
     kb, valid, wb = _key_blocks(k, key_block, weights)
@@ -105,7 +109,7 @@ def weighted_moments(
 
     def body(c: Moments, blk):
         kblk, ok, wblk = blk
-        cos = q @ kblk.T
+        cos = matmul(q, kblk.T, precision)
         s = jnp.where(ok[None, :], alpha * cos, -jnp.inf) if masked else alpha * cos
         mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
         shift = _safe_max(mx) if weights is not None else mx
@@ -114,7 +118,8 @@ def weighted_moments(
         if weights is not None:
             w = w * wblk[None, :]
         acc2 = c.acc2 * scale + jnp.sum(w * cos * cos, axis=1) if with_acc2 else c.acc2
-        return Moments(mx, c.l * scale + jnp.sum(w, axis=1), c.acc * scale[:, None] + w @ kblk, acc2), None
+        acc = c.acc * scale[:, None] + matmul(w, kblk, precision)
+        return Moments(mx, c.l * scale + jnp.sum(w, axis=1), acc, acc2), None
 
     out, _ = lax.scan(body, init, (kb, valid, wb if wb is not None else valid))
     return out
@@ -133,7 +138,8 @@ class LogitPass(NamedTuple):
 
 
 def logit_pass(
-    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True, weights=None
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True, weights=None,
+    precision: str = "highest",
 ) -> LogitPass:
     """One pass over key blocks for the statistics of the rows ``softmax(alpha q k^T)``.
 
@@ -144,7 +150,8 @@ def logit_pass(
     With key masses ``w`` the row sums ``l`` and ``ws`` carry ``w_j``, the logit mean and variance
     are mass-weighted, and the Gram matrix is ``sum_j w_j W_ij W_i'j``: the Gram matrix per unit
     of mass, ``sum_j A_ij A_i'j / w_j`` after normalisation, which a key of mass 2 and two keys of
-    mass 1 at the same place give alike.
+    mass 1 at the same place give alike. ``precision``: the policy of the logit and Gram products
+    (``solvers.precision``).
     """
     n, _ = q.shape
     kb, valid, wb = _key_blocks(k, key_block, weights)
@@ -162,7 +169,7 @@ def logit_pass(
 
     def body(c: LogitPass, blk):
         kblk, ok, wblk = blk
-        s_raw = alpha * (q @ kblk.T)
+        s_raw = alpha * matmul(q, kblk.T, precision)
         s = jnp.where(ok[None, :], s_raw, -jnp.inf)
         mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
         shift = _safe_max(mx) if weights is not None else mx
@@ -186,7 +193,7 @@ def logit_pass(
         m2 = c.m2 + bm2 + delta**2 * (c.count * frac)
         gram = c.gram
         if with_gram:
-            gram = gram * scale[:, None] * scale[None, :] + wm @ w.T
+            gram = gram * scale[:, None] * scale[None, :] + matmul(wm, w.T, precision)
         return LogitPass(
             mx, c.l * scale + jnp.sum(wm, axis=1), c.ws * scale + jnp.sum(wm * s0, axis=1), tot, mean, m2, gram
         ), None

@@ -44,6 +44,8 @@ BAD = [
     (["--method", "rk9"], "unknown method 'rk9'"),
     (["--init", "cauchy"], "unknown init 'cauchy'"),
     (["--precision", "float16"], "unknown precision 'float16'"),
+    (["--matmul-precision", "fp8"], "unknown matmul_precision 'fp8'; expected one of: highest, tf32, bf16"),
+    (["--kernel", "softmax", "--causal", "--matmul-precision", "bf16"], "--matmul-precision tf32/bf16 needs"),
     (["--N", "ten"], "argument --N: invalid int value: 'ten'"),
     (["--t1", "1.5", "--dt", "1"], "t1 = 1.5 is not a whole number"),
 ]
