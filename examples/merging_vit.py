@@ -11,7 +11,8 @@ evaluated at M = 1/(1-m)). Cost: process CPU time of the attention per block (me
 unmerge), of the matching and of the whole forward against m, beside (1-m)^2 (Eq. 11) and the
 paper's Table 2, fitted with ``meanfield.fit.fit_cost_curve``.
 
-Runtime: about 8 minutes on 2 shared CPU cores (torch and BLAS on one thread each).
+Runtime: about 5 CPU-minutes (torch on one thread); 13.5 minutes of wall time on 2 cores shared
+with other work (load average 11-12). ``--plots-only``: tables and figures from the JSON, seconds.
 Run:  PYTHONPATH=. python examples/merging_vit.py [--size 518] [--plots-only]
 Writes examples/data/merging_vit_results.json, docs/img/merging_vit_table1.png,
 docs/img/merging_vit_cost.png, and prints the tables of docs/merging.md.
@@ -205,7 +206,10 @@ def print_tables(results):
         for what in ("attention", "forward"):
             y = np.array([rel[m][what] / b[what] for m in RATIOS])
             fits[(s, what)] = mf.fit.fit_cost_curve(np.array(RATIOS), y)
-            print(f"  fit {s} {what}:\n{fits[(s, what)].comparison}")
+            power = mf.fit.fit_curve(mf.fit.MODELS["cost_power"], np.array(RATIOS), y, compare=())
+            est = fits[(s, what)].estimates
+            print(f"  fit {s} {what}: a + b (1-m)^2 with a = {est['a']:.3f}, b = {est['b']:.3f}; "
+                  f"c (1-m)^p with p = {power.estimates['p']:.2f}\n{fits[(s, what)].comparison}")
     return tab, pred
 
 
