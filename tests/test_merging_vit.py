@@ -101,12 +101,23 @@ def test_compact_merged_attention_equals_masked(model):
 @pytest.mark.parametrize("proportional", [True, False])
 def test_tome_removes_tokens_and_conserves_size(model, pixels, proportional):
     m = 0.7
-    run = merged_forward(model, pixels, ToMe(ratio=m, proportional=proportional), keep_layers=None)
+    run = merged_forward(model, pixels, ToMe(ratio=m, proportional=proportional, protected=(5,)), keep_layers=None)
     survivors = P - round(m * P)
-    schedule = ToMe(ratio=m, protected=(0,)).schedule(P, BLOCKS)
+    schedule = ToMe(ratio=m, protected=(0, 5)).schedule(P, BLOCKS)
     assert run.hidden.shape == (2, survivors, 384)
     assert np.array_equal(run.sizes.sum(1).numpy(), [P, P])  # every original token counted once
     assert (run.sizes[:, 0] == 1).all()  # the class token (row 0) is never merged
+    # nor original row 5: after the compactions it is the row with 5 - (merged rows before it)
+    # ... checked through the assign maps, in original indices
+    for s in range(2):
+        origin = np.arange(P)
+        for a in run.assign[s]:
+            if a is None:
+                continue
+            a = a.numpy()
+            row5 = int(np.flatnonzero(origin == 5)[0])
+            assert a[row5] == row5 and not np.any((a == row5) & (np.arange(a.size) != row5))
+            origin = origin[np.bincount(a, minlength=a.size) > 0]
     # block l attends over the tokens left by the merges of blocks < l
     expect = P - np.concatenate([[0], np.cumsum(schedule)[:-1]])
     assert (run.n_attend == expect).all()

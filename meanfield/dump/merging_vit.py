@@ -88,6 +88,7 @@ def _frame(model, x, strategy, heads, scale, keep, clock):
     if fast is not None:
         fast.plan(P)  # raises before any work if the ratio cannot be met
     sizes = torch.ones(P, dtype=x.dtype)
+    origin = np.arange(P)  # original row of each surviving row (ToMe compacts the sequence)
     rec = {"assign": [], "n_attend": [], "match": [], "attn": [], "attention": {}}
     for l, blk in enumerate(blocks):
         ql, kl, vl, ol = linears(blk)[:4]
@@ -115,11 +116,12 @@ def _frame(model, x, strategy, heads, scale, keep, clock):
         match = t1 - t0
         if schedule[l] > 0:  # ToMe: merge the residual stream between attention and MLP
             t3 = clock()
-            assign = tome_assign(k.mean(0), int(schedule[l]), protected=tome.protected)
+            prot = tuple(np.flatnonzero(np.isin(origin, tome.protected)).tolist())
+            assign = tome_assign(k.mean(0), int(schedule[l]), protected=prot)
             match += clock() - t3
             x, sizes = merge_rows(x, assign, sizes)
             alive = sizes > 0
-            x, sizes = x[alive], sizes[alive]
+            x, sizes, origin = x[alive], sizes[alive], origin[alive.numpy()]
         rec["assign"].append(assign)
         rec["match"].append(match)
         rec["attn"].append(t2 - t1)
