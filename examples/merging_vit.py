@@ -186,8 +186,9 @@ def print_tables(results):
             pp = paper.get(m)
             fmt = (lambda v: f"{v:.1f}") if q == "rank" else (lambda v: f"{v:.3f}")
             cell = lambda s: f"{fmt(tab[(s, m)][q][0])} ± {fmt(tab[(s, m)][q][1])} ({tab[(s, m)][q][0] / ref[s]:.2f})"
+            p0 = pred[0.1][0 if q == "rank" else 1]
             print(f"| {m} | {f['n_tokens']} | {f['n_query']} | {cell('fastvggt')} | {cell('tome-prop')} | "
-                  f"{fmt(f['rank0' if q == 'rank' else 'entropy0'])} | {fmt(p)} ({p / pred[0.1][0 if q == 'rank' else 1]:.2f}) | "
+                  f"{fmt(f['rank0' if q == 'rank' else 'entropy0'])} | {fmt(p)} ({p / p0:.2f}) | "
                   + ("--" if pp is None else f"{fmt(pp[col])} ({pp[col] / paper[0.1][col]:.2f})") + " |")
     cost = results["exp3"]
     print(f"\ncost ({cost['clock']}, min of {cost['repeats']}, {cost['image']}, load {cost['loadavg']}):")
@@ -233,9 +234,11 @@ def plot(results):
         ax.plot(ms, p / p[1], ":", color="k", label="mobility model (fit on m = 0)")
         ax.plot(t1["m"], t1[pcol] / t1[pcol][0], "ks", label="paper Table 1 (VGGT)")
         ax.set_xlabel("merge ratio m")
-        ax.set_ylabel(f"final-layer {'effective rank' if q == 'rank' else 'normalised entropy'} / value at m = 0.1")
+        what = "effective rank" if q == "rank" else "normalised entropy"
+        ax.set_ylabel(f"final-layer {what} / value at m = 0.1")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Table 1 protocol in DINOv2 ViT-S/14, {len(results['exp2'])} photos at {results['size']} px", fontsize=10)
+    fig.suptitle(f"Table 1 protocol in DINOv2 ViT-S/14, {len(results['exp2'])} photos at {results['size']} px",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(ROOT / "docs" / "img" / "merging_vit_table1.png", dpi=110)
     plt.close(fig)
@@ -251,7 +254,8 @@ def plot(results):
                 label=f"{s}: attention")
         ax.plot(ms, [(cost[f"{s}/{m}"]["attention"] + cost[f"{s}/{m}"]["matching"]) / b["attention"] for m in ms],
                 "-x", alpha=0.5, color=c, label=f"{s}: attention + matching")
-        ax.plot(ms, [cost[f"{s}/{m}"]["forward"] / b["forward"] for m in ms], "--", color=c, label=f"{s}: whole forward")
+        ax.plot(ms, [cost[f"{s}/{m}"]["forward"] / b["forward"] for m in ms], "--", color=c,
+                label=f"{s}: whole forward")
     ax.set_yscale("log")
     ax.set_xlabel("merge ratio m")
     ax.set_ylabel("CPU time / time at m = 0")

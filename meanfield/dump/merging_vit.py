@@ -34,6 +34,7 @@ import time
 
 import numpy as np
 import torch
+from jaxtyping import Float
 
 from ..merging import FastVGGT, ToMe
 from .merging_torch import fastvggt_assign, merge_rows, merged_attention, tome_assign
@@ -78,7 +79,7 @@ def _strategy(strategy):
     return dataclasses.replace(strategy, protected=tuple(sorted({0, *strategy.protected})))
 
 
-def _frame(model, x, strategy, heads, scale, keep, clock):
+def _frame(model, x: Float[torch.Tensor, "P C"], strategy, heads, scale, keep, clock):
     """One frame x (P, C) through the encoder; returns (hidden, sizes, per-block records)."""
     blocks = model.encoder.layer
     P, C = x.shape
@@ -111,8 +112,8 @@ def _frame(model, x, strategy, heads, scale, keep, clock):
                 rec["attention"][l] = (q, k, sizes.clone() if prop else None)
             else:
                 one = torch.ones(n, dtype=q.dtype)
-                rec["attention"][l] = (merge_rows(q, assign, one)[0][:, present], merge_rows(k, assign, one)[0][:, present],
-                                       None)  # fmt: skip
+                qm, km = (merge_rows(t, assign, one)[0][:, present] for t in (q, k))
+                rec["attention"][l] = (qm, km, None)
         match = t1 - t0
         if schedule[l] > 0:  # ToMe: merge the residual stream between attention and MLP
             t3 = clock()
@@ -129,7 +130,8 @@ def _frame(model, x, strategy, heads, scale, keep, clock):
     return model.layernorm(x[None])[0], sizes, rec
 
 
-def merged_forward(model, pixels, strategy=None, *, keep_layers=(-1,), clock=time.process_time) -> MergedRun:
+def merged_forward(model, pixels: Float[torch.Tensor, "S 3 H W"] | Float[np.ndarray, "S 3 H W"], strategy=None, *,
+                   keep_layers=(-1,), clock=time.process_time) -> MergedRun:
     """Run ``model`` (a ``Dinov2Model``) on ``pixels`` (S, 3, H, W) with token merging in its blocks.
 
     ``strategy``: ``None`` (no merging), ``FastVGGT(ratio=m, ...)`` or ``ToMe(ratio=m, ...)``; the
