@@ -57,7 +57,7 @@ from ._registry import register
 from .sphere import rowdot
 from .fused import check_attention, fused_drive, use_fused
 from .precision import check_matmul_precision, matmul
-from .streaming import fold_key_blocks, logit_pass, map_query_blocks, weighted_moments
+from .streaming import fold_key_blocks, logit_pass, map_query_blocks, rescale_factor, uses_qr, weighted_moments
 
 KERNELS: dict[str, type] = {}
 
@@ -121,6 +121,9 @@ def _apply(q, mat, precision="highest"):
 def spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
     """Singular values (descending) of A from G = A A^T; tiny negative round-off eigenvalues -> 0.
 
+    Squares the condition number: singular values below ``sqrt(eps) * sigma_max`` are round-off.
+    The float64 route of :func:`spectrum_from_factor`; float32 uses the TSQR factor instead.
+
     G is scaled to unit trace first: attention entries are ~1/N, so G's entries are ~1/N^2 and
     the eigensolver's intermediate products fall into the subnormal range in float32, which made
     a 512 x 512 ``eigvalsh`` ~13x slower (3.3 s measured at N = 4096) without changing the result.
@@ -129,6 +132,22 @@ def spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
     scale = jnp.where(tr > 0, tr, 1.0)
     ev = jnp.linalg.eigvalsh(gram / scale)[::-1] * scale
     return jnp.sqrt(jnp.maximum(ev, 0.0))
+
+
+def spectrum_from_factor(f: Float[Array, "n n"], scale: Float[Array, " n"] | None = None) -> Float[Array, " n"]:
+    """Singular values (descending) of ``diag(scale) W`` from a spectral factor of ``W``.
+
+    ``f`` is what ``solvers.streaming.factor_update`` accumulated: the Gram matrix ``W W^T``
+    (float64; :func:`spectrum_from_gram`) or the TSQR factor ``R`` with ``R^T R = W W^T``
+    (float32): then ``A = D W`` has ``A A^T = D R^T R D``, so its singular values are those of
+    ``R D`` (an SVD of an ``n x n`` matrix, condition number not squared; docs/theory.md
+    "Diagnostics").
+    """
+    if scale is not None:
+        f = rescale_factor(f, scale)
+    if uses_qr(f.dtype):
+        return jnp.linalg.svd(f, compute_uv=False)
+    return spectrum_from_gram(f)
 
 
 class AbstractKernel(eqx.Module):
@@ -340,8 +359,7 @@ class Softmax(_Streamed):
 
     def attention_statistics(self, q, k, weights=None):
         p = self._pass(q, k, weights)
-        inv = 1.0 / p.l
-        return spectrum_from_gram(p.gram * inv[:, None] * inv[None, :]), self._rows(p)
+        return spectrum_from_factor(p.gram, 1.0 / p.l), self._rows(p)
 
 
 class USA(_Streamed):
@@ -383,7 +401,7 @@ class USA(_Streamed):
         p = self._pass(q, k, weights)
         top = jnp.max(p.mx)
         sc = self._scale(p.mx - top, total_mass(weights, k.shape[0], q.dtype))
-        return jnp.exp(top) * spectrum_from_gram(p.gram * sc[:, None] * sc[None, :]), self._rows(p)
+        return jnp.exp(top) * spectrum_from_factor(p.gram, sc), self._rows(p)
 
 
 # Longer names of the first version, kept as aliases.
@@ -410,5 +428,5 @@ def make_kernel(kernel, alpha=None, **options) -> AbstractKernel:
 
 __all__ = [
     "AbstractKernel", "KERNELS", "Linear", "Softmax", "USA", "LinearKernel", "SoftmaxKernel", "USAKernel",
-    "make_kernel", "key_moments", "probabilities", "spectrum_from_gram", "total_mass",
+    "make_kernel", "key_moments", "probabilities", "spectrum_from_factor", "spectrum_from_gram", "total_mass",
 ]

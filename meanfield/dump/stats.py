@@ -59,8 +59,8 @@ def _head_mean_fn(key_block: int, weighted: bool = False):
     import jax
     import jax.numpy as jnp
 
-    from solvers.kernels import spectrum_from_gram
-    from solvers.streaming import fold_key_blocks, logit_pass
+    from solvers.kernels import spectrum_from_factor
+    from solvers.streaming import factor_update, fold_key_blocks, logit_pass
 
     def run(q, k, scale, w=None):
         H, n, dh = q.shape
@@ -71,10 +71,10 @@ def _head_mean_fn(key_block: int, weighted: bool = False):
             kb = kblk.reshape(-1, H, dh).transpose(1, 0, 2)  # (H, b, dh)
             s = scale * jnp.einsum("hnd,hbd->hnb", q, kb)
             a = jnp.where(ok[None, None, :], jnp.exp(s - lse[:, :, None]), 0.0).mean(axis=0)  # per unit mass
-            return gram + (a @ a.T if wblk is None else (a * wblk[None, :]) @ a.T)
+            return factor_update(gram, (a if wblk is None else a * jnp.sqrt(wblk)[None, :]).T)
 
         gram = fold_key_blocks(body, kflat, key_block, jnp.zeros((n, n), q.dtype), weights=w)
-        return spectrum_from_gram(0.5 * (gram + gram.T))
+        return spectrum_from_factor(gram)
 
     def _lse(p):
         return p.mx + jnp.log(p.l)
@@ -89,9 +89,10 @@ def head_mean_singular_values(q, k, scale: float, *, key_block: int = 1024, weig
 
     ``q`` (H, n, dh) are the query rows of the subset, ``k`` (H, N, dh) all keys. Two streamed
     passes over key blocks: the per-head row normalizers (``solvers.streaming.logit_pass``), then
-    the ``n x n`` Gram of the head-averaged rows; its eigenvalues are the squared singular values.
-    ``weights`` (N,): key masses (proportional attention; Gram per unit of mass, docs/theory.md
-    "Token masses"); ``None``: unit masses.
+    the ``n x n`` spectral factor of the head-averaged rows (``solvers.streaming.factor_update``:
+    the Gram matrix in float64, the TSQR factor ``R`` in float32). ``weights`` (N,): key masses
+    (proportional attention; spectrum per unit of mass, docs/theory.md "Token masses"); ``None``:
+    unit masses.
     """
     import jax.numpy as jnp
 
