@@ -131,9 +131,11 @@ def _save_steps(n_steps, save_every):
 def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
               layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
-              key_sample=DEFAULT_KEY_SAMPLE, merging=None, matmul_precision=None) -> FlowSpec:
+              key_sample=DEFAULT_KEY_SAMPLE, merging=None, matmul_precision=None, estimate=None) -> FlowSpec:
     """Validate :func:`solve_flow`'s options (static checks only) and build the run's spec."""
     _validate.choice("diagnostics", diagnostics, DIAGNOSTIC_MODES)
+    if estimate not in (None, True, False):
+        raise ValueError(f"estimate must be None, True or False, got {estimate!r}")
     key_sample = _validate.integer("key_sample", key_sample, 1)
     kernel = resolve_kernel(kernel, alpha, matmul_precision)
     method = resolve_method(method)
@@ -164,7 +166,7 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
         init=init, x0=x0, weights=w, N=N, d=d, kernel=kernel, method=method, merge=M, fusion=fusion,
         n_steps=n_steps, dt=h, time_map=time_map, save_steps=_save_steps(n_steps, save_every), key=as_key(key),
         seed=seed, dtype=dtype, n_query=n_query, progress=progress, save_tokens=bool(save_tokens),
-        diagnostics=diagnostics, key_sample=key_sample, merging=resolve_merging(merging),
+        diagnostics=diagnostics, key_sample=key_sample, merging=resolve_merging(merging), estimate=estimate,
     )
     if spec.merging is not None:
         check_merging(spec)
@@ -193,7 +195,7 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
                layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
                n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
                key_sample=DEFAULT_KEY_SAMPLE, merging=None, matmul_precision=None, checkpoint=None, resume=None,
-               check_memory=True) -> FlowSolution:
+               check_memory=True, estimate=None) -> FlowSolution:
     """Solve the mean-field token flow ``dx_i/dt = (1/M) P_{x_i} sum_j A_ij x_j`` on S^{d-1}.
 
     Parameters (keyword-only after ``init``; defaults in brackets)
@@ -240,6 +242,10 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
     resume : path of a checkpoint of this same run: continue from it; the final state equals an
         uninterrupted run's bit for bit [None].
     check_memory : refuse a run whose estimated peak memory exceeds the available memory [True].
+    estimate : print a run-time estimate (``meanfield.eta``) to stderr, measured on the run's first
+        chunks after compilation: ``None`` -- when ``progress`` is on and the estimate is >= 10 s;
+        ``True`` -- always; ``False`` -- never [None]. Particle methods only (not the density
+        methods, not runs with ``merging``). Results are unchanged bit for bit.
 
     Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
     """
@@ -247,7 +253,7 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
         init, N=N, weights=weights, kernel=kernel, alpha=alpha, merge=merge, fusion=fusion, t1=t1, layers=layers,
         dt=dt, time_map=time_map, method=method, save_every=save_every, key=key, n_query=n_query, dtype=dtype,
         progress=progress, save_tokens=save_tokens, diagnostics=diagnostics, key_sample=key_sample,
-        merging=merging, matmul_precision=matmul_precision,
+        merging=merging, matmul_precision=matmul_precision, estimate=estimate,
     ), checkpoint=checkpoint, resume=resume, check_memory=check_memory)
 
 

@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=method,
         save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
         progress=not args.no_progress, save_tokens=args.save_tokens, diagnostics=args.diagnostics,
-        key_sample=args.key_sample, merging=merging,
+        key_sample=args.key_sample, merging=merging, estimate=True,
         matmul_precision=None if args.matmul_precision == "highest" else args.matmul_precision,
     )
     out = check_writable(args.out, args.overwrite, nbytes=_resources.results_size(spec), suffixes=(".h5", ".hdf5"))

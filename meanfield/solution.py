@@ -44,6 +44,7 @@ class FlowSpec:
     merging: Any = None  # a meanfield.merging strategy (ToMe, FastVGGT) or None
     diagnostics: str = "sampled"
     key_sample: int = 4096
+    estimate: Any = None  # run-time estimate: None (with progress), True (always), False (never)
 
     @property
     def sampled(self) -> bool:

@@ -134,18 +134,20 @@ def spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
     return jnp.sqrt(jnp.maximum(ev, 0.0))
 
 
-def spectrum_from_factor(f: Float[Array, "n n"], scale: Float[Array, " n"] | None = None) -> Float[Array, " n"]:
+def spectrum_from_factor(f: Float[Array, "n n"], scale: Float[Array, " n"] | None = None,
+                         qr: bool | None = None) -> Float[Array, " n"]:
     """Singular values (descending) of ``diag(scale) W`` from a spectral factor of ``W``.
 
     ``f`` is what ``solvers.streaming.factor_update`` accumulated: the Gram matrix ``W W^T``
     (float64; :func:`spectrum_from_gram`) or the TSQR factor ``R`` with ``R^T R = W W^T``
     (float32): then ``A = D W`` has ``A A^T = D R^T R D``, so its singular values are those of
     ``R D`` (an SVD of an ``n x n`` matrix, condition number not squared; docs/theory.md
-    "Diagnostics").
+    "Diagnostics"). ``qr`` names the route when it is not the dtype's (``solvers.streaming.uses_qr``).
     """
+    qr = uses_qr(f.dtype) if qr is None else qr
     if scale is not None:
-        f = rescale_factor(f, scale)
-    if uses_qr(f.dtype):
+        f = rescale_factor(f, scale, qr)
+    if qr:
         return jnp.linalg.svd(f, compute_uv=False)
     return spectrum_from_gram(f)
 

@@ -78,21 +78,21 @@ def uses_qr(dtype) -> bool:
     return jnp.dtype(dtype).itemsize < 8
 
 
-def factor_update(f: Float[Array, "n n"], rows: Float[Array, "b n"]) -> Float[Array, "n n"]:
+def factor_update(f: Float[Array, "n n"], rows: Float[Array, "b n"], qr: bool | None = None) -> Float[Array, "n n"]:
     """Add the columns ``rows^T`` (b keys) to a spectral factor (module docstring).
 
     float64: ``G + rows^T rows``; float32: ``qr([R; rows]).R`` (``R^T R`` gains ``rows^T rows``).
     Rescaling the rows of ``W`` by a diagonal ``S`` is ``S G S`` for the Gram matrix and ``R S``
-    for the factor: see :func:`rescale_factor`.
+    for the factor: see :func:`rescale_factor`. ``qr`` forces the route (default: by dtype, :func:`uses_qr`).
     """
-    if uses_qr(f.dtype):
+    if uses_qr(f.dtype) if qr is None else qr:
         return jnp.linalg.qr(jnp.concatenate([f, rows], axis=0), mode="r")
     return f + rows.T @ rows
 
 
-def rescale_factor(f: Float[Array, "n n"], scale: Float[Array, " n"]) -> Float[Array, "n n"]:
+def rescale_factor(f: Float[Array, "n n"], scale: Float[Array, " n"], qr: bool | None = None) -> Float[Array, "n n"]:
     """The factor of ``diag(scale) W``: ``S G S`` (Gram matrix) or ``R S`` (TSQR factor)."""
-    if uses_qr(f.dtype):
+    if uses_qr(f.dtype) if qr is None else qr:
         return f * scale[None, :]
     return f * scale[:, None] * scale[None, :]
 
@@ -173,6 +173,7 @@ class LogitPass(NamedTuple):
 def logit_pass(
     q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True, weights=None,
     precision: str = "highest",
+    qr: bool | None = None,
 ) -> LogitPass:
     """One pass over key blocks for the statistics of the rows ``softmax(alpha q k^T)``.
 
@@ -184,8 +185,10 @@ def logit_pass(
     With key masses ``w`` the row sums ``l`` and ``ws`` carry ``w_j``, the logit mean and variance
     are mass-weighted, and the factor is that of ``sum_j w_j W_ij W_i'j`` (columns
     ``sqrt(w_j) W_j``): the Gram matrix per unit of mass, ``sum_j A_ij A_i'j / w_j`` after
-    normalisation, which a key of mass 2 and two keys of mass 1 at the same place give alike. ``precision``: the policy of the logit and Gram products
-    (``solvers.precision``; the TSQR route computes in the input dtype).
+    normalisation, which a key of mass 2 and two keys of mass 1 at the same place give alike.
+    ``precision``: the policy of the logit and Gram products (``solvers.precision``; the TSQR
+    route computes in the input dtype). ``qr`` forces the factor's route (default: by dtype;
+    benchmarks compare the two).
     """
     n, _ = q.shape
     kb, valid, wb = _key_blocks(k, key_block, weights)
@@ -228,7 +231,7 @@ def logit_pass(
         gram = c.gram
         if with_gram:
             cols = w if weights is None else w * jnp.sqrt(mass)[None, :]
-            gram = factor_update(rescale_factor(gram, scale), cols.T)
+            gram = factor_update(rescale_factor(gram, scale, qr), cols.T, qr)
         return LogitPass(
             mx, c.l * scale + jnp.sum(wm, axis=1), c.ws * scale + jnp.sum(wm * s0, axis=1), tot, mean, m2, gram
         ), None
