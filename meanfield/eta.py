@@ -11,7 +11,7 @@ same bit for bit with or without an estimate.
 
 The line is printed once, as soon as both rates are known (after the second save, typically 2% of
 the run), e.g. ``estimated run time: 3 min 20 s (1 step 21 ms x 10000, 1 save 0.5 s x 101;
-compile 2.1 s)``. Short runs (fewer than two saves or a single chunk of steps) get none.
+compile and setup 2.1 s)``. Short runs (fewer than two saves or a single chunk of steps) get none.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def format_duration(seconds: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Extrapolated run time: ``compile + n_steps * step + n_saves * save`` (seconds)."""
+    """Extrapolated run time: ``compile + n_steps * step + n_saves * save`` (seconds); ``compile``
+    includes the setup before the first chunk."""
 
     step: float
     save: float
@@ -55,7 +56,7 @@ class Estimate:
     def line(self) -> str:
         return (f"estimated run time: {format_duration(self.total)} (1 step {format_duration(self.step)} x "
                 f"{self.n_steps}, 1 save {format_duration(self.save)} x {self.n_saves}; "
-                f"compile {format_duration(self.compile)})")
+                f"compile and setup {format_duration(self.compile)})")
 
 
 class Stopwatch:
@@ -71,6 +72,7 @@ class Stopwatch:
         self.report, self.clock = report, clock
         self._steps: list[tuple[int, float]] = []  # (steps, seconds) per chunk, first one compiles
         self._saves: list[float] = []  # seconds per save, first one compiles
+        self._setup = 0.0
         self.estimate: Estimate | None = None
 
     def steps(self, k: int, seconds: float) -> None:
@@ -78,6 +80,10 @@ class Stopwatch:
         if k > 0:
             self._steps.append((int(k), float(seconds)))
             self._check()
+
+    def setup(self, seconds: float) -> None:
+        """Record the time spent before the first chunk (counted with the compilation)."""
+        self._setup += float(seconds)
 
     def save(self, seconds: float) -> None:
         """Record one save (diagnostics) that took ``seconds``."""
@@ -90,7 +96,7 @@ class Stopwatch:
         (k0, t0), (k1, t1) = self._steps[:2]
         step = t1 / k1
         save = self._saves[1]
-        comp = max(0.0, t0 - k0 * step) + max(0.0, self._saves[0] - save)
+        comp = self._setup + max(0.0, t0 - k0 * step) + max(0.0, self._saves[0] - save)
         self.estimate = Estimate(step, save, comp, self.n_steps, self.n_saves)
         if self.report is not None:
             self.report(self.estimate)

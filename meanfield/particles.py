@@ -149,6 +149,7 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
     bar.init(spec.n_steps, desc=f"{spec.kernel.name}/{spec.method.name} N={spec.N} d={spec.d}")
     bar.step(int(spec.save_steps[ck.start]))
     reached = 0
+    watch.setup(clock() - t_start)  # sampling, subsets: counted with the compilation
     try:
         if ck.state is None:
             save_state(x)

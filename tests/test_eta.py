@@ -21,16 +21,19 @@ def feed(watch, chunks):
 def test_extrapolation_from_the_first_repeated_chunk_and_save():
     got = []
     w = eta.Stopwatch(1000, 101, got.append)
-    # first chunk/save compile (9 s and 2.5 s beyond their run time), then 5 steps of 0.2 s, saves of 0.5 s
+    # 1.5 s of setup; first chunk/save compile (9 s and 2.5 s beyond their run time), then 5 steps
+    # of 0.2 s, saves of 0.5 s
+    w.setup(1.5)
     feed(w, [(5, 10.0, 3.0)])
     assert got == [] and w.estimate is None  # no post-compile rates yet
     feed(w, [(5, 1.0, 0.5), (5, 7.0, 9.0)])  # a later, slower chunk does not change the estimate
     assert len(got) == 1
     e = got[0]
     assert e.step == pytest.approx(0.2) and e.save == pytest.approx(0.5)
-    assert e.compile == pytest.approx((10.0 - 5 * 0.2) + (3.0 - 0.5))
-    assert e.total == pytest.approx(11.5 + 1000 * 0.2 + 101 * 0.5)
-    assert e.line() == "estimated run time: 4 min 22 s (1 step 0.20 s x 1000, 1 save 0.50 s x 101; compile 12 s)"
+    assert e.compile == pytest.approx(1.5 + (10.0 - 5 * 0.2) + (3.0 - 0.5))
+    assert e.total == pytest.approx(13.0 + 1000 * 0.2 + 101 * 0.5)
+    assert e.line() == ("estimated run time: 4 min 24 s (1 step 0.20 s x 1000, 1 save 0.50 s x 101; "
+                        "compile and setup 13 s)")
 
 
 def test_estimate_scales_linearly_with_the_run_length():
