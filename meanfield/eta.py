@@ -23,11 +23,13 @@ from typing import Callable
 
 
 def format_duration(seconds: float) -> str:
-    """``0.5 s``, ``21 ms``, ``3 min 20 s``, ``2 h 05 min``: two significant units at most."""
+    """``1.4 ms``, ``21 ms``, ``0.50 s``, ``3 min 20 s``, ``2 h 05 min``: two significant units at most."""
     s = float(seconds)
     if s < 1e-3:
         return f"{s * 1e6:.0f} us"
     if s < 1.0:
+        if s < 0.01:
+            return f"{s * 1e3:.1f} ms"
         return f"{s * 1e3:.0f} ms" if s < 0.1 else f"{s:.2f} s"
     if s < 60:
         return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"

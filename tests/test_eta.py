@@ -52,7 +52,7 @@ def test_no_estimate_without_a_second_chunk_or_save():
     assert w.estimate is None
 
 
-@pytest.mark.parametrize("seconds, text", [(2e-4, "200 us"), (0.021, "21 ms"), (0.5, "0.50 s"), (2.14, "2.1 s"),
+@pytest.mark.parametrize("seconds, text", [(2e-4, "200 us"), (0.0014, "1.4 ms"), (0.021, "21 ms"), (0.5, "0.50 s"), (2.14, "2.1 s"),
                                            (42.4, "42 s"), (200, "3 min 20 s"), (7500, "2 h 05 min")])
 def test_format_duration(seconds, text):
     assert eta.format_duration(seconds) == text
