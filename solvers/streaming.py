@@ -20,8 +20,9 @@ are read from an ``n x n`` matrix accumulated over key blocks. In float64 it is 
 blocks ``W_b^T``, ``R <- qr([R; W_b^T]).R``, so ``R^T R = W W^T`` without forming ``W W^T``:
 Householder QR is backward stable, so the singular values keep an absolute error of a few
 ``eps * sigma_max`` instead of the ``sqrt(eps) * sigma_max`` of the Gram route (``eps = 1.2e-7``:
-1e-7 instead of 3e-4 relative to ``sigma_max``). It costs about 10x the Gram update on CPU, which is
-why float64, whose Gram floor ``sqrt(eps) = 1.5e-8`` is harmless, keeps the Gram route.
+1e-7 instead of 3e-4 relative to ``sigma_max``). It costs about 2x the CPU time of the Gram route
+(``benchmarks/spectrum.py``), which is why float64, whose Gram floor ``sqrt(eps) = 1.5e-8`` is
+harmless, keeps the Gram route.
 
 Padding keys (when ``N`` is not a multiple of the block) carry weight exactly zero.
 
@@ -78,16 +79,19 @@ def uses_qr(dtype) -> bool:
     return jnp.dtype(dtype).itemsize < 8
 
 
-def factor_update(f: Float[Array, "n n"], rows: Float[Array, "b n"], qr: bool | None = None) -> Float[Array, "n n"]:
+def factor_update(f: Float[Array, "n n"], rows: Float[Array, "b n"], qr: bool | None = None,
+                  precision: str = "highest") -> Float[Array, "n n"]:
     """Add the columns ``rows^T`` (b keys) to a spectral factor (module docstring).
 
     float64: ``G + rows^T rows``; float32: ``qr([R; rows]).R`` (``R^T R`` gains ``rows^T rows``).
     Rescaling the rows of ``W`` by a diagonal ``S`` is ``S G S`` for the Gram matrix and ``R S``
-    for the factor: see :func:`rescale_factor`. ``qr`` forces the route (default: by dtype, :func:`uses_qr`).
+    for the factor: see :func:`rescale_factor`. ``qr`` forces the route (default: by dtype,
+    :func:`uses_qr`). ``precision`` is the policy of the Gram product (``solvers.precision``); the
+    QR runs in the input dtype (no reduced-precision mode).
     """
     if uses_qr(f.dtype) if qr is None else qr:
         return jnp.linalg.qr(jnp.concatenate([f, rows], axis=0), mode="r")
-    return f + rows.T @ rows
+    return f + matmul(rows.T, rows, precision)
 
 
 def rescale_factor(f: Float[Array, "n n"], scale: Float[Array, " n"], qr: bool | None = None) -> Float[Array, "n n"]:
@@ -231,7 +235,7 @@ def logit_pass(
         gram = c.gram
         if with_gram:
             cols = w if weights is None else w * jnp.sqrt(mass)[None, :]
-            gram = factor_update(rescale_factor(gram, scale, qr), cols.T, qr)
+            gram = factor_update(rescale_factor(gram, scale, qr), cols.T, qr, precision)
         return LogitPass(
             mx, c.l * scale + jnp.sum(wm, axis=1), c.ws * scale + jnp.sum(wm * s0, axis=1), tot, mean, m2, gram
         ), None
