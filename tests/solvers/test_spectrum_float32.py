@@ -56,6 +56,19 @@ def test_float32_singular_values_at_eps_level(name, weighted):
     assert ref[-1] < 1e-3 * ref[0]  # the spectrum spans decades: the old route would fail here
 
 
+
+def _softmax_ranks(q, x):
+    """Effective rank of softmax(alpha = 1) attention of float32 rows ``q`` over ``x``: (the library's
+    float32 route, float64 dense SVD reference, the old float32 Gram route)."""
+    ker = make_kernel("softmax", 1.0)
+    r32 = float(attention_statistics(ker, jnp.asarray(q), jnp.asarray(x))["effective_rank"])
+    ref_sv = np.linalg.svd(dense_attention("softmax", q, x, 1.0), compute_uv=False)
+    r_ref = float(effective_rank(jnp.asarray(ref_sv)))
+    a32 = jnp.asarray(dense_attention("softmax", q, x, 1.0), jnp.float32)
+    r_gram = float(effective_rank(spectrum_from_gram(a32 @ a32.T)))
+    return r32, r_ref, r_gram
+
+
 def test_float32_effective_rank_unbiased_where_gram_route_was_biased():
     # The case of docs/limitations.md (softmax alpha = 1, d = 4; there 2048 tokens, 512 queries,
     # Gram route +6%) at half size to keep the test fast: the Gram route is +3.1% off here. With
@@ -63,12 +76,7 @@ def test_float32_effective_rank_unbiased_where_gram_route_was_biased():
     # (measured 3.7e-6); 1e-4 leaves a margin.
     x = unit_rows(1024, 4, seed=0)
     q = x[:256]
-    ker = make_kernel("softmax", 1.0)
-    r32 = float(attention_statistics(ker, jnp.asarray(q), jnp.asarray(x))["effective_rank"])
-    ref_sv = np.linalg.svd(dense_attention("softmax", q, x, 1.0), compute_uv=False)
-    r_ref = float(effective_rank(jnp.asarray(ref_sv)))
-    a32 = jnp.asarray(dense_attention("softmax", q, x, 1.0), jnp.float32)
-    r_gram = float(effective_rank(spectrum_from_gram(a32 @ a32.T)))
+    r32, r_ref, r_gram = _softmax_ranks(q, x)
     assert abs(r32 - r_ref) / r_ref < 1e-4
     assert abs(r_gram - r_ref) / r_ref > 1e-2  # the old route on the same rows: clearly biased
 
@@ -84,12 +92,7 @@ def test_float32_effective_rank_reaches_one_near_collapse():
     x = e + 1e-3 * rng.normal(size=(1024, 16))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     q = x[:256]
-    ker = make_kernel("softmax", 1.0)
-    r32 = float(attention_statistics(ker, jnp.asarray(q), jnp.asarray(x))["effective_rank"])
-    ref_sv = np.linalg.svd(dense_attention("softmax", q, x, 1.0), compute_uv=False)
-    r_ref = float(effective_rank(jnp.asarray(ref_sv)))
-    a32 = jnp.asarray(dense_attention("softmax", q, x, 1.0), jnp.float32)
-    r_gram = float(effective_rank(spectrum_from_gram(a32 @ a32.T)))
+    r32, r_ref, r_gram = _softmax_ranks(q, x)
     assert abs(r32 - r_ref) < 1e-3
     assert r_gram > 1.1
 
