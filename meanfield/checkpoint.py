@@ -46,9 +46,26 @@ class Checkpoint:
             raise ValueError("checkpoint path is empty; expected a file name")
 
 
+def _fingerprint_params(spec) -> dict:
+    """The run's parameters without the version, and without the precision options (docs/precision.md)
+    at the values every run had before they existed, so those older checkpoints still resume."""
+    params = {k: v for k, v in spec.params().items() if k != "meanfield_version"}
+    if params.get("matmul_precision") == "highest":
+        del params["matmul_precision"]
+    if params.get("attention") in ("streaming", "moments"):
+        del params["attention"]
+    opts = dict(params.get("kernel_options") or {})
+    if opts.get("matmul_precision") == "highest":
+        del opts["matmul_precision"]
+    if opts.get("attention") == "auto":
+        del opts["attention"]
+    params["kernel_options"] = opts
+    return params
+
+
 def fingerprint(spec) -> str:
     """Digest of everything that determines the run: parameters, save steps, start tokens, masses."""
-    params = {k: v for k, v in spec.params().items() if k != "meanfield_version"}
+    params = _fingerprint_params(spec)
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     h.update(np.asarray(spec.save_steps, np.int64).tobytes())
     for arr in (spec.x0, spec.weights):

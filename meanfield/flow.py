@@ -14,6 +14,7 @@ side effect of importing ``meanfield``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from solvers import INTEGRATORS, KERNELS, AbstractIntegrator, AbstractKernel, make_kernel
+from solvers.precision import check_matmul_precision
 
 from . import _resources, _validate, checkpoint as _checkpoint
 from .density import DENSITY_METHODS
@@ -62,17 +64,28 @@ def resolve_method(method):
     raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(table)}, or a method object")
 
 
-def resolve_kernel(kernel, alpha):
-    """A kernel object from a name in ``solvers.KERNELS`` (with ``alpha``) or a kernel object."""
+def resolve_kernel(kernel, alpha, matmul_precision=None):
+    """A kernel object from a name in ``solvers.KERNELS`` (with ``alpha`` and ``matmul_precision``,
+    docs/precision.md) or a kernel object (which carries both itself)."""
+    if matmul_precision is not None:
+        check_matmul_precision(matmul_precision)
     if isinstance(kernel, AbstractKernel):
         if alpha is not None:
             raise ValueError(f"alpha is set on the kernel object {kernel.name!r}; do not pass alpha= beside it")
+        if matmul_precision is not None:
+            raise ValueError(f"kernel {kernel.name!r} is an object: set matmul_precision on it, not beside it")
         a = kernel.alpha
     else:
         _validate.choice("kernel", kernel, tuple(KERNELS))
         a = DEFAULT_ALPHA if alpha is None else alpha
     a = _validate.real("alpha", a, minimum=0.0)
-    return make_kernel(kernel, a) if not isinstance(kernel, AbstractKernel) else kernel
+    if isinstance(kernel, AbstractKernel):
+        return kernel
+    if matmul_precision is None or matmul_precision == "highest":
+        return make_kernel(kernel, a)
+    if "matmul_precision" not in {f.name for f in dataclasses.fields(KERNELS[kernel])}:
+        raise ValueError(f"kernel {kernel!r} has no matmul_precision option (only highest)")
+    return make_kernel(kernel, a, matmul_precision=matmul_precision)
 
 
 def _resolve_dtype(dtype, x0):
@@ -118,11 +131,13 @@ def _save_steps(n_steps, save_every):
 def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
               layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
-              key_sample=DEFAULT_KEY_SAMPLE, merging=None) -> FlowSpec:
+              key_sample=DEFAULT_KEY_SAMPLE, merging=None, matmul_precision=None, estimate=None) -> FlowSpec:
     """Validate :func:`solve_flow`'s options (static checks only) and build the run's spec."""
     _validate.choice("diagnostics", diagnostics, DIAGNOSTIC_MODES)
+    if estimate not in (None, True, False):
+        raise ValueError(f"estimate must be None, True or False, got {estimate!r}")
     key_sample = _validate.integer("key_sample", key_sample, 1)
-    kernel = resolve_kernel(kernel, alpha)
+    kernel = resolve_kernel(kernel, alpha, matmul_precision)
     method = resolve_method(method)
     _validate.choice("time_map", time_map, TIME_MAPS)
     M = _validate.merge_factor(merge, fusion)
@@ -151,7 +166,7 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
         init=init, x0=x0, weights=w, N=N, d=d, kernel=kernel, method=method, merge=M, fusion=fusion,
         n_steps=n_steps, dt=h, time_map=time_map, save_steps=_save_steps(n_steps, save_every), key=as_key(key),
         seed=seed, dtype=dtype, n_query=n_query, progress=progress, save_tokens=bool(save_tokens),
-        diagnostics=diagnostics, key_sample=key_sample, merging=resolve_merging(merging),
+        diagnostics=diagnostics, key_sample=key_sample, merging=resolve_merging(merging), estimate=estimate,
     )
     if spec.merging is not None:
         check_merging(spec)
@@ -179,8 +194,8 @@ def run(spec: FlowSpec, *, checkpoint=None, resume=None, check_memory: bool = Tr
 def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
                layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
                n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
-               key_sample=DEFAULT_KEY_SAMPLE, merging=None, checkpoint=None, resume=None,
-               check_memory=True) -> FlowSolution:
+               key_sample=DEFAULT_KEY_SAMPLE, merging=None, matmul_precision=None, checkpoint=None, resume=None,
+               check_memory=True, estimate=None) -> FlowSolution:
     """Solve the mean-field token flow ``dx_i/dt = (1/M) P_{x_i} sum_j A_ij x_j`` on S^{d-1}.
 
     Parameters (keyword-only after ``init``; defaults in brackets)
@@ -207,6 +222,10 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
     key : int seed or PRNG key, for the initial samples and the query subset [0].
     n_query : query tokens for the attention statistics [512; all tokens when N <= 512].
     dtype : float32 or float64 [float32, or float64 when 64-bit JAX is enabled].
+    matmul_precision : precision of the kernel's products for a kernel given by name:
+        ``"highest"`` (float32 means float32 on every device, also on GPUs whose default is TF32),
+        or the opt-in fast modes ``"tf32"`` / ``"bf16"`` (rounded inputs, float32 accumulation;
+        errors measured in docs/precision.md). A kernel object carries its own [highest].
     progress : ``True`` for a tqdm bar, or an object with init/step/close [False].
     save_tokens : keep the tokens at every save in ``sol.snapshots`` [False].
     diagnostics : ``"sampled"`` -- when ``N > key_sample`` the attention statistics at each save
@@ -223,6 +242,10 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
     resume : path of a checkpoint of this same run: continue from it; the final state equals an
         uninterrupted run's bit for bit [None].
     check_memory : refuse a run whose estimated peak memory exceeds the available memory [True].
+    estimate : print a run-time estimate (``meanfield.eta``) to stderr, measured on the run's first
+        chunks after compilation: ``None`` -- when ``progress`` is on and the estimate is >= 10 s;
+        ``True`` -- always; ``False`` -- never [None]. Particle methods only (not the density
+        methods, not runs with ``merging``). Results are unchanged bit for bit.
 
     Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
     """
@@ -230,7 +253,7 @@ def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge
         init, N=N, weights=weights, kernel=kernel, alpha=alpha, merge=merge, fusion=fusion, t1=t1, layers=layers,
         dt=dt, time_map=time_map, method=method, save_every=save_every, key=key, n_query=n_query, dtype=dtype,
         progress=progress, save_tokens=save_tokens, diagnostics=diagnostics, key_sample=key_sample,
-        merging=merging,
+        merging=merging, matmul_precision=matmul_precision, estimate=estimate,
     ), checkpoint=checkpoint, resume=resume, check_memory=check_memory)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from solvers import AttentionField, feature_major
 from solvers.integrators import uses_feature_major
 
-from . import checkpoint
+from . import checkpoint, eta
 from ._threads import fetch
 from .diagnostics import linear_diagnostics_jit, query_subset, simulation_diagnostics_jit
 from .progress import make_progress
@@ -103,6 +103,16 @@ def chunks(save_steps: np.ndarray, n_steps: int, max_chunk: int | None = None):
             yield k, (i if todo == 0 else None)
 
 
+def stopwatch(spec: FlowSpec, bar, start: int = 0) -> eta.Stopwatch:
+    """The run-time estimator of a run resumed after save ``start`` (``spec.estimate``: see
+    :func:`meanfield.solve_flow`; the CLI passes ``True``)."""
+    report = None
+    if spec.estimate or (spec.estimate is None and spec.progress):
+        report = eta.printer(bar, threshold=0.0 if spec.estimate else 10.0)
+    n_steps = spec.n_steps - int(spec.save_steps[start])
+    return eta.Stopwatch(n_steps, len(spec.save_steps) - start, report)
+
+
 def stack_records(records: list) -> dict:
     """A list of per-save diagnostics dicts -> a dict of stacked NumPy arrays."""
     return {name: np.stack([np.asarray(r[name]) for r in records]) for name in records[0]}
@@ -162,14 +172,19 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
         if fused:
             pending = state
         else:
+            t0 = clock()
             xt = _tokens(spec.method, state)  # a pre-/peri-LN scheme's state is the residual stream
             records.append(record(xt, _divergence(field, xt)))
+            watch.save(clock() - t0)
             extra += 1
 
     bar = make_progress(spec.progress)
+    watch = stopwatch(spec, bar, ck.start)
+    clock = watch.clock
     bar.init(spec.n_steps, desc=f"{spec.kernel.name}/{spec.method.name} N={spec.N} d={spec.d}")
     bar.step(int(spec.save_steps[ck.start]))
     reached = 0
+    watch.setup(clock() - t_start)  # sampling, subsets: counted with the compilation
     try:
         if ck.state is None:
             save_state(x)
@@ -178,17 +193,22 @@ def run_particles(spec: FlowSpec) -> FlowSolution:
                 reached = save if save is not None else reached
                 continue
             key = () if noise_key is None else (jax.random.fold_in(noise_key, i),)  # fresh noise per chunk
-            todo = k
+            todo, t0, t_save = k, clock(), 0.0  # int(nev) and record() wait for the device: timing points
             if pending is not None:
                 x_saved = pending
                 step = _step_with_moments if fm else _step_with_divergence
                 x, div, nev = step(spec.method, field, x, h)
+                evals += int(nev)
+                t1 = clock()
                 records.append(record(x_saved, div))
-                pending, todo, evals = None, todo - 1, evals + int(nev)
+                t_save = clock() - t1
+                watch.save(t_save)
+                pending, todo = None, todo - 1
             if todo > 0:
                 adv = _advance_fm if fm else _advance
                 x, nev = adv(spec.method, field, x, jnp.asarray(todo, jnp.int32), h, *key)
                 evals += int(nev)
+            watch.steps(k, clock() - t0 - t_save)
             bar.step(k)
             if save is not None:
                 save_state(x)

@@ -5,6 +5,8 @@ Off by default in the library (:class:`NoProgress`), on in the CLI (:class:`Tqdm
 
 from __future__ import annotations
 
+import sys
+
 
 class NoProgress:
     """Does nothing."""
@@ -33,6 +35,12 @@ class TqdmProgress:
 
     def step(self, n: int) -> None:
         self._bar.update(n)
+
+    def write(self, line: str) -> None:
+        """Print a line above the bar (stderr) without breaking it."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -85,6 +85,9 @@ def build_parser() -> ArgumentParser:
       "the token count of --time-map paper (default: %(default)s)")
     a("--seed", type=int, default=0, help="random seed for samples and the query subset (default: %(default)s)")
     a("--precision", default="float32", help="float32 or float64 (default: %(default)s)")
+    a("--matmul-precision", default="highest", help="precision of the attention products: highest (float32 "
+      "means float32, also on GPUs whose default is TF32), or the opt-in fast modes tf32 and bf16 (rounded "
+      "inputs, float32 accumulation; errors in docs/precision.md) (default: %(default)s)")
     a("--n-query", type=int, default=512, help="query tokens for the attention spectrum (default: %(default)s)")
     a("--diagnostics", default="sampled", help="sampled: when N > --key-sample, attention statistics from the "
       "query rows over a seeded key subsample and the softmax/usa entropy rate over the query tokens (a save "
@@ -154,6 +157,12 @@ def main(argv=None) -> int:
     integer("N", args.N, 1)
     integer("d", args.d, 2)
     real("kappa", args.kappa, minimum=0.0)
+    from solvers.precision import check_matmul_precision
+
+    check_matmul_precision(args.matmul_precision)
+    if args.matmul_precision != "highest" and (args.causal or args.weights_kq is not None):
+        raise ValueError("--matmul-precision tf32/bf16 needs --kernel linear, softmax or usa "
+                         "(the bilinear kernel of --causal and --weights-kq has no such option)")
     table = method_table()
     choice("method", args.method, tuple(table))
     cls = table[args.method]
@@ -186,7 +195,8 @@ def main(argv=None) -> int:
         t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=method,
         save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
         progress=not args.no_progress, save_tokens=args.save_tokens, diagnostics=args.diagnostics,
-        key_sample=args.key_sample, merging=merging,
+        key_sample=args.key_sample, merging=merging, estimate=True,
+        matmul_precision=None if args.matmul_precision == "highest" else args.matmul_precision,
     )
     out = check_writable(args.out, args.overwrite, nbytes=_resources.results_size(spec), suffixes=(".h5", ".hdf5"))
     png = out.with_suffix(".png")

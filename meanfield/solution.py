@@ -44,6 +44,7 @@ class FlowSpec:
     merging: Any = None  # a meanfield.merging strategy (ToMe, FastVGGT) or None
     diagnostics: str = "sampled"
     key_sample: int = 4096
+    estimate: Any = None  # run-time estimate: None (with progress), True (always), False (never)
 
     @property
     def sampled(self) -> bool:
@@ -69,7 +70,19 @@ class FlowSpec:
             "diagnostics": "sampled" if self.sampled else "exact", "key_sample": self.key_sample,
             "meanfield_version": __version__,
             "merging": None if self.merging is None else self.merging.describe(),
+            "matmul_precision": kernel.get("matmul_precision", "highest"), "attention": self.attention_path(),
         }
+
+    def attention_path(self) -> str:
+        """How the drive is evaluated on this backend: ``"streaming"``, ``"fused-dense"``,
+        ``"fused-cudnn"`` (``solvers.fused``), or ``"moments"`` (moment kernels)."""
+        from solvers.fused import fused_path, use_fused
+
+        if self.kernel.family == "moments":
+            return "moments"
+        if not use_fused(getattr(self.kernel, "attention", "streaming")):
+            return "streaming"
+        return "fused-" + fused_path(self.d, self.weights, getattr(self.kernel, "matmul_precision", "highest"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,10 +56,11 @@ def _merge(a: Moments, b: Moments) -> Moments:
 
 def _ring_moments(kernel, x, axis, n_shards: int) -> Moments:
     alpha = jnp.asarray(kernel.alpha, x.dtype)
+    prec = getattr(kernel, "matmul_precision", "highest")
 
     def moments(k):
-        return map_query_blocks(lambda q: weighted_moments(q, k, alpha, kernel.key_block, with_acc2=False),
-                                x, kernel.query_block)
+        return map_query_blocks(lambda q: weighted_moments(q, k, alpha, kernel.key_block, with_acc2=False,
+                                                           precision=prec), x, kernel.query_block)
 
     perm = [(i, (i + 1) % n_shards) for i in range(n_shards)]
     k = x

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .kernels import AbstractKernel, spectrum_from_gram
-from .streaming import _key_blocks, _safe_max
+from .kernels import AbstractKernel, spectrum_from_factor
+from .streaming import _key_blocks, _safe_max, factor_update
 
 
 def _map_blocks(fn, q, pos, block: int):
@@ -250,7 +250,7 @@ class Bilinear(AbstractKernel):
             s, okq = logits(kblk, ok, jj)
             u = jnp.where(okq, jnp.mean(jnp.exp(jnp.where(okq[None], s, -jnp.inf) - lse[..., None]), axis=0), 0.0)
             mass = jnp.where(okq, wblk[None, :], 0.0)
-            gram = gram + (u * mass) @ u.T
+            gram = factor_update(gram, (u * jnp.sqrt(mass)).T)
             ent = ent - jnp.sum(jnp.where(u > 0, mass * u * jnp.log(jnp.where(u > 0, u, 1.0)), 0.0), axis=1)
             mxw = jnp.maximum(mxw, jnp.max(jnp.where(okq, u, -jnp.inf), axis=1))
             m2 = m2 + jnp.sum(mass * (jnp.mean(s, axis=0) - mean[:, None]) ** 2, axis=1)
@@ -259,7 +259,7 @@ class Bilinear(AbstractKernel):
         (gram, ent, mxw, m2), _ = lax.scan(second, (jnp.zeros((n, n), dt), z, z - jnp.inf, z), (kb, valid, wxs, idx))
         rows = {"row_entropy": ent, "max_weight": mxw, "logit_mean": mean,
                 "logit_std": jnp.sqrt(jnp.maximum(m2 / cnt, 0.0))}
-        return spectrum_from_gram(gram), rows
+        return spectrum_from_factor(gram), rows
 
     def describe(self) -> dict:
         """JSON-able description (matrices summarised by their shape)."""

@@ -30,6 +30,11 @@ drive and divergence from the mean and covariance of the keys (``from_moments``)
 solvers compute on their cells. ``speed_bound`` bounds ``|F|`` for every probability measure
 (the CFL rule of the grid solvers).
 
+Precision (docs/precision.md). Every product of tokens follows the kernel's static option
+``matmul_precision`` (``solvers.precision``): ``"highest"`` by default, so float32 is float32 on
+GPUs too, or the opt-in ``"tf32"``/``"bf16"``. ``Softmax(attention=...)`` may evaluate its drive
+with the fused path of ``solvers.fused`` (default on GPU backends).
+
 Costs: ``linear`` O(N d^2) from moments; ``softmax`` and ``usa`` O(n N d) streamed over key
 blocks, memory O(query_block * key_block).
 
@@ -50,7 +55,9 @@ from jaxtyping import Array, Float
 
 from ._registry import register
 from .sphere import rowdot
-from .streaming import fold_key_blocks, logit_pass, map_query_blocks, weighted_moments
+from .fused import check_attention, fused_drive, use_fused
+from .precision import check_matmul_precision, matmul
+from .streaming import fold_key_blocks, logit_pass, map_query_blocks, rescale_factor, uses_qr, weighted_moments
 
 KERNELS: dict[str, type] = {}
 
@@ -72,13 +79,14 @@ def total_mass(weights, n: int, dtype):
     return jnp.asarray(n, dtype) if weights is None else jnp.sum(jnp.asarray(weights, dtype))
 
 
-def key_moments(k: Float[Array, "N d"], weights=None):
+def key_moments(k: Float[Array, "N d"], weights=None, precision: str = "highest"):
     """Mean ``m`` and covariance ``Sigma = E[(k-m)(k-m)^T]`` of the keys, in one pass.
 
     ``weights`` (N,) are key masses (the expectation is over ``w / sum w``; ``None``: uniform).
     Uses the shifted-data algorithm (shift ``c = k_0``): ``Sigma = E[(k-c)(k-c)^T] - (m-c)(m-c)^T``.
     Near collapse all keys are close to ``c``, so there is no catastrophic cancellation (the naive
-    ``Q - m m^T`` loses every digit of ``Sigma`` once ``|m| -> 1`` in float32).
+    ``Q - m m^T`` loses every digit of ``Sigma`` once ``|m| -> 1`` in float32). ``precision``: the
+    policy of the products for ``d > 8`` (``solvers.precision``).
     """
     c = k[0]
     y = k - c
@@ -89,21 +97,21 @@ def key_moments(k: Float[Array, "N d"], weights=None):
         if k.shape[1] <= 8:  # one fused pass; XLA:CPU's skinny y^T y matmul is slower here
             second = jnp.sum(y[:, :, None] * y[:, None, :], axis=0) / n
         else:
-            second = (y.T @ y) / n
+            second = matmul(y.T, y, precision) / n
     else:
-        my = p @ y
+        my = matmul(p[None, :], y, precision)[0]
         if k.shape[1] <= 8:
             second = jnp.sum(p[:, None, None] * y[:, :, None] * y[:, None, :], axis=0)
         else:
-            second = (y * p[:, None]).T @ y
+            second = matmul((y * p[:, None]).T, y, precision)
     cov = second - jnp.outer(my, my)
     return my + c, 0.5 * (cov + cov.T)
 
 
-def _apply(q, mat):
+def _apply(q, mat, precision="highest"):
     """``q @ mat``, unrolled over the short axis for small d (see ``solvers.sphere.rowdot``)."""
     if q.shape[1] > 8:
-        return q @ mat
+        return matmul(q, mat, precision)
     out = q[:, 0:1] * mat[0][None, :]
     for i in range(1, q.shape[1]):
         out = out + q[:, i : i + 1] * mat[i][None, :]
@@ -113,6 +121,9 @@ def _apply(q, mat):
 def spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
     """Singular values (descending) of A from G = A A^T; tiny negative round-off eigenvalues -> 0.
 
+    Squares the condition number: singular values below ``sqrt(eps) * sigma_max`` are round-off.
+    The float64 route of :func:`spectrum_from_factor`; float32 uses the TSQR factor instead.
+
     G is scaled to unit trace first: attention entries are ~1/N, so G's entries are ~1/N^2 and
     the eigensolver's intermediate products fall into the subnormal range in float32, which made
     a 512 x 512 ``eigvalsh`` ~13x slower (3.3 s measured at N = 4096) without changing the result.
@@ -121,6 +132,24 @@ def spectrum_from_gram(gram: Float[Array, "n n"]) -> Float[Array, " n"]:
     scale = jnp.where(tr > 0, tr, 1.0)
     ev = jnp.linalg.eigvalsh(gram / scale)[::-1] * scale
     return jnp.sqrt(jnp.maximum(ev, 0.0))
+
+
+def spectrum_from_factor(f: Float[Array, "n n"], scale: Float[Array, " n"] | None = None,
+                         qr: bool | None = None) -> Float[Array, " n"]:
+    """Singular values (descending) of ``diag(scale) W`` from a spectral factor of ``W``.
+
+    ``f`` is what ``solvers.streaming.factor_update`` accumulated: the Gram matrix ``W W^T``
+    (float64; :func:`spectrum_from_gram`) or the TSQR factor ``R`` with ``R^T R = W W^T``
+    (float32): then ``A = D W`` has ``A A^T = D R^T R D``, so its singular values are those of
+    ``R D`` (an SVD of an ``n x n`` matrix, condition number not squared; docs/theory.md
+    "Diagnostics"). ``qr`` names the route when it is not the dtype's (``solvers.streaming.uses_qr``).
+    """
+    qr = uses_qr(f.dtype) if qr is None else qr
+    if scale is not None:
+        f = rescale_factor(f, scale, qr)
+    if qr:
+        return jnp.linalg.svd(f, compute_uv=False)
+    return spectrum_from_gram(f)
 
 
 class AbstractKernel(eqx.Module):
@@ -180,6 +209,7 @@ class Linear(AbstractKernel):
 
     alpha: float | Array = 1.0
     key_block: int = eqx.field(static=True, default=4096)
+    matmul_precision: str = eqx.field(static=True, default="highest")
     name: ClassVar[str] = "linear"
     family: ClassVar[str] = "moments"
 
@@ -193,13 +223,16 @@ class Linear(AbstractKernel):
         a = _alpha(self.alpha, q.dtype)
         d = q.shape[-1] if d is None else d
         tr = jnp.trace(cov) if trace is None else trace
-        sq = _apply(q, cov)
+        sq = _apply(q, cov, self.matmul_precision)
         div = a * (tr - d * rowdot(q, sq)) - (d - 1) * rowdot(q, m[None, :])
         return m + a * sq, div
 
+    def __check_init__(self):
+        check_matmul_precision(self.matmul_precision)
+
     def drive(self, q, k, weights=None):
-        m, cov = key_moments(k, weights)
-        return m + _alpha(self.alpha, q.dtype) * _apply(q, cov)
+        m, cov = key_moments(k, weights, self.matmul_precision)
+        return m + _alpha(self.alpha, q.dtype) * _apply(q, cov, self.matmul_precision)
 
     def mean_divergence(self, m, cov):
         """``E_rho[div_S P_x F] = alpha(tr Sigma - d tr(Sigma Q)) - (d-1)|m|^2`` with
@@ -211,7 +244,7 @@ class Linear(AbstractKernel):
         return a * (jnp.trace(cov) - d * jnp.sum(cov * q2)) - (d - 1) * jnp.sum(m * m)
 
     def drive_and_divergence(self, q, k, weights=None):
-        m, cov = key_moments(k, weights)
+        m, cov = key_moments(k, weights, self.matmul_precision)
         return self.from_moments(q, m, cov)
 
     def speed_bound(self) -> float:
@@ -221,10 +254,11 @@ class Linear(AbstractKernel):
         a = _alpha(self.alpha, q.dtype)
         n_keys = k.shape[0]
         mass = total_mass(weights, n_keys, q.dtype)
-        m, cov = key_moments(k, weights)
+        prec = self.matmul_precision
+        m, cov = key_moments(k, weights, prec)
         evals, evecs = jnp.linalg.eigh(cov)
         half = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
-        lmat = jnp.concatenate([jnp.ones((q.shape[0], 1), q.dtype), a * (q @ half)], axis=1)
+        lmat = jnp.concatenate([jnp.ones((q.shape[0], 1), q.dtype), a * matmul(q, half, prec)], axis=1)
         sv = jnp.linalg.svd(lmat / jnp.sqrt(mass), compute_uv=False)
         n = q.shape[0]
         sv = jnp.zeros((n,), q.dtype).at[: min(n, sv.shape[0])].set(sv[:n])
@@ -233,7 +267,7 @@ class Linear(AbstractKernel):
         # per unit of mass A_ij / w_j = c_ij / W with c_ij = 1 + alpha(<q_i,k_j> - <q_i,m>)
         def body(c, kblk, ok, wblk=None):
             ent, mxw, bad = c
-            u = (1.0 + a * (q @ kblk.T - qm[:, None])) / mass
+            u = (1.0 + a * (matmul(q, kblk.T, prec) - qm[:, None])) / mass
             u_ok = jnp.where(ok[None, :], u, 1.0)
             p = wblk[None, :] * u_ok if weights is not None else u_ok
             ent = ent - jnp.sum(jnp.where(ok[None, :], p * jnp.log(jnp.abs(u_ok)), 0.0), axis=1)
@@ -248,7 +282,7 @@ class Linear(AbstractKernel):
             "row_entropy": jnp.where(bad, jnp.nan, ent),
             "max_weight": mxw,
             "logit_mean": a * qm,
-            "logit_std": a * jnp.sqrt(jnp.maximum(jnp.sum(q * (q @ cov), axis=-1), 0.0)),
+            "logit_std": a * jnp.sqrt(jnp.maximum(jnp.sum(q * matmul(q, cov, prec), axis=-1), 0.0)),
         }
         return sv, rows
 
@@ -259,8 +293,12 @@ class _Streamed(AbstractKernel):
     alpha: float | Array = 1.0
     key_block: int = eqx.field(static=True, default=1024)
     query_block: int = eqx.field(static=True, default=1024)
+    matmul_precision: str = eqx.field(static=True, default="highest")
     family: ClassVar[str] = "profile"
     normalized: ClassVar[bool]
+
+    def __check_init__(self):
+        check_matmul_precision(self.matmul_precision)
 
     def log_profile(self, t):
         """``log K`` as a function of the cosine ``t = <x, y>``: ``alpha t``."""
@@ -270,12 +308,14 @@ class _Streamed(AbstractKernel):
         a = _alpha(self.alpha, q.dtype)
         w = None if weights is None else jnp.asarray(weights, q.dtype)
         return map_query_blocks(
-            lambda qb: weighted_moments(qb, k, a, self.key_block, with_acc2, w), q, self.query_block
+            lambda qb: weighted_moments(qb, k, a, self.key_block, with_acc2, w, self.matmul_precision), q,
+            self.query_block
         )
 
     def _pass(self, q, k, weights):
         w = None if weights is None else jnp.asarray(weights, q.dtype)
-        return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True, weights=w)
+        return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True, weights=w,
+                          precision=self.matmul_precision)
 
     @staticmethod
     def _rows(p):
@@ -294,12 +334,25 @@ class Softmax(_Streamed):
     ``F(x) = g(x) = E_w[y]``.
 
     ``div_S P_x g = alpha(E_w[1 - <x,y>^2] - |g|^2 + <x,g>^2) - (d-1)<x,g>`` (docs/theory.md).
+
+    ``attention`` chooses the drive's evaluation (docs/precision.md): ``"streaming"`` (the key-block
+    scan of ``solvers.streaming``), ``"fused"`` (``solvers.fused``: one logit product per query
+    block, or cuDNN flash attention on a GPU in ``bf16`` mode), or ``"auto"`` (default: fused on
+    GPU backends, streaming elsewhere). The divergence and the statistics always stream.
     """
 
+    attention: str = eqx.field(static=True, default="auto")
     name: ClassVar[str] = "softmax"
     normalized: ClassVar[bool] = True
 
+    def __check_init__(self):
+        check_attention(self.attention)
+
     def drive(self, q, k, weights=None):
+        if use_fused(self.attention):
+            w = None if weights is None else jnp.asarray(weights, q.dtype)
+            return fused_drive(q, k, _alpha(self.alpha, q.dtype), weights=w, precision=self.matmul_precision,
+                               query_block=self.query_block)
         mo = self._moments(q, k, weights, with_acc2=False)
         return mo.acc / mo.l[:, None]
 
@@ -317,8 +370,7 @@ class Softmax(_Streamed):
 
     def attention_statistics(self, q, k, weights=None):
         p = self._pass(q, k, weights)
-        inv = 1.0 / p.l
-        return spectrum_from_gram(p.gram * inv[:, None] * inv[None, :]), self._rows(p)
+        return spectrum_from_factor(p.gram, 1.0 / p.l), self._rows(p)
 
 
 class USA(_Streamed):
@@ -360,7 +412,7 @@ class USA(_Streamed):
         p = self._pass(q, k, weights)
         top = jnp.max(p.mx)
         sc = self._scale(p.mx - top, total_mass(weights, k.shape[0], q.dtype))
-        return jnp.exp(top) * spectrum_from_gram(p.gram * sc[:, None] * sc[None, :]), self._rows(p)
+        return jnp.exp(top) * spectrum_from_factor(p.gram, sc), self._rows(p)
 
 
 # Longer names of the first version, kept as aliases.
@@ -387,5 +439,5 @@ def make_kernel(kernel, alpha=None, **options) -> AbstractKernel:
 
 __all__ = [
     "AbstractKernel", "KERNELS", "Linear", "Softmax", "USA", "LinearKernel", "SoftmaxKernel", "USAKernel",
-    "make_kernel", "key_moments", "probabilities", "spectrum_from_gram", "total_mass",
+    "make_kernel", "key_moments", "probabilities", "spectrum_from_factor", "spectrum_from_gram", "total_mass",
 ]

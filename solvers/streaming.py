@@ -11,8 +11,18 @@ Two passes are provided:
   ``l = sum_j w_ij``, ``sum_j w_ij k_j`` and ``sum_j w_ij <q_i,k_j>^2`` with
   ``w_ij = exp(alpha <q_i,k_j> - mx_i)``: the velocity field and its divergence.
 * :func:`logit_pass` -- for each query the log-sum-exp, ``sum_j p_ij s_ij``, the mean and
-  variance of the logits over keys (Chan et al.'s parallel update) and, optionally, the
-  ``n x n`` Gram matrix ``W W^T`` of the weights, rescaled online when a row maximum moves.
+  variance of the logits over keys (Chan et al.'s parallel update) and, optionally, a *spectral
+  factor* of the weights ``W`` (:func:`factor_update`), rescaled online when a row maximum moves.
+
+Spectral factor (docs/theory.md "Diagnostics"). The singular values of the ``n x N`` rows ``W``
+are read from an ``n x n`` matrix accumulated over key blocks. In float64 it is the Gram matrix
+``G = W W^T``. In float32 it is the triangular factor ``R`` of a streamed QR (TSQR) of the stacked
+blocks ``W_b^T``, ``R <- qr([R; W_b^T]).R``, so ``R^T R = W W^T`` without forming ``W W^T``:
+Householder QR is backward stable, so the singular values keep an absolute error of a few
+``eps * sigma_max`` instead of the ``sqrt(eps) * sigma_max`` of the Gram route (``eps = 1.2e-7``:
+1e-7 instead of 3e-4 relative to ``sigma_max``). It costs about 2x the CPU time of the Gram route
+(``benchmarks/spectrum.py``), which is why float64, whose Gram floor ``sqrt(eps) = 1.5e-8`` is
+harmless, keeps the Gram route.
 
 Padding keys (when ``N`` is not a multiple of the block) carry weight exactly zero.
 
@@ -32,6 +42,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
+
+from .precision import matmul
 
 
 def _block_size(n_keys: int, key_block: int) -> int:
@@ -62,6 +74,33 @@ def _safe_max(mx):
     return jnp.where(jnp.isneginf(mx), jnp.zeros_like(mx), mx)
 
 
+def uses_qr(dtype) -> bool:
+    """Whether the spectral factor of ``dtype`` is the TSQR factor ``R`` (below float64) or the Gram matrix."""
+    return jnp.dtype(dtype).itemsize < 8
+
+
+def factor_update(f: Float[Array, "n n"], rows: Float[Array, "b n"], qr: bool | None = None,
+                  precision: str = "highest") -> Float[Array, "n n"]:
+    """Add the columns ``rows^T`` (b keys) to a spectral factor (module docstring).
+
+    float64: ``G + rows^T rows``; float32: ``qr([R; rows]).R`` (``R^T R`` gains ``rows^T rows``).
+    Rescaling the rows of ``W`` by a diagonal ``S`` is ``S G S`` for the Gram matrix and ``R S``
+    for the factor: see :func:`rescale_factor`. ``qr`` forces the route (default: by dtype,
+    :func:`uses_qr`). ``precision`` is the policy of the Gram product (``solvers.precision``); the
+    QR runs in the input dtype (no reduced-precision mode).
+    """
+    if uses_qr(f.dtype) if qr is None else qr:
+        return jnp.linalg.qr(jnp.concatenate([f, rows], axis=0), mode="r")
+    return f + matmul(rows.T, rows, precision)
+
+
+def rescale_factor(f: Float[Array, "n n"], scale: Float[Array, " n"], qr: bool | None = None) -> Float[Array, "n n"]:
+    """The factor of ``diag(scale) W``: ``S G S`` (Gram matrix) or ``R S`` (TSQR factor)."""
+    if uses_qr(f.dtype) if qr is None else qr:
+        return f * scale[None, :]
+    return f * scale[:, None] * scale[None, :]
+
+
 def map_query_blocks(fn: Callable, q: Float[Array, "n d"], query_block: int):
     """Apply ``fn`` to row blocks of ``q`` sequentially (``lax.map``) and concatenate.
 
@@ -87,13 +126,15 @@ class Moments(NamedTuple):
 
 
 def weighted_moments(
-    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_acc2: bool = True, weights=None
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_acc2: bool = True, weights=None,
+    precision: str = "highest",
 ) -> Moments:
     """Stream key blocks; return the softmax moments of each query row (see module doc).
 
     ``with_acc2=False`` skips ``acc2`` (returned as zeros): the velocity alone does not need it.
     When ``N`` is a multiple of the block and there are no masses, no mask is applied (the
-    masked ``where`` over every logit costs ~30% of a step on CPU).
+    masked ``where`` over every logit costs ~30% of a step on CPU). ``precision``: the policy of the
+    two products, logits and values (``solvers.precision``).
     """
     n, d = q.shape
     kb, valid, wb = _key_blocks(k, key_block, weights)
@@ -105,7 +146,7 @@ def weighted_moments(
 
     def body(c: Moments, blk):
         kblk, ok, wblk = blk
-        cos = q @ kblk.T
+        cos = matmul(q, kblk.T, precision)
         s = jnp.where(ok[None, :], alpha * cos, -jnp.inf) if masked else alpha * cos
         mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
         shift = _safe_max(mx) if weights is not None else mx
@@ -114,7 +155,8 @@ def weighted_moments(
         if weights is not None:
             w = w * wblk[None, :]
         acc2 = c.acc2 * scale + jnp.sum(w * cos * cos, axis=1) if with_acc2 else c.acc2
-        return Moments(mx, c.l * scale + jnp.sum(w, axis=1), c.acc * scale[:, None] + w @ kblk, acc2), None
+        acc = c.acc * scale[:, None] + matmul(w, kblk, precision)
+        return Moments(mx, c.l * scale + jnp.sum(w, axis=1), acc, acc2), None
 
     out, _ = lax.scan(body, init, (kb, valid, wb if wb is not None else valid))
     return out
@@ -129,22 +171,28 @@ class LogitPass(NamedTuple):
     count: Float[Array, ""]  # number (total mass) of keys seen
     mean: Float[Array, " n"]  # running mean of s_ij over keys
     m2: Float[Array, " n"]  # running sum of squared deviations of s_ij
-    gram: Float[Array, "n n"]  # sum_j w_ij w_i'j (zeros if not requested)
+    gram: Float[Array, "n n"]  # spectral factor of W: Gram (float64) or TSQR R (float32); (0, 0) if not requested
 
 
 def logit_pass(
-    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True, weights=None
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True, weights=None,
+    precision: str = "highest",
+    qr: bool | None = None,
 ) -> LogitPass:
     """One pass over key blocks for the statistics of the rows ``softmax(alpha q k^T)``.
 
-    The Gram matrix of the un-normalised weights ``W`` (``W_ij = exp(s_ij - mx_i)``) is
-    rescaled as ``G <- D G D`` (``D = diag(exp(mx_old - mx_new))``) whenever row maxima move,
-    so ``A A^T = diag(1/l) G diag(1/l)`` exactly at the end.
+    The spectral factor (module docstring) of the un-normalised weights ``W``
+    (``W_ij = exp(s_ij - mx_i)``) is rescaled by ``D = diag(exp(mx_old - mx_new))``
+    (:func:`rescale_factor`) whenever row maxima move, so at the end ``A = diag(1/l) W`` has the
+    factor ``rescale_factor(p.gram, 1/l)``: Gram ``A A^T``, or ``R D`` with ``(R D)^T (R D) = A A^T``.
 
     With key masses ``w`` the row sums ``l`` and ``ws`` carry ``w_j``, the logit mean and variance
-    are mass-weighted, and the Gram matrix is ``sum_j w_j W_ij W_i'j``: the Gram matrix per unit
-    of mass, ``sum_j A_ij A_i'j / w_j`` after normalisation, which a key of mass 2 and two keys of
-    mass 1 at the same place give alike.
+    are mass-weighted, and the factor is that of ``sum_j w_j W_ij W_i'j`` (columns
+    ``sqrt(w_j) W_j``): the Gram matrix per unit of mass, ``sum_j A_ij A_i'j / w_j`` after
+    normalisation, which a key of mass 2 and two keys of mass 1 at the same place give alike.
+    ``precision``: the policy of the logit and Gram products (``solvers.precision``; the TSQR
+    route computes in the input dtype). ``qr`` forces the factor's route (default: by dtype;
+    benchmarks compare the two).
     """
     n, _ = q.shape
     kb, valid, wb = _key_blocks(k, key_block, weights)
@@ -162,7 +210,7 @@ def logit_pass(
 
     def body(c: LogitPass, blk):
         kblk, ok, wblk = blk
-        s_raw = alpha * (q @ kblk.T)
+        s_raw = alpha * matmul(q, kblk.T, precision)
         s = jnp.where(ok[None, :], s_raw, -jnp.inf)
         mx = jnp.maximum(c.mx, jnp.max(s, axis=1))
         shift = _safe_max(mx) if weights is not None else mx
@@ -186,7 +234,8 @@ def logit_pass(
         m2 = c.m2 + bm2 + delta**2 * (c.count * frac)
         gram = c.gram
         if with_gram:
-            gram = gram * scale[:, None] * scale[None, :] + wm @ w.T
+            cols = w if weights is None else w * jnp.sqrt(mass)[None, :]
+            gram = factor_update(rescale_factor(gram, scale, qr), cols.T, qr, precision)
         return LogitPass(
             mx, c.l * scale + jnp.sum(wm, axis=1), c.ws * scale + jnp.sum(wm * s0, axis=1), tot, mean, m2, gram
         ), None
@@ -205,4 +254,7 @@ def fold_key_blocks(fn: Callable, k: Float[Array, "N d"], key_block: int, init, 
     return out
 
 
-__all__ = ["Moments", "LogitPass", "weighted_moments", "logit_pass", "map_query_blocks", "fold_key_blocks"]
+__all__ = [
+    "Moments", "LogitPass", "weighted_moments", "logit_pass", "map_query_blocks", "fold_key_blocks",
+    "factor_update", "rescale_factor", "uses_qr",
+]

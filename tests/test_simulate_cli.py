@@ -1,6 +1,7 @@
 """``python -m meanfield.simulate``: the default run, and one-line exit-2 errors with no files."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ def test_default_run(tmp_path):
     assert m[0] < 5 / np.sqrt(10000) and m[-1] > 0.999
     assert (tmp_path / "meanfield_results.png").stat().st_size > 10_000
     assert "100%" in r.stderr  # the progress bar ran to the end
+    # the run-time estimate (meanfield.eta), printed once in the CLI, with a duration
+    assert len(re.findall(r"estimated run time: [0-9.]+ (?:us|ms|s|min|h)\b", r.stderr)) == 1, r.stderr
 
 
 BAD = [
@@ -44,6 +47,8 @@ BAD = [
     (["--method", "rk9"], "unknown method 'rk9'"),
     (["--init", "cauchy"], "unknown init 'cauchy'"),
     (["--precision", "float16"], "unknown precision 'float16'"),
+    (["--matmul-precision", "fp8"], "unknown matmul_precision 'fp8'; expected one of: highest, tf32, bf16"),
+    (["--kernel", "softmax", "--causal", "--matmul-precision", "bf16"], "--matmul-precision tf32/bf16 needs"),
     (["--N", "ten"], "argument --N: invalid int value: 'ten'"),
     (["--t1", "1.5", "--dt", "1"], "t1 = 1.5 is not a whole number"),
 ]

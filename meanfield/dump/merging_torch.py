@@ -56,14 +56,23 @@ def merge_rows(t: torch.Tensor, assign: torch.Tensor, sizes: torch.Tensor):
     return torch.where((new > 0)[:, None], merged, t), new
 
 
-def merged_attention(q, k, v, assign, *, scale: float, sizes=None, proportional: bool = False):
+def merged_attention(q, k, v, assign, *, scale: float, sizes=None, proportional: bool = False, compact: bool = False):
     """Merge -> attend -> unmerge for ``q``, ``k``, ``v`` (..., N, c): every row receives the output
-    of its representative. ``sizes`` (N,) default ones; ``proportional`` adds ``log size``."""
+    of its representative. ``sizes`` (N,) default ones; ``proportional`` adds ``log size``.
+    ``compact``: attend over an array of the ``N'`` surviving rows only (``N' x N'`` logits, the
+    cost a real merge saves) instead of all ``N`` rows with the merged-away keys masked."""
     sizes = torch.ones(q.shape[-2], dtype=q.dtype, device=q.device) if sizes is None else sizes
     qm, new = merge_rows(q, assign, sizes)
     km, _ = merge_rows(k, assign, sizes)
     vm, _ = merge_rows(v, assign, sizes)
     present = new > 0
+    if compact:
+        keep = torch.nonzero(present).squeeze(1)
+        slot = torch.cumsum(present.to(torch.long), 0) - 1  # row -> its place among the survivors
+        w = new[keep]
+        bias = w.log() if proportional else torch.zeros_like(w)
+        att = torch.softmax(scale * qm[..., keep, :] @ km[..., keep, :].transpose(-1, -2) + bias.to(q.dtype), dim=-1)
+        return (att @ vm[..., keep, :])[..., slot[assign], :], new
     bias = torch.where(present, new.clamp_min(torch.finfo(new.dtype).tiny).log() if proportional
                        else torch.zeros_like(new), torch.full_like(new, -torch.inf))
     att = torch.softmax(scale * qm @ km.transpose(-1, -2) + bias.to(q.dtype), dim=-1)

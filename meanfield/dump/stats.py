@@ -49,94 +49,114 @@ def _kernel(scale: float, key_block: int):
 
 
 @functools.cache
-def _head_mean_fn(key_block: int):
-    """Jitted two-pass head-mean Gram: pass 1 per-head log-sum-exp, pass 2 Gram of the mean rows."""
+def _head_mean_fn(key_block: int, weighted: bool = False):
+    """Jitted two-pass head-mean Gram: pass 1 per-head log-sum-exp, pass 2 Gram of the mean rows.
+
+    ``weighted``: key masses ``w`` (docs/theory.md "Token masses"): the per-head rows are
+    ``A_ij = w_j exp(s_ij) / sum_k w_k exp(s_ik)`` (proportional attention) and the Gram matrix is
+    per unit of mass, ``sum_j Abar_ij Abar_i'j / w_j`` for the head mean ``Abar``.
+    """
     import jax
     import jax.numpy as jnp
 
-    from solvers.kernels import spectrum_from_gram
-    from solvers.streaming import fold_key_blocks, logit_pass
+    from solvers.kernels import spectrum_from_factor
+    from solvers.streaming import factor_update, fold_key_blocks, logit_pass
 
-    def run(q, k, scale):
+    def run(q, k, scale, w=None):
         H, n, dh = q.shape
-        lse = jax.vmap(lambda qh, kh: _lse(logit_pass(qh, kh, scale, key_block, with_gram=False)))(q, k)
+        lse = jax.vmap(lambda qh, kh: _lse(logit_pass(qh, kh, scale, key_block, with_gram=False, weights=w)))(q, k)
         kflat = jnp.transpose(k, (1, 0, 2)).reshape(k.shape[1], H * dh)
 
-        def body(gram, kblk, ok):
+        def body(gram, kblk, ok, wblk=None):
             kb = kblk.reshape(-1, H, dh).transpose(1, 0, 2)  # (H, b, dh)
             s = scale * jnp.einsum("hnd,hbd->hnb", q, kb)
-            a = jnp.where(ok[None, None, :], jnp.exp(s - lse[:, :, None]), 0.0).mean(axis=0)
-            return gram + a @ a.T
+            a = jnp.where(ok[None, None, :], jnp.exp(s - lse[:, :, None]), 0.0).mean(axis=0)  # per unit mass
+            return factor_update(gram, (a if wblk is None else a * jnp.sqrt(wblk)[None, :]).T)
 
-        gram = fold_key_blocks(body, kflat, key_block, jnp.zeros((n, n), q.dtype))
-        return spectrum_from_gram(0.5 * (gram + gram.T))
+        gram = fold_key_blocks(body, kflat, key_block, jnp.zeros((n, n), q.dtype), weights=w)
+        return spectrum_from_factor(gram)
 
     def _lse(p):
         return p.mx + jnp.log(p.l)
 
-    return jax.jit(run)
+    if weighted:
+        return jax.jit(run)
+    return jax.jit(lambda q, k, scale: run(q, k, scale))
 
 
-def head_mean_singular_values(q, k, scale: float, *, key_block: int = 1024) -> np.ndarray:
+def head_mean_singular_values(q, k, scale: float, *, key_block: int = 1024, weights=None) -> np.ndarray:
     """Singular values (descending) of ``(1/H) sum_h softmax(scale q_h k_h^T)``, an ``n x N`` block.
 
     ``q`` (H, n, dh) are the query rows of the subset, ``k`` (H, N, dh) all keys. Two streamed
     passes over key blocks: the per-head row normalizers (``solvers.streaming.logit_pass``), then
-    the ``n x n`` Gram of the head-averaged rows; its eigenvalues are the squared singular values.
+    the ``n x n`` spectral factor of the head-averaged rows (``solvers.streaming.factor_update``:
+    the Gram matrix in float64, the TSQR factor ``R`` in float32). ``weights`` (N,): key masses
+    (proportional attention; spectrum per unit of mass, docs/theory.md "Token masses"); ``None``:
+    unit masses.
     """
     import jax.numpy as jnp
 
     q, k = jnp.asarray(q), jnp.asarray(k)
-    return np.asarray(_head_mean_fn(int(key_block))(q, k, jnp.asarray(scale, q.dtype)))
+    if weights is None:
+        return np.asarray(_head_mean_fn(int(key_block))(q, k, jnp.asarray(scale, q.dtype)))
+    w = jnp.asarray(weights, q.dtype)
+    return np.asarray(_head_mean_fn(int(key_block), True)(q, k, jnp.asarray(scale, q.dtype), w))
 
 
 @functools.cache
-def _vmapped(kernel):
+def _vmapped(kernel, weighted: bool = False):
     """``diagnostics.attention_statistics`` vmapped over heads and jitted (one compile per shape)."""
     import jax
 
     from meanfield import diagnostics
 
+    if weighted:
+        return jax.jit(jax.vmap(lambda qh, kh, w: diagnostics.attention_statistics(kernel, qh, kh, w),
+                                in_axes=(0, 0, None)))  # fmt: skip
     return jax.jit(jax.vmap(lambda qh, kh: diagnostics.attention_statistics(kernel, qh, kh)))
 
 
-def _per_head(kernel, q, k) -> list:
+def _per_head(kernel, q, k, weights=None) -> list:
     """The shared statistics for every head: one jitted vmapped call, else a plain loop over heads."""
     import jax
 
     from meanfield import diagnostics
 
     try:
-        out = {name: np.asarray(v) for name, v in _vmapped(kernel)(q, k).items()}
+        res = _vmapped(kernel)(q, k) if weights is None else _vmapped(kernel, True)(q, k, weights)
+        out = {name: np.asarray(v) for name, v in res.items()}
         return [{name: v[h] for name, v in out.items()} for h in range(q.shape[0])]
     except (jax.errors.JAXTypeError, TypeError):  # not traceable: call it head by head
-        return [diagnostics.attention_statistics(kernel, q[h], k[h]) for h in range(q.shape[0])]
+        return [diagnostics.attention_statistics(kernel, q[h], k[h], weights) for h in range(q.shape[0])]
 
 
-def attention_block_statistics(q, k, scale: float, query_indices, *, key_block: int = 1024, dtype=None):
+def attention_block_statistics(q, k, scale: float, query_indices, *, key_block: int = 1024, dtype=None,
+                               weights=None):  # fmt: skip
     """:func:`_block_statistics` with one BLAS thread (see :mod:`meanfield._threads`)."""
     from meanfield._threads import single_threaded_blas
 
     with single_threaded_blas():
-        return _block_statistics(q, k, scale, query_indices, key_block=key_block, dtype=dtype)
+        return _block_statistics(q, k, scale, query_indices, key_block=key_block, dtype=dtype, weights=weights)
 
 
-def _block_statistics(q, k, scale: float, query_indices, *, key_block: int = 1024, dtype=None):
+def _block_statistics(q, k, scale: float, query_indices, *, key_block: int = 1024, dtype=None, weights=None):
     """All attention statistics of one block from its captured q, k of shape (H, N, dh).
 
     Returns a dict with per-head ``head_singular_values`` (H, n), ``head_effective_rank``,
     ``head_normalized_entropy`` (H,), per-head rows ``row_entropy``, ``max_weight``,
     ``logit_mean``, ``logit_std`` (H, n), and the head-mean ``mean_singular_values`` (n,),
-    ``effective_rank``, ``normalized_entropy`` (scalars).
+    ``effective_rank``, ``normalized_entropy`` (scalars). ``weights`` (N,): key masses (ToMe's
+    sizes with proportional attention; docs/theory.md "Token masses"), ``None``: unit masses.
     """
     from meanfield import diagnostics
 
     q, k = _to_numpy(q, dtype), _to_numpy(k, dtype)
+    w = None if weights is None else _to_numpy(weights, q.dtype)
     if q.ndim != 3 or k.shape != q.shape:
         raise ValueError(f"q and k must both have shape (heads, N, head_dim), got {q.shape} and {k.shape}")
     idx = np.asarray(query_indices)
     kernel = _kernel(float(scale), int(key_block))
-    per_head = _per_head(kernel, q[:, idx], k)
+    per_head = _per_head(kernel, q[:, idx], k, w)
     out = {
         "head_singular_values": np.stack([np.asarray(p["singular_values"]) for p in per_head]),
         "head_effective_rank": np.array([float(p["effective_rank"]) for p in per_head]),
@@ -144,7 +164,7 @@ def _block_statistics(q, k, scale: float, query_indices, *, key_block: int = 102
     }
     for name in HEAD_ROWS:
         out[name] = np.stack([np.asarray(p[name]) for p in per_head])
-    sv = head_mean_singular_values(q[:, idx], k, scale, key_block=key_block)
+    sv = head_mean_singular_values(q[:, idx], k, scale, key_block=key_block, weights=w)
     out["mean_singular_values"] = sv
     out["effective_rank"] = float(diagnostics.effective_rank(sv))
     out["normalized_entropy"] = float(diagnostics.normalized_entropy(sv, len(idx)))
