@@ -11,7 +11,7 @@ evaluated at M = 1/(1-m)). Cost: process CPU time of the attention per block (me
 unmerge), of the matching and of the whole forward against m, beside (1-m)^2 (Eq. 11) and the
 paper's Table 2, fitted with ``meanfield.fit.fit_cost_curve``.
 
-Runtime: about 5 CPU-minutes (torch on one thread); 13.5 minutes of wall time on 2 cores shared
+Runtime: about 5 CPU-minutes (torch on one thread); 4 minutes of wall time on 2 quiet cores, 13.5 on 2 cores shared
 with other work (load average 11-12). ``--plots-only``: tables and figures from the JSON, seconds.
 Run:  PYTHONPATH=. python examples/merging_vit.py [--size 518] [--plots-only]
 Writes examples/data/merging_vit_results.json, docs/img/merging_vit_table1.png,
