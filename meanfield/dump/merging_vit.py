@@ -101,7 +101,7 @@ def _frame(model, x: Float[torch.Tensor, "P C"], strategy, heads, scale, keep, c
         t1 = clock()
         ident = torch.arange(n) if assign is None else assign
         prop = tome is not None and tome.proportional
-        out, new = merged_attention(q, k, v, ident, scale=scale, sizes=sizes if tome else None,
+        out, new = merged_attention(q, k, v, ident, scale=scale, sizes=sizes if tome is not None else None,
                                   proportional=prop, compact=True)
         t2 = clock()
         x = x + blk.layer_scale1(ol(out.transpose(0, 1).reshape(n, C)))

@@ -50,7 +50,8 @@ def _kernel(scale: float, key_block: int):
 
 @functools.cache
 def _head_mean_fn(key_block: int, weighted: bool = False):
-    """Jitted two-pass head-mean Gram: pass 1 per-head log-sum-exp, pass 2 Gram of the mean rows.
+    """Jitted two-pass head-mean spectrum: pass 1 per-head log-sum-exp, pass 2 the spectral factor of
+    the mean rows (``solvers.streaming.factor_update``: Gram matrix in float64, TSQR ``R`` in float32).
 
     ``weighted``: key masses ``w`` (docs/theory.md "Token masses"): the per-head rows are
     ``A_ij = w_j exp(s_ij) / sum_k w_k exp(s_ik)`` (proportional attention) and the Gram matrix is
