@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from solvers import AttentionField, Heun, LinearKernel, ProjectedEuler, SoftmaxKernel, TransformerLayer  # noqa: E402
+from solvers import AttentionField, Heun, LinearKernel, ProjectedEuler, SoftmaxKernel, TransformerLayer, feature_major  # noqa: E402,E501
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import GB, run_stats, compile_jitted, log, machine, sphere_points, time_compiled, time_numpy, write_json  # noqa: E402,E501
@@ -99,7 +99,22 @@ class RowMajorHeun(Heun):
     pass
 
 
+class XlaFeatureMajor:
+    """The feature-major step as the XLA program (``native=False``): what ran before the C++ kernel."""
+
+    def __init__(self, integ):
+        self.integ = integ
+
+    def advance(self, field, x, n_steps, h):
+        xt, ev = feature_major.advance(self.integ, field, x.T, n_steps, h, native=False)
+        return xt.T, ev
+
+
+# feature_major: the default (on CPU the one-pass C++ kernel of solvers.native for layer/euler;
+# heun stays an XLA program); feature_major_xla: the same layout as XLA programs; row_major: (N, d).
 LAYOUTS = {"feature_major": {"layer": TransformerLayer(), "euler": ProjectedEuler(), "heun": Heun()},
+           "feature_major_xla": {"layer": XlaFeatureMajor(TransformerLayer()),
+                                 "euler": XlaFeatureMajor(ProjectedEuler())},
            "row_major": {"layer": RowMajorLayer(), "euler": RowMajorEuler(), "heun": RowMajorHeun()}}
 
 
@@ -124,11 +139,19 @@ def case_layouts(xj, repeats):
     for name in ("layer", "euler", "heun"):
         rec = {}
         for lay in LAYOUTS:
+            if (lay, name) not in times:
+                continue
             w, c = times[lay, name]
             rec[lay] = {"per_step_s": float(np.median(w)) / CHUNK, "cpu_per_step_s": float(np.median(c)) / CHUNK,
                         "wall_s": w, "cpu_s": c}
         rec["speedup_wall"] = rec["row_major"]["per_step_s"] / rec["feature_major"]["per_step_s"]
         rec["speedup_cpu"] = rec["row_major"]["cpu_per_step_s"] / rec["feature_major"]["cpu_per_step_s"]
+        if "feature_major_xla" in rec:
+            rec["native_vs_xla_wall"] = rec["feature_major_xla"]["per_step_s"] / rec["feature_major"]["per_step_s"]
+            rec["native_vs_xla_cpu"] = (rec["feature_major_xla"]["cpu_per_step_s"]
+                                        / rec["feature_major"]["cpu_per_step_s"])
+            log(f"  linear {name:5s}: XLA feature-major {rec['feature_major_xla']['per_step_s'] * 1e3:6.1f} ms/step: "
+                f"default (native) {rec['native_vs_xla_wall']:.2f}x wall, {rec['native_vs_xla_cpu']:.2f}x cpu faster")
         out[name] = rec
         log(f"  linear {name:5s}: feature-major {rec['feature_major']['per_step_s'] * 1e3:6.1f} ms/step "
             f"(cpu {rec['feature_major']['cpu_per_step_s'] * 1e3:.1f}), row-major "

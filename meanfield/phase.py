@@ -27,13 +27,18 @@ the other and, inside a block, ``lax.scan`` runs every step and every save, so a
 are shared by all betas (common random numbers: the differences between rows of the diagram are
 not sampling noise), gathered per block, so ``len(betas)`` copies of them never exist.
 ``method="dense"`` uses :mod:`solvers.dense` (full ``n x n`` Gram matrices, for ``n`` up to a few
-thousand); ``method="streaming"`` evaluates the drive with the blockwise ``SoftmaxKernel`` and the
+thousand); ``method="native"`` runs the same dense rollout as a hand-fused C++ kernel on the CPU
+(:mod:`solvers.native`: eight float64 or sixteen float32 (beta, system) pairs per 512-bit vector,
+each pair's state in L1 for all its steps, one exponential per pair ``i <= j`` of the symmetric
+weight matrix; ``threads`` OS threads share the pairs), which ``"auto"`` picks on the CPU when the
+kernel compiled and the clusters are connected components; ``method="streaming"`` evaluates the drive with the blockwise ``SoftmaxKernel`` and the
 statistics row block by row block, for large ``n``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from functools import partial
 
@@ -42,13 +47,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from solvers import native as _native
 from solvers.dense import gram, gram_statistics, gram_statistics_blocked, layer_update
 from solvers.kernels import SoftmaxKernel
 from solvers.sphere import normalize
 
 from . import _validate
 
-METHODS = ("auto", "dense", "streaming")
+METHODS = ("auto", "dense", "native", "streaming")
 CLUSTER_COUNTS = ("components", "rank")
 DENSE_MAX_N = 2048  # "auto" picks the dense path up to this many tokens per system
 
@@ -89,9 +95,17 @@ def _default_block(method: str, n: int, d: int, itemsize: int, total: int) -> in
     return int(max(1, min(total, budget // per_pair)))
 
 
-@partial(jax.jit, static_argnames=("method", "block", "query_block", "cluster_count"))
+def native_threads() -> int:
+    """OS threads for ``method="native"`` by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@partial(jax.jit, static_argnames=("method", "block", "query_block", "cluster_count", "threads"))
 def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, method="dense", block=256,
-                  query_block=1024, cluster_count="components"):
+                  query_block=1024, cluster_count="components", threads=1):
     """Per-system statistics of every (beta, system) pair at the save points (pure, jitted).
 
     ``x0`` (B, n, d) unit tokens, shared by every beta; ``betas`` (nb,); ``h`` the step;
@@ -99,7 +113,9 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, 
     0, which saves the initial state). Returns ``(pairs, clusters, order_parameter)``, each
     ``(nb, B, n_saves)``; ``pairs`` counts ordered pairs ``i != j``; ``clusters`` counts connected
     components, or the rank of the thresholded matrix with ``cluster_count="rank"`` (dense only).
-    ``block`` (beta, system) pairs are advanced together through all steps (see the module doc).
+    ``block`` (beta, system) pairs are advanced together through all steps (see the module doc);
+    ``method="native"`` ignores ``block`` and ``query_block`` and runs the C++ kernel of
+    :mod:`solvers.native` on ``threads`` threads (components only, CPU only).
     """
     nb = betas.shape[0]
     B, n, d = x0.shape
@@ -109,6 +125,10 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, 
     h = jnp.asarray(h, x0.dtype)
     betas = jnp.asarray(betas, x0.dtype)
 
+    if method == "native":
+        if cluster_count != "components":
+            raise ValueError(f"cluster_count={cluster_count!r} needs method='dense' (native counts components)")
+        return _native.phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, threads=threads)
     if method == "dense":
         def run_block(p):
             be = betas[p // B]
@@ -204,7 +224,7 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
                   dt: float = 0.1, n_saves: int = 100, x0=None, key=0, dtype=None, method: str = "auto",
                   pair_threshold: float = 0.999, cluster_threshold: float = 0.9999, per_system: bool = False,
                   cluster_count: str = "components", block: int | None = None, query_block: int = 1024,
-                  mesh=None, mesh_axis: str | None = None) -> PhaseDiagram:
+                  mesh=None, mesh_axis: str | None = None, threads: int | None = None) -> PhaseDiagram:
     """Clustering statistics over a grid of inverse temperatures and time (see the module doc).
 
     Parameters
@@ -218,12 +238,18 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     x0 : optional ``(n_systems, n, d)`` initial tokens (rows normalised), shared by every beta.
         By default ``n_systems`` systems of uniform tokens drawn with ``key`` (int seed or key).
     dtype : ``"float32"`` or ``"float64"`` [float64 when 64-bit JAX is enabled, else float32].
-    method : ``"dense"``, ``"streaming"`` or ``"auto"`` (dense up to ``n = 2048``).
+    method : ``"dense"``, ``"native"``, ``"streaming"`` or ``"auto"``: up to ``n = 2048`` tokens
+        ``"native"`` (the C++ kernel of :mod:`solvers.native`) on the CPU when it is available and
+        ``cluster_count="components"``, else ``"dense"``; ``"streaming"`` above. ``"native"``
+        asked for explicitly raises ``ValueError`` with the reason when the kernel is unavailable.
     pair_threshold, cluster_threshold : cosine thresholds in ``(-1, 1)``.
     cluster_count : ``"components"`` (connected components of the threshold graph) or ``"rank"``
         (rank of its 0/1 matrix, the reference code's count; dense path only, ``O(n^3)`` per save).
     per_system : also return the per-system statistics (``len(betas) x n_systems x n_saves``).
-    block : (beta, system) pairs advanced together [CPU: as many as fit ~2 MB; GPU: ~1 GB].
+    block : (beta, system) pairs advanced together [CPU: as many as fit ~2 MB; GPU: ~1 GB]
+        (not used by ``"native"``, which advances 8 float64 / 16 float32 pairs per vector).
+    threads : OS threads of ``"native"`` [the CPUs this process may use; 1 per device with a
+        ``mesh``].
     query_block : row block of the streaming path (its key block too).
     mesh, mesh_axis : a :class:`jax.sharding.Mesh` to shard the systems over (along ``mesh_axis``,
         by default the mesh's only axis); ``n_systems`` must be divisible by its devices
@@ -263,6 +289,14 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     n_systems, n, d = x.shape
     if method == "auto":
         method = "dense" if n <= DENSE_MAX_N else "streaming"
+        if method == "dense" and cluster_count == "components" and _native.use_native(None):
+            method = "native"
+    elif method == "native":
+        if cluster_count != "components":
+            raise ValueError(f"cluster_count={cluster_count!r} needs method='dense', got method='native'")
+        _native.use_native(True)  # ValueError with the reason when the kernel is unavailable
+    threads = (1 if mesh is not None else native_threads()) if threads is None else _validate.integer(
+        "threads", threads, 1)
     if cluster_count == "rank" and method != "dense":
         raise ValueError(f"cluster_count='rank' needs method='dense', got method={method!r}")
     n_dev = 1
@@ -279,12 +313,13 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     args = (x, jnp.asarray(b, dtype), jnp.asarray(dt, dtype), segments, jnp.asarray(pt, dtype), jnp.asarray(ct, dtype))
     t0 = time.perf_counter()
     if mesh is None:
-        raw = phase_rollout(*args, method=method, block=block, query_block=query_block, cluster_count=cluster_count)
+        raw = phase_rollout(*args, method=method, block=block, query_block=query_block, cluster_count=cluster_count,
+                            threads=threads)
     else:
         from .sharding import phase_rollout_sharded
 
         raw = phase_rollout_sharded(*args, mesh=mesh, axis=mesh_axis, method=method, block=block,
-                                    query_block=query_block, cluster_count=cluster_count)
+                                    query_block=query_block, cluster_count=cluster_count, threads=threads)
     raw = jax.block_until_ready(raw)
     wall = time.perf_counter() - t0
     pairs, clusters, m = raw
@@ -293,7 +328,8 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
               "n_saves": n_saves, "method": method, "block": block, "precision": dtype.name,
               "pair_threshold": pt, "cluster_threshold": ct, "cluster_count": cluster_count,
               "shared_initial_systems": True,
-              "scheme": "layer", "kernel": "softmax", "devices": n_dev}
+              "scheme": "layer", "kernel": "softmax", "devices": n_dev,
+              "threads": threads if method == "native" else None}
     ps = None
     if per_system:
         ps = {"pairs": np.asarray(pairs), "clusters": np.asarray(clusters), "order_parameter": np.asarray(m)}

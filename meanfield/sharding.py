@@ -163,17 +163,17 @@ def advance_ensemble(x, *, mesh: Mesh, kernel: str = "softmax", alpha=1.0, h: fl
                           method=method, n_steps=n_steps, kernel_options=tuple(sorted((kernel_options or {}).items())))
 
 
-@partial(jax.jit, static_argnames=("mesh", "axis", "method", "block", "query_block", "cluster_count"))
+@partial(jax.jit, static_argnames=("mesh", "axis", "method", "block", "query_block", "cluster_count", "threads"))
 def phase_rollout_sharded(x0, betas, h, segments, pair_threshold, cluster_threshold, *, mesh: Mesh, axis: str,
                           method: str = "dense", block: int = 256, query_block: int = 1024,
-                          cluster_count: str = "components"):
+                          cluster_count: str = "components", threads: int = 1):
     """:func:`meanfield.phase.phase_rollout` with the systems ``x0`` (B, n, d) sharded along ``axis``
     of ``mesh``: each device runs every beta on its ``B / P`` systems. Outputs ``(nb, B, T)``,
     sharded along ``B``."""
 
     def local(x, b, hh, seg, pt, ct):
         return phase_rollout(x, b, hh, seg, pt, ct, method=method, block=block, query_block=query_block,
-                             cluster_count=cluster_count)
+                             cluster_count=cluster_count, threads=threads)
 
     rep = P()
     out = P(None, axis, None)

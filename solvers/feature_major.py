@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
+from . import native as _native
 from .kernels import probabilities
 
 SCHEMES = ("layer", "euler", "heun")
@@ -178,22 +179,68 @@ def _step(integrator, field, xt, h, mc=None):
     return _normalized(xt + (0.5 * h) * (v1 + v2))
 
 
+def _native_ok(integrator, field, xt, native) -> bool:
+    """Whether this step runs as the one-pass C++ kernel (:mod:`solvers.native`): ``layer`` or
+    ``euler``, unit masses, float32/float64, ``d <= 64``, on the CPU with the kernel built
+    (``native=None``: auto; ``False``: never; ``True``: required)."""
+    if native is False:
+        return False
+    fits = (integrator.name in _native.SCHEME_CODES and field.weights is None and xt.shape[-2] <= 64
+            and jnp.dtype(xt.dtype) in (jnp.float32, jnp.float64))
+    if native is True and not fits:
+        raise ValueError("native=True needs the layer or euler scheme, unit masses, float32/float64 and d <= 64")
+    return fits and _native.use_native(native)
+
+
+def _finish(sums, n):
+    """``(m, Sigma)`` from the shifted sums ``(s1, s2, c)`` of :func:`solvers.native.linear_moments`
+    (the formula of :func:`moments`)."""
+    s1, s2, c = sums[:3]
+    my = s1 / n
+    cov = s2 / n - jnp.outer(my, my)
+    return my + c, 0.5 * (cov + cov.T)
+
+
+def _native_step(integrator, field, xt, h, mc):
+    k, b = _coefficients(field, xt, mc)
+    return _native.linear_step(xt, k, b, h, integrator.name)
+
+
 def evaluations(integrator) -> int:
     """Field evaluations per step."""
     return 2 if integrator.name == "heun" else 1
 
 
-def advance(integrator, field, xt: Float[Array, "d N"], n_steps, h):
-    """``n_steps`` (may be traced) steps of ``integrator`` on the feature-major state; ``(xt, evals)``."""
+def advance(integrator, field, xt: Float[Array, "d N"], n_steps, h, native: bool | None = None):
+    """``n_steps`` (may be traced) steps of ``integrator`` on the feature-major state; ``(xt, evals)``.
+
+    On the CPU, ``layer`` and ``euler`` with unit masses run as the one-pass C++ kernel of
+    :mod:`solvers.native` (each step writes the new state and accumulates its key moments for the
+    next step, so a step reads and writes the state once); ``native=False`` forces the XLA program.
+    """
     h = jnp.asarray(h, xt.dtype)
+    n = xt.shape[-1]
+    if _native_ok(integrator, field, xt, native):
+        def body(_, carry):
+            y, sums = carry[0], carry[1:]
+            return _native_step(integrator, field, y, h, _finish(sums, n))
+
+        out = lax.fori_loop(0, n_steps, body, (xt, *_native.linear_moments(xt)[:3]))
+        return out[0], evaluations(integrator) * n_steps
     xt = lax.fori_loop(0, n_steps, lambda _, y: _step(integrator, field, y, h), xt)
     return xt, evaluations(integrator) * n_steps
 
 
-def step_with_moments(integrator, field, xt: Float[Array, "d N"], h):
+def step_with_moments(integrator, field, xt: Float[Array, "d N"], h, native: bool | None = None):
     """One step, and ``(m, Sigma, norm_drift)`` of the starting state: ``(xt_new, stats, evals)``."""
+    h = jnp.asarray(h, xt.dtype)
+    if _native_ok(integrator, field, xt, native):
+        s1, s2, c, rng = _native.linear_moments(xt)
+        mc = _finish((s1, s2, c), xt.shape[-1])
+        drift = jnp.maximum(jnp.sqrt(rng[1]) - 1.0, 1.0 - jnp.sqrt(rng[0]))
+        return _native_step(integrator, field, xt, h, mc)[0], (mc[0], mc[1], drift), evaluations(integrator)
     mc = moments(xt, field.weights)
-    xn = _step(integrator, field, xt, jnp.asarray(h, xt.dtype), mc)
+    xn = _step(integrator, field, xt, h, mc)
     return xn, (mc[0], mc[1], norm_drift(xt)), evaluations(integrator)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from meanfield.phase import phase_diagram, phase_rollout, save_steps, summarize
-from solvers import AttentionField, SoftmaxKernel, TransformerLayer
+from solvers import AttentionField, SoftmaxKernel, TransformerLayer, native
 from solvers.dense import count_components, gram_statistics, gram_statistics_blocked, layer_step, matrix_rank01
 
 H = 0.1
@@ -199,7 +199,8 @@ def test_phase_diagram_api_float64():
     np.testing.assert_array_equal(pd.clusters_median, np.median(ps["clusters"], axis=1))
     np.testing.assert_allclose(pd.order_parameter, ps["order_parameter"].mean(axis=1), rtol=1e-15)
     assert np.all(np.diff(pd.order_parameter[0]) > 0)  # beta = 0: |m| grows monotonically
-    assert pd.params["method"] == "dense" and pd.params["precision"] == "float64"
+    assert pd.params["method"] == ("native" if native.use_native(None) else "dense")  # auto: the C++ kernel on CPU
+    assert pd.params["precision"] == "float64"
 
 
 def test_phase_diagram_float32_and_summarize():

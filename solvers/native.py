@@ -1,0 +1,226 @@
+"""Hand-fused CPU kernels (``solvers/_native/meanfield_cpu.cc``), compiled on first use.
+
+Two workloads run far below this CPU's speed as XLA programs (issue 11; the measurements are in
+``benchmarks/README.md``): rollouts of many small systems for phase diagrams (``n x n`` products of
+``n = 32`` are too small for a GEMM kernel, and a float64 ``exp`` per pair dominates) and the
+linear kernel's step at small ``d`` (XLA:CPU makes three passes over the state per step). The C++
+file implements both as XLA FFI custom calls:
+
+* ``phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold)``: every (beta,
+  system) pair rolled out for all its steps with its state in L1, the statistics of
+  :func:`solvers.dense.gram_statistics` (connected components) at the save points;
+* ``linear_step(xt, K, b, h, scheme)`` / ``linear_moments(xt)``: one pass per step over the
+  feature-major state ``(d, N)`` that writes the new state and accumulates its key moments.
+
+They compute the same quantities as the JAX code they stand in for, in another order of
+floating-point operations (agreement to round-off: ``tests/solvers/test_native.py``).
+
+The source is compiled with the system's C++ compiler (``$CXX``, else ``g++``, else ``c++``,
+``-O3 -march=native``) against the XLA FFI headers that ship with jaxlib, into
+``$MEANFIELD_CACHE_DIR/native`` (default ``~/.cache/meanfield/native``), keyed by the hash of the
+source, the compiler, the flags, jaxlib's version and this machine's CPU flags; the library is
+written to a temporary name and renamed, so concurrent first uses (pytest workers) are safe.
+Compilation takes ~10 s once per machine. Where there is no compiler, or it fails, or
+``MEANFIELD_NATIVE=0`` is set, :func:`available` is ``False``, the reason is in :func:`status`,
+and every caller runs its pure-JAX path. The kernels exist for the CPU platform only: on GPU/TPU
+the callers use the jitted JAX path (:func:`use_native` checks the default backend).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = Path(__file__).resolve().parent / "_native" / "meanfield_cpu.cc"
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "lib": None, "reason": "not built yet", "path": None}
+_TARGETS = ("PhaseRollout", "LinearMoments", "LinearStep")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MEANFIELD_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "meanfield") / "native"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build() -> tuple[object | None, str, Path | None]:
+    if os.environ.get("MEANFIELD_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
+        return None, "disabled by MEANFIELD_NATIVE=0", None
+    cxx = _compiler()
+    if cxx is None:
+        return None, "no C++ compiler found ($CXX, g++, c++, clang++)", None
+    from jax import ffi
+
+    include = ffi.include_dir()
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([src, cxx.encode(), " ".join(FLAGS).encode(), jax.__version__.encode(),
+                                     _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
+    out = _cache_dir() / f"meanfield_cpu_{key}.so"
+    if not out.exists():
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+            os.close(fd)
+            proc = subprocess.run([cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp],
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                os.unlink(tmp)
+                err = (proc.stderr or proc.stdout).strip().splitlines()
+                return None, f"compilation failed ({cxx}): {err[-1] if err else proc.returncode}", None
+            os.replace(tmp, out)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"compilation failed: {exc}", None
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(out))
+        for name in _TARGETS:
+            for dt in ("F32", "F64"):
+                sym = f"Meanfield{name}{dt}"
+                ffi.register_ffi_target(f"meanfield_{name.lower()}_{dt.lower()}", ffi.pycapsule(getattr(lib, sym)),
+                                        platform="cpu")
+    except (OSError, AttributeError, ValueError) as exc:
+        return None, f"loading {out} failed: {exc}", None
+    return lib, f"built: {out}", out
+
+
+def _jaxlib_version() -> str:
+    try:
+        import jaxlib
+
+        return jaxlib.__version__
+    except Exception:  # pragma: no cover - jaxlib always has a version
+        return "?"
+
+
+def _ensure():
+    with _lock:
+        if not _state["tried"]:
+            _state["lib"], _state["reason"], _state["path"] = _build()
+            _state["tried"] = True
+    return _state["lib"]
+
+
+def available() -> bool:
+    """Whether the kernels are compiled and registered (compiles them on the first call)."""
+    return _ensure() is not None
+
+
+def status() -> str:
+    """Why the kernels are or are not available (``"built: <path>"`` or the reason)."""
+    _ensure()
+    return _state["reason"]
+
+
+def use_native(native: bool | None = None) -> bool:
+    """Resolve a caller's ``native`` option: ``None`` (auto) means "on the CPU backend when the
+    kernels are available"; ``True`` requires them (``ValueError`` with the reason otherwise);
+    ``False`` never uses them."""
+    if native is False:
+        return False
+    if native is None:
+        return jax.default_backend() == "cpu" and available()
+    if native is not True:
+        raise ValueError(f"native must be True, False or None (auto), got {native!r}")
+    if jax.default_backend() != "cpu":
+        raise ValueError(f"native=True needs the CPU backend; the default backend is {jax.default_backend()!r}")
+    if not available():
+        raise ValueError(f"native=True, but the native CPU kernels are not available: {status()}")
+    return True
+
+
+def _target(name: str, dtype) -> str:
+    if _ensure() is None:
+        raise RuntimeError(f"the native CPU kernels are not available: {status()}")
+    dt = jnp.dtype(dtype)
+    if dt not in (jnp.float32, jnp.float64):
+        raise ValueError(f"the native kernels take float32 or float64, got {dt}")
+    return f"meanfield_{name}_{'f32' if dt == jnp.float32 else 'f64'}"
+
+
+def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, threads: int = 1):
+    """Per-system ``(pairs, clusters, order_parameter)``, each ``(len(betas), B, len(segments))``:
+    the contract of :func:`meanfield.phase.phase_rollout` with ``method="dense"`` and
+    ``cluster_count="components"``. ``threads`` OS threads share the (beta, system) pairs."""
+    B = x0.shape[0]
+    nb, S = betas.shape[0], segments.shape[0]
+    dt = x0.dtype
+    params = jnp.stack([jnp.asarray(h, dt), jnp.asarray(pair_threshold, dt), jnp.asarray(cluster_threshold, dt)])
+    out = (jax.ShapeDtypeStruct((nb, B, S), jnp.int32), jax.ShapeDtypeStruct((nb, B, S), jnp.int32),
+           jax.ShapeDtypeStruct((nb, B, S), dt))
+    call = jax.ffi.ffi_call(_target("phaserollout", dt), out, vmap_method="sequential")
+    return call(x0, jnp.asarray(betas, dt), params, jnp.asarray(segments, jnp.int32), threads=np.int32(threads))
+
+
+def default_threads() -> int:
+    """OS threads a kernel uses by default: ``$MEANFIELD_NATIVE_THREADS``, else the CPUs this
+    process may run on."""
+    env = os.environ.get("MEANFIELD_NATIVE_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"MEANFIELD_NATIVE_THREADS must be a positive integer, got {env!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def linear_moments(xt, threads: int | None = None):
+    """Shifted sums of the columns of ``xt`` (``..., d, N``): ``(s1, s2, c, norm_range)`` with
+    ``c = xt[..., :, 0]``, ``s1 = sum_j (x_j - c)``, ``s2 = sum_j (x_j - c)(x_j - c)^T`` (accumulated in
+    float64) and ``norm_range = (min, max)`` of the squared column norms."""
+    *lead, d, _ = xt.shape
+    dt = xt.dtype
+    out = (jax.ShapeDtypeStruct((*lead, d), dt), jax.ShapeDtypeStruct((*lead, d, d), dt),
+           jax.ShapeDtypeStruct((*lead, d), dt), jax.ShapeDtypeStruct((*lead, 2), dt))
+    threads = default_threads() if threads is None else threads
+    return jax.ffi.ffi_call(_target("linearmoments", dt), out, vmap_method="broadcast_all")(
+        xt, threads=np.int32(threads))
+
+
+SCHEME_CODES = {"layer": 0, "euler": 1}
+
+
+def linear_step(xt, kmat, b, h, scheme: str, threads: int | None = None):
+    """One ``layer``/``euler`` step of the field ``F = K x + b`` on ``xt`` (``..., d, N``), and the
+    shifted sums ``(s1, s2, c)`` of the new state (as :func:`linear_moments`): ``(y, s1, s2, c)``."""
+    *lead, d, _ = xt.shape
+    dt = xt.dtype
+    out = (jax.ShapeDtypeStruct(xt.shape, dt), jax.ShapeDtypeStruct((*lead, d), dt),
+           jax.ShapeDtypeStruct((*lead, d, d), dt), jax.ShapeDtypeStruct((*lead, d), dt))
+    h = jnp.broadcast_to(jnp.asarray(h, dt), tuple(lead))
+    return jax.ffi.ffi_call(_target("linearstep", dt), out, vmap_method="broadcast_all")(
+        xt, jnp.asarray(kmat, dt), jnp.asarray(b, dt), h, scheme=np.int32(SCHEME_CODES[scheme]),
+        threads=np.int32(default_threads() if threads is None else threads))
+
+
+__all__ = ["available", "default_threads", "linear_moments", "linear_step", "phase_rollout", "status", "use_native"]

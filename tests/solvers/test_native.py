@@ -1,0 +1,204 @@
+"""The hand-fused CPU kernels (solvers.native, solvers/_native/meanfield_cpu.cc) against the JAX
+programs they stand in for and against float64 NumPy references.
+
+Tolerances. The kernels do the same arithmetic in another order, with their own ``exp`` (relative
+error <= 3e-16 in float64, 2e-7 in float32) and ``1/sqrt`` (Newton-refined estimate, ~1 ulp):
+float64 trajectories of <= 20 steps agree to 1e-12 (round-off ~1e-15 per step, the clustering
+dynamics contract); float32 to 2e-5 (the moments sum N = 140 001 terms: ~sqrt(N) 6e-8 relative on
+Sigma, then a few steps). Counts (pairs, clusters) are compared exactly where no cosine lies within
+1e-9 (float64) of a threshold, which the tests check.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from meanfield.phase import phase_diagram, phase_rollout
+from solvers import AttentionField, Euler, Layer, Linear, feature_major, native
+
+jax.config.update("jax_enable_x64", True)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+if not native.available() and "no C++ compiler" in native.status():  # a machine without g++: XLA paths only
+    pytest.skip(native.status(), allow_module_level=True)
+
+
+def test_kernels_build_here():
+    """With a compiler present the kernels must build (a silent fallback would hide a broken build)."""
+    assert native.available(), native.status()
+    assert native.status().startswith("built: ")
+
+
+def sphere(shape, seed=0):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def np_step(x, beta, h):
+    s = beta * x @ x.T
+    a = np.exp(s - s.max(axis=1, keepdims=True))
+    y = x + h * (a / a.sum(axis=1, keepdims=True)) @ x
+    return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+def np_components(adj):
+    n, seen, count = len(adj), np.zeros(len(adj), bool), 0
+    for s in range(n):
+        if not seen[s]:
+            count += 1
+            stack, seen[s] = [s], True
+            while stack:
+                for j in np.flatnonzero(adj[stack.pop()] & ~seen):
+                    seen[j] = True
+                    stack.append(j)
+    return count
+
+
+def np_rollout(x0, betas, at, pt, ct, h):
+    out = np.zeros((3, len(betas), len(x0), len(at)))
+    margin = np.inf
+    for b, beta in enumerate(betas):
+        for s, x in enumerate(x0):
+            k = 0
+            for step in range(at[-1] + 1):
+                if step > 0:
+                    x = np_step(x, beta, h)
+                if step == at[k]:
+                    g = x @ x.T
+                    off = ~np.eye(len(x), dtype=bool)
+                    margin = min(margin, np.min(np.abs(g[off] - pt)), np.min(np.abs(g[off] - ct)))
+                    out[:, b, s, k] = (np.sum((g > pt) & off), np_components(g > ct), np.linalg.norm(x.mean(0)))
+                    k += 1
+    return out, margin
+
+
+@pytest.mark.parametrize("n,d", [(6, 3), (32, 8), (70, 3)])  # generic d; d = 8 compiled in; n > 64: union-find
+def test_phase_rollout_matches_numpy(n, d):
+    x0 = sphere((3, n, d), 7)
+    betas = np.array([0.5, 4.0, 9.0])  # 9 (beta, system) pairs: one full group of 8 lanes + a padded one
+    at = np.array([0, 3, 12])
+    pt, ct, h = 0.99, 0.999, 1.0  # clusters form within 12 steps at beta = 0.5
+    want, margin = np_rollout(x0, betas, at, pt, ct, h)
+    assert margin > 1e-9
+    seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
+    for threads in (1, 2):
+        pairs, clusters, m = phase_rollout(jnp.asarray(x0), jnp.asarray(betas), h, seg, pt, ct, method="native",
+                                           threads=threads)
+        np.testing.assert_array_equal(np.asarray(pairs), want[0])
+        np.testing.assert_array_equal(np.asarray(clusters), want[1])
+        np.testing.assert_allclose(np.asarray(m), want[2], rtol=0, atol=1e-12)
+    assert want[0].max() > 0 and want[1].min() < n  # the comparison covers clustered states
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_native_phase_diagram_equals_dense(dtype):
+    """The whole phase_diagram with the native kernel against the XLA dense path, same systems."""
+    kw = dict(n=32, d=8, n_systems=20, t1=4.0, dt=0.1, n_saves=5, key=2, dtype=dtype, per_system=True)
+    nat = phase_diagram([0.5, 3.0, 9.0], method="native", threads=2, **kw)
+    den = phase_diagram([0.5, 3.0, 9.0], method="dense", **kw)
+    assert nat.params["method"] == "native" and nat.params["threads"] == 2
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(nat.per_system["order_parameter"], den.per_system["order_parameter"], rtol=0, atol=tol)
+    same = np.mean(nat.per_system["pairs"] == den.per_system["pairs"])
+    assert same == 1.0 if dtype == "float64" else same > 0.99  # float32: a few cosines sit within 1e-6 of 0.999
+    assert np.mean(nat.per_system["clusters"] == den.per_system["clusters"]) > (0.999 if dtype == "float64" else 0.99)
+
+
+def test_auto_picks_native_on_cpu_and_rank_stays_dense():
+    pd = phase_diagram([1.0], n=5, d=3, n_systems=2, t1=0.2, dt=0.1, n_saves=2)
+    assert pd.params["method"] == "native"
+    pd = phase_diagram([1.0], n=5, d=3, n_systems=2, t1=0.2, dt=0.1, n_saves=2, cluster_count="rank")
+    assert pd.params["method"] == "dense"
+    with pytest.raises(ValueError, match="cluster_count='rank' needs method='dense'"):
+        phase_diagram([1.0], n=5, d=3, n_systems=2, t1=0.2, dt=0.1, n_saves=2, cluster_count="rank", method="native")
+
+
+# ------------------------------------------------------------------------------------------ linear
+def _field(alpha, dtype):
+    return AttentionField(Linear(alpha), jnp.asarray(0.8, dtype), None)
+
+
+@pytest.mark.parametrize("d", [3, 4, 9])  # 9: the run-time-d code path
+@pytest.mark.parametrize("integ", [Layer(), Euler()], ids=lambda i: i.name)
+@pytest.mark.parametrize("dtype,tol", [(jnp.float64, 1e-12), (jnp.float32, 2e-5)])
+def test_linear_advance_matches_xla(integ, d, dtype, tol):
+    n = 140_001  # not a multiple of the vector width: the scalar tail runs too; > 2^17: two threads
+    x = sphere((n, d), 3) + 0.5 * np.eye(d)[0]
+    x = jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype).T
+    field = _field(1.3, dtype)
+    run = jax.jit(lambda y, flag: feature_major.advance(integ, field, y, 6, 0.2, native=flag)[0], static_argnums=1)
+    a, b = run(x, True), run(x, False)
+    assert a.dtype == dtype
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=tol)
+    drift = np.max(np.abs(np.linalg.norm(np.asarray(a, np.float64), axis=0) - 1.0))
+    assert drift < 8 * np.finfo(np.dtype(dtype)).eps  # normalised by construction, ~1 ulp
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_linear_moments_and_step_with_moments(dtype):
+    n, d = 5_003, 4
+    x = sphere((n, d), 5) + np.array([1.5, 0, 0, 0])
+    x[7] *= 1.0 + 1e-3  # one token off the sphere: the norm drift has something to find
+    xt = jnp.asarray(x.T, dtype)
+    s1, s2, c, rng = native.linear_moments(xt)
+    np.testing.assert_array_equal(np.asarray(c), np.asarray(xt[:, 0]))
+    y = x - x[0]
+    tol = 1e-12 if dtype == jnp.float64 else 1e-6
+    np.testing.assert_allclose(np.asarray(s1, np.float64) / n, y.mean(0), rtol=0, atol=tol)
+    np.testing.assert_allclose(np.asarray(s2, np.float64) / n, y.T @ y / n, rtol=0, atol=tol)
+    sq = np.sum(np.asarray(xt, np.float64) ** 2, axis=0)
+    np.testing.assert_allclose(np.asarray(rng, np.float64), [sq.min(), sq.max()], rtol=4 * np.finfo(dtype).eps)
+    field = _field(0.9, dtype)
+    got = jax.jit(lambda z: feature_major.step_with_moments(Euler(), field, z, 0.1, native=True))(xt)
+    want = jax.jit(lambda z: feature_major.step_with_moments(Euler(), field, z, 0.1, native=False))(xt)
+    for g, w in zip(jax.tree_util.tree_leaves(got[:2]), jax.tree_util.tree_leaves(want[:2])):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=0, atol=10 * tol)
+
+
+def test_linear_vmap_is_the_per_system_loop():
+    """Ensembles: the kernel takes the batch axis itself (vmap_method='broadcast_all')."""
+    x = jnp.asarray(np.stack([sphere((300, 3), s).T for s in range(3)]))  # (B, d, N)
+    fields = [_field(a, jnp.float64) for a in (0.5, 1.0, 2.0)]
+    one = [feature_major.advance(Layer(), f, x[i], 4, 0.3, native=True)[0] for i, f in enumerate(fields)]
+    alphas = jnp.asarray([0.5, 1.0, 2.0])
+    batched = jax.vmap(lambda y, a: feature_major.advance(Layer(), _field(a, jnp.float64), y, 4, 0.3,
+                                                          native=True)[0])(x, alphas)
+    np.testing.assert_array_equal(np.asarray(batched), np.stack([np.asarray(o) for o in one]))
+
+
+def test_native_true_refuses_what_it_cannot_do():
+    w = jnp.ones(10)
+    field = AttentionField(Linear(1.0), jnp.asarray(1.0), w)
+    with pytest.raises(ValueError, match="unit masses"):
+        feature_major.advance(Euler(), field, jnp.asarray(sphere((10, 3)).T), 1, 0.1, native=True)
+
+
+def _python(code, **env):
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+
+
+def test_disabled_or_failed_build_falls_back(tmp_path):
+    code = ("from solvers import native; from meanfield.phase import phase_diagram\n"
+            "print(native.available(), '|', native.status())\n"
+            "pd = phase_diagram([1.0], n=4, d=3, n_systems=2, t1=0.2, dt=0.1, n_saves=2)\n"
+            "print(pd.params['method'])\n"
+            "try:\n    phase_diagram([1.0], n=4, d=3, n_systems=2, t1=0.2, dt=0.1, n_saves=2, method='native')\n"
+            "except ValueError as e:\n    print('ValueError:', e)\n")
+    r = _python(code, MEANFIELD_NATIVE="0")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "False | disabled by MEANFIELD_NATIVE=0" and lines[1] == "dense"
+    assert lines[2].startswith("ValueError: native=True, but the native CPU kernels are not available")
+    # a compiler that fails: reported, nothing left in the cache, the XLA path runs
+    r = _python(code, CXX="false", MEANFIELD_CACHE_DIR=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("False | compilation failed") and r.stdout.splitlines()[1] == "dense"
+    assert list((tmp_path / "native").glob("*")) == []
