@@ -218,7 +218,9 @@ def linear_step(xt, kmat, b, h, scheme: str, threads: int | None = None):
     out = (jax.ShapeDtypeStruct(xt.shape, dt), jax.ShapeDtypeStruct((*lead, d), dt),
            jax.ShapeDtypeStruct((*lead, d, d), dt), jax.ShapeDtypeStruct((*lead, d), dt))
     h = jnp.broadcast_to(jnp.asarray(h, dt), tuple(lead))
-    return jax.ffi.ffi_call(_target("linearstep", dt), out, vmap_method="broadcast_all")(
+    # the new state overwrites the old one (each column is read before it is written; the shift
+    # column is read first), so XLA needs no fresh 4 N d-byte buffer per step
+    return jax.ffi.ffi_call(_target("linearstep", dt), out, vmap_method="broadcast_all", input_output_aliases={0: 0})(
         xt, jnp.asarray(kmat, dt), jnp.asarray(b, dt), h, scheme=np.int32(SCHEME_CODES[scheme]),
         threads=np.int32(default_threads() if threads is None else threads))
 
