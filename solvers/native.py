@@ -18,7 +18,8 @@ floating-point operations (agreement to round-off: ``tests/solvers/test_native.p
 The source is compiled with the system's C++ compiler (``$CXX``, else ``g++``, else ``c++``,
 ``-O3 -march=native``) against the XLA FFI headers that ship with jaxlib, into
 ``$MEANFIELD_CACHE_DIR/native`` (default ``~/.cache/meanfield/native``), keyed by the hash of the
-source, the compiler, the flags, jaxlib's version and this machine's CPU flags; the library is
+source, the compiler, the flags (``$MEANFIELD_NATIVE_CXXFLAGS`` are appended), jaxlib's version and
+this machine's CPU flags; the library is
 written to a temporary name and renamed, so concurrent first uses (pytest workers) are safe.
 Compilation takes ~10 s once per machine. Where there is no compiler, or it fails, or
 ``MEANFIELD_NATIVE=0`` is set, :func:`available` is ``False``, the reason is in :func:`status`,
@@ -80,9 +81,10 @@ def _build() -> tuple[object | None, str, Path | None]:
         return None, "no C++ compiler found ($CXX, g++, c++, clang++)", None
     from jax import ffi
 
+    flags = (*FLAGS, *os.environ.get("MEANFIELD_NATIVE_CXXFLAGS", "").split())  # e.g. -mno-avx512f
     include = ffi.include_dir()
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, cxx.encode(), " ".join(FLAGS).encode(), jax.__version__.encode(),
+    key = hashlib.sha256(b"\0".join([src, cxx.encode(), " ".join(flags).encode(), jax.__version__.encode(),
                                      _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
     out = _cache_dir() / f"meanfield_cpu_{key}.so"
     if not out.exists():
@@ -90,7 +92,7 @@ def _build() -> tuple[object | None, str, Path | None]:
             out.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
             os.close(fd)
-            proc = subprocess.run([cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp],
+            proc = subprocess.run([cxx, *flags, f"-I{include}", str(SOURCE), "-o", tmp],
                                   capture_output=True, text=True, timeout=300)
             if proc.returncode != 0:
                 os.unlink(tmp)
