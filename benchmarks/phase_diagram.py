@@ -237,6 +237,14 @@ def main(argv=None):
         + ", ".join(f"{k}: {v['median_s']:.2f} s" for k, v in res["torch_stats"]["runs_by_threads"].items()) + ")")
     tref = ref["out"]  # (nb, T, 3, B)
 
+    def versus_torch(run):
+        """A timed JAX run with its matmul rate and its wall- and CPU-time ratios to both PyTorch loops."""
+        out = {"run": run, "matmul_gflop_per_s": flop / run["median_s"] / 1e9}
+        for ref in ("torch_m", "torch_stats"):
+            out[f"speedup_vs_{ref}"] = res[ref]["run"]["median_s"] / run["median_s"]
+            out[f"cpu_speedup_vs_{ref}"] = res[ref]["run"]["cpu_median_s"] / run["cpu_median_s"]
+        return out
+
     # ---- JAX dense path
     seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
     res["jax_dense"] = {}
@@ -252,12 +260,7 @@ def main(argv=None):
             fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk))(blk)
             compiled, comp, mem = compile_jitted(fn, *args)
             run = time_jax(compiled, args, a.repeats)
-            rec = {"block": blk, "compile": comp, "memory": mem, "run": run,
-                   "matmul_gflop_per_s": flop / run["median_s"] / 1e9,
-                   "speedup_vs_torch_m": res["torch_m"]["run"]["median_s"] / run["median_s"],
-                   "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"],
-                   "cpu_speedup_vs_torch_m": res["torch_m"]["run"]["cpu_median_s"] / run["cpu_median_s"],
-                   "cpu_speedup_vs_torch_stats": res["torch_stats"]["run"]["cpu_median_s"] / run["cpu_median_s"]}
+            rec = {"block": blk, "compile": comp, "memory": mem, **versus_torch(run)}
             if dtname == "float64":
                 pairs, clusters, m = (np.asarray(v) for v in compiled(*args))  # (nb, B, T)
                 m_by_block[blk] = m
@@ -305,12 +308,7 @@ def main(argv=None):
                 fn = (lambda th: lambda *a_: phase_rollout(*a_, method="native", threads=th))(th)
                 compiled, comp, mem = compile_jitted(fn, *args)
                 run = time_jax(compiled, args, a.repeats)
-                rec = {"threads": th, "compile": comp, "run": run,
-                       "matmul_gflop_per_s": flop / run["median_s"] / 1e9,
-                       "speedup_vs_torch_m": res["torch_m"]["run"]["median_s"] / run["median_s"],
-                       "speedup_vs_torch_stats": res["torch_stats"]["run"]["median_s"] / run["median_s"],
-                       "cpu_speedup_vs_torch_m": res["torch_m"]["run"]["cpu_median_s"] / run["cpu_median_s"],
-                       "cpu_speedup_vs_torch_stats": res["torch_stats"]["run"]["cpu_median_s"] / run["cpu_median_s"]}
+                rec = {"threads": th, "compile": comp, **versus_torch(run)}
                 if dtname == "float64":
                     pairs, clusters, m = (np.asarray(v) for v in compiled(*args))
                     rec["max_abs_diff_m_vs_torch"] = float(np.max(np.abs(m - tref[:, :, 2, :].transpose(0, 2, 1))))

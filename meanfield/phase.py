@@ -29,7 +29,7 @@ not sampling noise), gathered per block, so ``len(betas)`` copies of them never 
 ``method="dense"`` uses :mod:`solvers.dense` (full ``n x n`` Gram matrices, for ``n`` up to a few
 thousand); ``method="native"`` runs the same dense rollout as a hand-fused C++ kernel on the CPU
 (:mod:`solvers.native`: eight float64 or sixteen float32 (beta, system) pairs per 512-bit vector,
-each pair's state in L1 for all its steps, one exponential per pair ``i <= j`` of the symmetric
+each pair's state in L1 for all its steps, one exponential per pair ``i < j`` of the symmetric
 weight matrix; ``threads`` OS threads share the pairs), which ``"auto"`` picks on the CPU when the
 kernel compiled and the clusters are connected components; ``method="streaming"`` evaluates the drive with the blockwise ``SoftmaxKernel`` and the
 statistics row block by row block, for large ``n``.
@@ -38,7 +38,6 @@ statistics row block by row block, for large ``n``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from functools import partial
 
@@ -93,14 +92,6 @@ def _default_block(method: str, n: int, d: int, itemsize: int, total: int) -> in
     per_pair = n * (n + 2 * d) * itemsize  # Gram/weights and two (n, d) states
     budget = 2**21 if jax.default_backend() == "cpu" else 2**30  # ~ L2 of a core / ~1 GB of GPU memory
     return int(max(1, min(total, budget // per_pair)))
-
-
-def native_threads() -> int:
-    """OS threads for ``method="native"`` by default: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @partial(jax.jit, static_argnames=("method", "block", "query_block", "cluster_count", "threads"))
@@ -248,8 +239,8 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     per_system : also return the per-system statistics (``len(betas) x n_systems x n_saves``).
     block : (beta, system) pairs advanced together [CPU: as many as fit ~2 MB; GPU: ~1 GB]
         (not used by ``"native"``, which advances 8 float64 / 16 float32 pairs per vector).
-    threads : OS threads of ``"native"`` [the CPUs this process may use; 1 per device with a
-        ``mesh``].
+    threads : OS threads of ``"native"`` [``solvers.native.default_threads()``: the CPUs this process
+        may use, or ``$MEANFIELD_NATIVE_THREADS``; 1 per device with a ``mesh``].
     query_block : row block of the streaming path (its key block too).
     mesh, mesh_axis : a :class:`jax.sharding.Mesh` to shard the systems over (along ``mesh_axis``,
         by default the mesh's only axis); ``n_systems`` must be divisible by its devices
@@ -292,10 +283,8 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
         if method == "dense" and cluster_count == "components" and _native.use_native(None):
             method = "native"
     elif method == "native":
-        if cluster_count != "components":
-            raise ValueError(f"cluster_count={cluster_count!r} needs method='dense', got method='native'")
         _native.use_native(True)  # ValueError with the reason when the kernel is unavailable
-    threads = (1 if mesh is not None else native_threads()) if threads is None else _validate.integer(
+    threads = (1 if mesh is not None else _native.default_threads()) if threads is None else _validate.integer(
         "threads", threads, 1)
     if cluster_count == "rank" and method != "dense":
         raise ValueError(f"cluster_count='rank' needs method='dense', got method={method!r}")

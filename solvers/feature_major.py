@@ -76,9 +76,16 @@ def moments(xt: Float[Array, "d N"], weights=None):
     zero = (jnp.zeros((d,), xt.dtype), jnp.zeros((d, d), xt.dtype))
     s1, s2 = lax.fori_loop(0, k, chunk, zero) if k else zero
     t1, t2 = _sums(xt[:, k * MOMENT_CHUNK :] - c[:, None], None if p is None else p[k * MOMENT_CHUNK :])
-    s1, s2 = s1 + t1, s2 + t2
-    my, second = (s1 / n, s2 / n) if p is None else (s1, s2)
-    cov = second - jnp.outer(my, my)
+    return _finish((s1 + t1, s2 + t2, c), n if p is None else 1)
+
+
+def _finish(sums, total):
+    """``(m, Sigma)`` from shifted sums ``(s1, s2, c)`` of the columns: ``s1 = sum_j p_j (x_j - c)``,
+    ``s2 = sum_j p_j (x_j - c)(x_j - c)^T`` over a total mass ``total`` (as :func:`moments` and
+    :func:`solvers.native.linear_moments` accumulate them)."""
+    s1, s2, c = sums[:3]
+    my = s1 / total
+    cov = s2 / total - jnp.outer(my, my)
     return my + c, 0.5 * (cov + cov.T)
 
 
@@ -190,15 +197,6 @@ def _native_ok(integrator, field, xt, native) -> bool:
     if native is True and not fits:
         raise ValueError("native=True needs the layer or euler scheme, unit masses, float32/float64 and d <= 64")
     return fits and _native.use_native(native)
-
-
-def _finish(sums, n):
-    """``(m, Sigma)`` from the shifted sums ``(s1, s2, c)`` of :func:`solvers.native.linear_moments`
-    (the formula of :func:`moments`)."""
-    s1, s2, c = sums[:3]
-    my = s1 / n
-    cov = s2 / n - jnp.outer(my, my)
-    return my + c, 0.5 * (cov + cov.T)
 
 
 def _native_step(integrator, field, xt, h, mc):

@@ -19,7 +19,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <thread>
@@ -36,63 +35,6 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// ------------------------------------------------------------------------------------- exp
-// exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln(2) / 2, with a Taylor polynomial whose
-// truncation error is below one ulp (degree 13 for double: 0.347^14 / 14! = 4e-18; degree 7 for
-// float: 0.347^8 / 8! = 5e-9). Branch-free so that GCC vectorises the loops that call it.
-// Arguments are clamped to the normal range: below it the result is the smallest normal number
-// instead of a subnormal or zero (an absolute error < 2.3e-308 / 1.2e-38 on weights whose row sum is
-// >= ~1 here), above it the result overflows as exp would.
-inline double vexp(double x) {
-  x = x < -708.0 ? -708.0 : x;
-  x = x > 709.0 ? 709.0 : x;
-  const double magic = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
-  const double t = x * 1.4426950408889634 + magic;
-  const double k = t - magic;
-  double r = x - k * 6.93147180369123816490e-01;  // ln 2, high part (exact products for |k| < 2^20)
-  r = r - k * 1.90821492927058770002e-10;         // ln 2, low part
-  double p = 1.0 / 6227020800.0;                  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const int64_t bits = (static_cast<int64_t>(k) + 1023) << 52;
-  double s;
-  std::memcpy(&s, &bits, sizeof s);
-  return p * s;
-}
-
-inline float vexp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23
-  const float t = x * 1.44269504088896341f + magic;
-  const float k = t - magic;
-  float r = x - k * 0.693359375f;  // ln 2 = 0.693359375 - 2.12194440e-4 (Cephes)
-  r = r + k * 2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float s;
-  std::memcpy(&s, &bits, sizeof s);
-  return p * s;
-}
-
 // ---------------------------------------------------------------------- phase rollouts
 // L (beta, system) pairs advance together, one per lane of a 512-bit vector (GCC vector
 // extensions: 8 doubles or 16 floats): every operation on a V below is one vector instruction, with
@@ -103,7 +45,12 @@ typedef int64_t v8l __attribute__((vector_size(64)));
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 
-// The vexp above, lane-wise on a vector (the generic version; vexp_lanes picks the AVX-512 one).
+// exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln(2) / 2, lane-wise, with a Taylor polynomial
+// whose truncation error is below one ulp (degree 13 for double: 0.347^14 / 14! = 4e-18; degree 7
+// for float: 0.347^8 / 8! = 5e-9); the portable version (vexp below picks the AVX-512 one).
+// Arguments are clamped to the normal range: below it the result is the smallest normal number
+// instead of a subnormal or zero (an absolute error < 2.3e-308 / 1.2e-38 on weights whose row sum is
+// >= ~1 here), above it the result overflows as exp would.
 inline v8d vexp_generic(v8d x) {
   x = x < -708.0 ? -708.0 : x;
   x = x > 709.0 ? 709.0 : x;
@@ -226,57 +173,60 @@ struct PhaseGroup {
   V beta;
   PhaseGroup(int n_, int d_) : n(n_), d(d_), x(n_ * d_), y(n_ * d_), acc(n_ * d_), rs(n_), w(n_ * n_), parent(L * n_), adj(n_) {}
 
+  // Row i of the new state: y_i = normalize(x_i + scale * a_i), a_i = sum_j W_ij x_j.
+  inline void output_row(int i, int dd, V scale, const V* ai) {
+    const V* xi = &x[i * dd];
+    V* yi = &y[i * dd];
+    V s2 = V{};
+    for (int k = 0; k < dd; ++k) {
+      yi[k] = xi[k] + scale * ai[k];
+      s2 += yi[k] * yi[k];
+    }
+    V r;
+    for (int l = 0; l < L; ++l) r[l] = T(1) / std::sqrt(s2[l]);
+    for (int k = 0; k < dd; ++k) yi[k] *= r;
+  }
+
+  // The diagonal weight exp(beta (|x_i|^2 - 1)) as 1 + beta (|x_i|^2 - 1): |x_i|^2 - 1 is a few ulp
+  // for unit tokens, so this is exp to rounding (the quadratic term is < 1e-24 for beta < 1e5).
+  inline V diagonal_weight(V sq) const { return T(1) + beta * (sq - T(1)); }
+
   // x <- normalize(x + h sum_j W_ij x_j / sum_j W_ij), W = exp(beta (G - 1)) (solvers/dense.py:
   // the shift by beta replaces the max pass for unit tokens and cancels in the quotient).
-  // G and W are symmetric, so each pair i <= j is visited once: one dot product, one exponential,
+  // G and W are symmetric, so each pair i < j is visited once: one dot product, one exponential,
   // and W_ij x_j, W_ij x_i added to both rows' sums (no n x n array is stored). The sums over k run
   // in the same order for (i, j) and (j, i), as in the einsum, whose G is symmetric too.
-  // This form (run-time d: D = 0) needs no n x n array; layer_w below is faster for small fixed d.
-  template <int D, bool STATS>
-  void layer(T h) {
-    const int dd = D > 0 ? D : d;
+  // This form takes any d at run time; layer_w below is faster for small fixed d.
+  template <bool STATS>
+  void layer_any(T h) {
     std::fill(acc.begin(), acc.end(), V{});
     std::fill(rs.begin(), rs.end(), V{});
     for (int i = 0; i < n; ++i) {
-      const V* xi = &x[i * dd];
-      V ai[D > 0 ? D : 1];
-      V* pa = D > 0 ? ai : &acc[i * dd];
-      if (D > 0)
-        for (int k = 0; k < dd; ++k) ai[k] = acc[i * dd + k];
-      V rsi = rs[i];
-      for (int j = i; j < n; ++j) {
-        const V* xj = &x[j * dd];
-        V a = xi[0] * xj[0];
-        for (int k = 1; k < dd; ++k) a += xi[k] * xj[k];
-        if (STATS && j != i) stats_pair(i, j, a);
+      const V* xi = &x[i * d];
+      V* ai = &acc[i * d];
+      V a = xi[0] * xi[0];
+      for (int k = 1; k < d; ++k) a += xi[k] * xi[k];
+      const V ei = diagonal_weight(a);
+      V rsi = rs[i] + ei;
+      for (int k = 0; k < d; ++k) ai[k] += ei * xi[k];
+      for (int j = i + 1; j < n; ++j) {
+        const V* xj = &x[j * d];
+        a = xi[0] * xj[0];
+        for (int k = 1; k < d; ++k) a += xi[k] * xj[k];
+        if (STATS) stats_pair(i, j, a);
         const V e = vexp(beta * (a - T(1)));
         rsi += e;
-        for (int k = 0; k < dd; ++k) pa[k] += e * xj[k];
-        if (j != i) {
-          rs[j] += e;
-          V* aj = &acc[j * dd];
-          for (int k = 0; k < dd; ++k) aj[k] += e * xi[k];
+        rs[j] += e;
+        V* aj = &acc[j * d];
+        for (int k = 0; k < d; ++k) {
+          ai[k] += e * xj[k];
+          aj[k] += e * xi[k];
         }
       }
-      if (D > 0)
-        for (int k = 0; k < dd; ++k) acc[i * dd + k] = ai[k];
       rs[i] = rsi;
     }
     if (STATS) stats_end(pending_pairs, pending_clusters, pending_order, pending_stride);
-    for (int i = 0; i < n; ++i) {
-      const V scale = h / rs[i];
-      const V* xi = &x[i * dd];
-      const V* ai = &acc[i * dd];
-      V* yi = &y[i * dd];
-      V s2 = V{};
-      for (int k = 0; k < dd; ++k) {
-        yi[k] = xi[k] + scale * ai[k];
-        s2 += yi[k] * yi[k];
-      }
-      V r;
-      for (int l = 0; l < L; ++l) r[l] = T(1) / std::sqrt(s2[l]);
-      for (int k = 0; k < dd; ++k) yi[k] *= r;
-    }
+    for (int i = 0; i < n; ++i) output_row(i, d, h / rs[i], &acc[i * d]);
     x.swap(y);
   }
 
@@ -284,8 +234,6 @@ struct PhaseGroup {
   // (n x n vectors, in L2), then every row's sums are taken from W with register accumulators. It
   // trades the scatter into row j's sums (d loads and d stores per pair) for two stores and two
   // loads (measured 1.3-1.4x faster; a one-pass variant that uses row i's weights at once was slower).
-  // The diagonal weight is 1 + beta (|x_i|^2 - 1): |x_i|^2 - 1 is a few ulp for unit tokens, so
-  // this is exp to rounding (the quadratic term is < 1e-24 for beta < 1e5).
   template <int D, bool STATS>
   void layer_w(T h) {
     static_assert(D > 0, "compile-time d only");
@@ -296,7 +244,7 @@ struct PhaseGroup {
       {
         V a = xr[0] * xr[0];
         for (int k = 1; k < D; ++k) a += xr[k] * xr[k];
-        w[i * n + i] = T(1) + beta * (a - T(1));
+        w[i * n + i] = diagonal_weight(a);
       }
       for (int j = i + 1; j < n; ++j) {
         const V* xj = &x[j * D];
@@ -319,17 +267,7 @@ struct PhaseGroup {
         rsi += e;
         for (int k = 0; k < D; ++k) ai[k] += e * xj[k];
       }
-      const V scale = h / rsi;
-      const V* xi = &x[i * D];
-      V* yi = &y[i * D];
-      V s2 = V{};
-      for (int k = 0; k < D; ++k) {
-        yi[k] = xi[k] + scale * ai[k];
-        s2 += yi[k] * yi[k];
-      }
-      V r;
-      for (int l = 0; l < L; ++l) r[l] = T(1) / std::sqrt(s2[l]);
-      for (int k = 0; k < D; ++k) yi[k] *= r;
+      output_row(i, D, h / rsi, ai);
     }
     x.swap(y);
   }
@@ -345,7 +283,7 @@ struct PhaseGroup {
     else if (d == 16)
       layer_w<16, STATS>(h);
     else
-      layer<0, STATS>(h);
+      layer_any<STATS>(h);
   }
   void layer(T h, bool stats = false) {
     if (stats)

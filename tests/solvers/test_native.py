@@ -21,6 +21,7 @@ import pytest
 
 from meanfield.phase import phase_diagram, phase_rollout
 from solvers import AttentionField, Euler, Layer, Linear, feature_major, native
+from tests.test_phase import np_stats, np_step, sphere
 
 jax.config.update("jax_enable_x64", True)
 
@@ -36,31 +37,6 @@ def test_kernels_build_here():
     assert native.status().startswith("built: ")
 
 
-def sphere(shape, seed=0):
-    x = np.random.default_rng(seed).standard_normal(shape)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def np_step(x, beta, h):
-    s = beta * x @ x.T
-    a = np.exp(s - s.max(axis=1, keepdims=True))
-    y = x + h * (a / a.sum(axis=1, keepdims=True)) @ x
-    return y / np.linalg.norm(y, axis=1, keepdims=True)
-
-
-def np_components(adj):
-    n, seen, count = len(adj), np.zeros(len(adj), bool), 0
-    for s in range(n):
-        if not seen[s]:
-            count += 1
-            stack, seen[s] = [s], True
-            while stack:
-                for j in np.flatnonzero(adj[stack.pop()] & ~seen):
-                    seen[j] = True
-                    stack.append(j)
-    return count
-
-
 def np_rollout(x0, betas, at, pt, ct, h):
     out = np.zeros((3, len(betas), len(x0), len(at)))
     margin = np.inf
@@ -71,10 +47,9 @@ def np_rollout(x0, betas, at, pt, ct, h):
                 if step > 0:
                     x = np_step(x, beta, h)
                 if step == at[k]:
-                    g = x @ x.T
-                    off = ~np.eye(len(x), dtype=bool)
-                    margin = min(margin, np.min(np.abs(g[off] - pt)), np.min(np.abs(g[off] - ct)))
-                    out[:, b, s, k] = (np.sum((g > pt) & off), np_components(g > ct), np.linalg.norm(x.mean(0)))
+                    g = (x @ x.T)[~np.eye(len(x), dtype=bool)]
+                    margin = min(margin, np.min(np.abs(g - pt)), np.min(np.abs(g - ct)))
+                    out[:, b, s, k] = np_stats(x, pt, ct)
                     k += 1
     return out, margin
 
