@@ -343,11 +343,34 @@ def evaluate_bash(example) -> None:
     run_shell("set -euo pipefail\n" + "\n".join(lines), page, _where(example))
 
 
+def code_ranges(text: str) -> list[tuple[int, int]]:
+    """Character ranges of fenced blocks and inline code: directives shown there are examples."""
+    ranges, opened = [], None
+    for m in FENCE.finditer(text):
+        if opened is None:
+            opened = m
+        elif m.group(1).startswith(opened.group(1)[0] * len(opened.group(1))) and not m.group(2).strip():
+            ranges.append((opened.start(), m.end()))
+            opened = None
+    for m in re.finditer(r"(?<!`)`[^`\n]+`(?!`)", text):
+        if not any(lo <= m.start() < hi for lo, hi in ranges):
+            ranges.append((m.start(), m.end()))
+    return ranges
+
+
+def _outside_code(document: Document, regions):
+    ranges = code_ranges(document.text)
+    return (r for r in regions if not any(lo <= r.start < hi for lo, hi in ranges))
+
+
 class ValueParser:
     """``<!-- value: EXPR -->TEXT<!-- /value -->``: prose that the page's own code produces."""
 
     def __call__(self, document: Document):
+        ranges = code_ranges(document.text)
         for m in VALUE.finditer(document.text):
+            if any(lo <= m.start() < hi for lo, hi in ranges):
+                continue
             yield Region(m.start(), m.end(), (m.group("expr"), m.group("text"), m.start("text"), m.end("text")),
                          evaluate_value)
 
@@ -378,13 +401,20 @@ def no_gpu() -> bool:
     return jax.default_backend() != "gpu"
 
 
+class ShownSkipParser(SkipParser):
+    """Sybil's skip directives, except those shown inside code (as on docs/contributing.md)."""
+
+    def __call__(self, document: Document):
+        return _outside_code(document, super().__call__(document))
+
+
 PARSERS = [
     CodeBlockParser("python", evaluate_python),
     CodeBlockParser("output", evaluate_output),
     CodeBlockParser("console", evaluate_console),
     CodeBlockParser("bash", evaluate_bash),
     ValueParser(),
-    SkipParser(),
+    ShownSkipParser(),
 ]
 
 
