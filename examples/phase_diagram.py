@@ -36,7 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from meanfield.phase import phase_diagram, plot_phase_diagram  # noqa: E402
+from meanfield.phase import phase_diagram
+from meanfield.plots import draw_phase_diagram  # noqa: E402
 
 # ---------------------------------------------------------------- Parameters
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -75,7 +76,7 @@ for d, pd in results.items():
 # ---------------------------------------------------------------- Plot
 fig, axes = plt.subplots(1, len(DIMS), figsize=(4.2 * len(DIMS), 3.6), constrained_layout=True)
 for ax, (d, pd) in zip(axes, results.items()):
-    mesh = plot_phase_diagram(pd, ax, quantity="pair_fraction", vmin=0.0, vmax=1.0)
+    mesh = draw_phase_diagram(pd, ax, quantity="pair_fraction", vmin=0.0, vmax=1.0)
     ax.set_title(f"d = {d}, n = {N_TOKENS}")
 fig.colorbar(mesh, ax=axes, label=r"P($\langle x_i, x_j\rangle > 0.999$)")
 args.out.parent.mkdir(parents=True, exist_ok=True)

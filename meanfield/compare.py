@@ -30,12 +30,12 @@ exit 2 (command-line convention: ``meanfield._cli``).
 from __future__ import annotations
 
 import json
-import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from ._cli import ArgumentParser, run_cli
+from ._cli import ArgumentParser, output_path, run_cli
 from .dump.format import read_dump, recorded_merge_factor
 
 PROG = "meanfield-compare"
@@ -50,14 +50,40 @@ ALPHA_GRID = np.geomspace(0.25, 64.0, 17)
 DT_GRID = np.geomspace(0.01, 2.0, 12)
 
 
-def measured_curves(dump) -> dict:
-    """``layer`` and the four measured statistics per recorded block."""
+def parse_blocks(text: str | None) -> list[int] | None:
+    """``--layers``: ``"A:B"`` (blocks A to B, both included) or ``"a,b,c"``; ``None`` for all."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            lo, hi = (int(v) for v in text.split(":"))
+            blocks = list(range(lo, hi + 1))
+        else:
+            blocks = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers must be A:B (blocks A to B) or comma-separated block indices, got {text!r}") from None
+    if len(blocks) < 2 or min(blocks) < 0 or sorted(set(blocks)) != blocks:
+        raise ValueError(f"--layers must select at least 2 distinct increasing blocks >= 0, got {text!r}")
+    return blocks
+
+
+def measured_curves(dump, blocks=None) -> dict:
+    """``layer`` and the four measured statistics per recorded block (``blocks``: only these)."""
+    layers = np.asarray(dump.layers)
+    if blocks is None:
+        pick = np.arange(layers.size)
+    else:
+        missing = sorted(set(blocks) - set(layers.tolist()))
+        if missing:
+            raise ValueError(f"--layers: block(s) {missing} are not in the dump, which records blocks "
+                             f"{layers.tolist()}")
+        pick = np.searchsorted(layers, blocks)
     return {
-        "layer": np.asarray(dump.layers),
-        "effective_rank": np.asarray(dump.attention["effective_rank"], float),
-        "normalized_entropy": np.asarray(dump.attention["normalized_entropy"], float),
-        "order_parameter": np.asarray(dump.tokens["order_parameter"], float),
-        "covariance_effective_rank": np.asarray(dump.tokens["covariance_effective_rank"], float),
+        "layer": layers[pick],
+        "effective_rank": np.asarray(dump.attention["effective_rank"], float)[pick],
+        "normalized_entropy": np.asarray(dump.attention["normalized_entropy"], float)[pick],
+        "order_parameter": np.asarray(dump.tokens["order_parameter"], float)[pick],
+        "covariance_effective_rank": np.asarray(dump.tokens["covariance_effective_rank"], float)[pick],
     }
 
 
@@ -73,16 +99,18 @@ def fit_rank_law(dump, curves):
     return res, None
 
 
-def replay_tokens(dump, pca: int | None = None) -> np.ndarray:
-    """Layer-0 sample rows, normalized; optionally on the top-``pca`` uncentered principal axes."""
+def replay_tokens(dump, pca: int | None = None, first: int | None = None) -> np.ndarray:
+    """The token sample of block ``first`` (default: the dump's first block), normalized;
+    optionally on the top-``pca`` uncentered principal axes."""
     if dump.sample is None:
         raise ValueError(
             "the dump holds no token sample: rerun the dump with --sample-layers including its first layer"
         )
     layers0 = list(np.asarray(dump.sample_layers))
-    first = int(np.asarray(dump.layers)[0])
+    first = int(np.asarray(dump.layers)[0]) if first is None else int(first)
     if first not in layers0:
-        raise ValueError(f"the dump's token sample lacks the first recorded block {first} needed for replay")
+        raise ValueError(f"the dump's token sample lacks block {first}, where the replay starts (it has "
+                         f"{[int(v) for v in layers0]}): rerun the dump with --sample-layers including {first}")
     x = np.asarray(dump.sample[layers0.index(first)], np.float64)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     if pca is not None:
@@ -113,6 +141,19 @@ def fit_replay(x0, steps, target_m, alphas=ALPHA_GRID, dts=DT_GRID):
     return float(alphas[i]), float(dts[j]), loss
 
 
+def grid_edge_warning(alpha, dt, alphas, dts) -> str | None:
+    """One line when the replay fit lies on the edge of its search grid (the optimum may lie beyond)."""
+    edges = []
+    for name, value, grid in (("alpha", alpha, np.asarray(alphas)), ("dt", dt, np.asarray(dts))):
+        if grid.size > 1 and value in (grid.min(), grid.max()):
+            side = "max" if value == grid.max() else "min"
+            edges.append(f"{name} = {value:.4g} = {side} of {grid.min():.4g}..{grid.max():.4g}")
+    if not edges:
+        return None
+    return (f"the replay fit lies on the edge of its grid ({', '.join(edges)}): the best fit may lie outside; "
+            "give --alpha/--dt or restrict --layers")
+
+
 def explained_fraction(pred, meas) -> float:
     """``1 - sum_l (dpred_l - dmeas_l)^2 / sum_l dmeas_l^2`` over layers after the first, ``d`` = change
     from the first layer; 1 = every change reproduced, 0 = no better than "nothing changes", NaN if
@@ -130,20 +171,21 @@ def replay(dump, curves, *, alpha=None, dt=None, pca=None, alphas=ALPHA_GRID, dt
 
     layers = curves["layer"]
     steps = (layers - layers[0]).astype(int)
-    x0 = replay_tokens(dump, pca)
+    x0 = replay_tokens(dump, pca, first=int(layers[0]))
     note = "alpha and dt given"
-    loss = None
+    loss, warning = None, None
     if alpha is None or dt is None:
         a_grid = np.asarray(alphas) if alpha is None else np.array([alpha])
         d_grid = np.asarray(dts) if dt is None else np.array([dt])
         alpha, dt, loss = fit_replay(x0, steps, curves["order_parameter"], a_grid, d_grid)
         note = "alpha and dt fitted to the measured |m| curve (grid search)"
+        warning = grid_edge_warning(alpha, dt, a_grid, d_grid)
     sol = solve_flow(x0, kernel="softmax", alpha=alpha, dt=dt, layers=max(int(steps[-1]), 1),
                      save_every=1, n_query=len(dump.query_indices))  # fmt: skip
     saved = list(np.asarray(sol.layers))
     pick = [saved.index(s) for s in steps]
     out = {"alpha": float(alpha), "dt": float(dt), "pca": pca, "n_tokens": int(x0.shape[0]),
-           "dim": int(x0.shape[1]), "note": note, "loss_grid": loss}  # fmt: skip
+           "dim": int(x0.shape[1]), "note": note, "loss_grid": loss, "warning": warning}  # fmt: skip
     for name, _ in STATS:
         pred = np.asarray(sol.diagnostics[name], float)[pick]
         meas = curves[name]
@@ -186,6 +228,8 @@ def table(dump, curves, fit, fit_note, rep, own=None) -> str:
             f" in d={rep['dim']}"
             f"{' (PCA)' if rep['pca'] else ''}, alpha={rep['alpha']:.4g}, dt={rep['dt']:.4g} ({rep['note']})"
         )
+        if rep.get("warning"):
+            lines.append(f"  warning: {rep['warning']}")
         for name, label in STATS:
             err = rep[name]["error"]
             lines.append(
@@ -260,7 +304,8 @@ def write_report(path, dump, curves, fit, fit_note, rep, overwrite=False, own=No
         if rep is not None:
             r = f.create_group("replay")
             r.attrs.update(
-                {k: ("" if rep[k] is None else rep[k]) for k in ("alpha", "dt", "pca", "n_tokens", "dim", "note")}
+                {k: ("" if rep.get(k) is None else rep[k]) for k in ("alpha", "dt", "pca", "n_tokens", "dim", "note",
+                                                                      "warning")}
             )
             if rep["loss_grid"] is not None:
                 r.create_dataset("loss_grid", data=rep["loss_grid"])
@@ -281,10 +326,13 @@ def write_report(path, dump, curves, fit, fit_note, rep, overwrite=False, own=No
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Compare a meanfield dump with the theory and replay it.")
     p.add_argument("dump", help="dump file written by meanfield-dump (python -m meanfield.dump)")
-    p.add_argument("--out", default=None, help="output prefix for PREFIX.png and PREFIX.h5 [DUMP_compare]")
-    p.add_argument("--alpha", type=float, default=None, help="replay inverse temperature [fitted]")
-    p.add_argument("--dt", type=float, default=None, help="replay time per block [fitted]")
-    p.add_argument("--pca", type=int, default=None, help="replay in the top-k principal directions [off]")
+    p.add_argument("--out", default=None, help="the report, .h5 (a name without a suffix gets .h5); the figure is "
+                   "OUT with .png (default: DUMP's stem + _compare.h5 in the current directory)")
+    p.add_argument("--layers", default=None, metavar="A:B", help="compare blocks A to B only (both included; or a "
+                   "comma-separated list); the replay starts from the token sample of the first (default: all)")
+    p.add_argument("--alpha", type=float, default=None, help="replay inverse temperature (default: fitted)")
+    p.add_argument("--dt", type=float, default=None, help="replay time per block (default: fitted)")
+    p.add_argument("--pca", type=int, default=None, help="replay in the top-k principal directions (default: off)")
     p.add_argument("--no-replay", action="store_true", help="measured curves and fits only")
     p.add_argument("--own-weights", action="store_true",
                    help="also replay with the model's own attention weights, in the full dimension (--pca is for "
@@ -303,12 +351,12 @@ def main(argv=None) -> int:
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
     if args.own_weights and args.no_replay:
         raise ValueError("--own-weights is a replay: it cannot be combined with --no-replay")
-    prefix = args.out or os.path.splitext(args.dump)[0] + "_compare"
-    png, h5 = prefix + ".png", prefix + ".h5"
-    for path in (png, h5):
-        check_writable(path, args.overwrite)
+    blocks = parse_blocks(args.layers)
+    h5 = check_writable(output_path(args.out, Path(args.dump).stem + "_compare.h5", ".h5"), args.overwrite,
+                        suffixes=(".h5", ".hdf5"))
+    png = check_writable(h5.with_suffix(".png"), args.overwrite)
     dump = read_dump(args.dump)
-    curves = measured_curves(dump)
+    curves = measured_curves(dump, blocks)
     fit, fit_note = fit_rank_law(dump, curves)
     own = None
     if args.own_weights:
@@ -317,6 +365,8 @@ def main(argv=None) -> int:
         own = replay_own_weights(dump, load_model_for_dump(dump), curves)
     rep = None if args.no_replay else replay(dump, curves, alpha=args.alpha, dt=args.dt, pca=args.pca)
     print(table(dump, curves, fit, fit_note, rep, own))
+    if rep is not None and rep["warning"]:
+        print(f"{PROG}: warning: {rep['warning']}", file=sys.stderr)
     write_report(h5, dump, curves, fit, fit_note, rep, overwrite=args.overwrite, own=own)
     plot(png, dump, curves, fit, rep, overwrite=args.overwrite, own=own)
     print(f"wrote {png} and {h5}")

@@ -116,7 +116,7 @@ def replay_own_weights(dump, model, curves: dict) -> dict:
     from .compare import STATS, explained_fraction, replay_tokens
     from .flow import solve_flow
 
-    x0 = replay_tokens(dump)
+    x0 = replay_tokens(dump, first=int(np.asarray(curves["layer"])[0]))
     raw = np.asarray(dump.sample[list(np.asarray(dump.sample_layers)).index(int(np.asarray(dump.layers)[0]))])
     radius = float(np.median(np.linalg.norm(raw.astype(np.float64), axis=1)))
     cfg = model.config

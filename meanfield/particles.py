@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solvers import AttentionField, feature_major
-from solvers.integrators import uses_feature_major
+from solvers import AttentionField, feature_major, native
+from solvers.integrators import AbstractIntegrator, uses_feature_major
 
 from . import checkpoint, eta
 from ._threads import fetch
@@ -36,6 +36,19 @@ def initial_tokens(spec: FlowSpec):
 def token_weights(spec: FlowSpec):
     """The token masses as a device array of the run's dtype (``None``: unit masses)."""
     return None if spec.weights is None else jnp.asarray(spec.weights, spec.dtype)
+
+
+def native_fallback(spec: FlowSpec) -> str | None:
+    """Why a run whose steps would take the native C++ kernel (:mod:`solvers.native`: the linear
+    kernel's ``layer``/``euler`` step on the CPU) runs the pure-JAX path instead; ``None`` when it
+    uses the kernel or would not use it anyway. Builds the kernels on the first call."""
+    if spec.merging is not None or not isinstance(spec.method, AbstractIntegrator):
+        return None
+    field = attention_field(spec)
+    if not (uses_feature_major(spec.method, field) and feature_major.native_fits(spec.method, field, spec.d, spec.dtype)
+            and jax.default_backend() == "cpu"):
+        return None
+    return None if native.available() else native.status()
 
 
 def diagnostic_subsets(spec: FlowSpec):

@@ -327,25 +327,4 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
                         **{k: np.asarray(v) for k, v in red.items()})
 
 
-def plot_phase_diagram(pd: PhaseDiagram, ax=None, *, quantity: str = "pair_fraction", log: bool = False, **kw):
-    """``pcolormesh`` of one statistic with time on the x-axis and beta on the y-axis (the layout of
-    the reference figures); returns the mesh. ``log=True`` uses a logarithmic colour scale."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    _validate.choice("quantity", quantity, ("pair_fraction", "clusters_median", "clusters_mean", "order_parameter"))
-    ax = ax or plt.gca()
-    z = getattr(pd, quantity)
-    norm = None
-    if log:
-        pos = z[z > 0]
-        norm = LogNorm(vmin=float(pos.min()) if pos.size else 1e-6, vmax=float(max(z.max(), 1e-6)))
-        z = np.where(z > 0, z, np.nan)
-    mesh = ax.pcolormesh(pd.t, pd.betas, z, shading="nearest", cmap=kw.pop("cmap", "RdBu_r"), norm=norm,
-                         rasterized=True, **kw)
-    ax.set_xlabel("t")
-    ax.set_ylabel(r"$\beta$")
-    return mesh
-
-
-__all__ = ["PhaseDiagram", "phase_diagram", "phase_rollout", "plot_phase_diagram", "save_steps", "summarize"]
+__all__ = ["PhaseDiagram", "phase_diagram", "phase_rollout", "save_steps", "summarize"]

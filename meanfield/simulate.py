@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._cli import ArgumentParser, run_cli
+from ._cli import ArgumentParser, output_path, run_cli
 
 PROG = "meanfield-simulate"  # the console script; python -m meanfield.simulate is the same (meanfield._cli)
 TABLE_COLUMNS = (
@@ -54,7 +54,8 @@ def build_parser() -> ArgumentParser:
                    "(default: none)")
     a("--merging", default=None, help="real token merging instead of the mobility model: tome, tome-prop "
       "(ToMe with proportional attention), fastvggt (merge-attend-unmerge); see docs/merging.md (default: none)")
-    a("--merge-ratio", type=float, default=None, help="fraction m in [0, 1) of the tokens merged, with --merging")
+    a("--merge-ratio", type=float, default=None, help="fraction m in [0, 1) of the tokens merged, with --merging "
+      "(default: none)")
     a("--protected-fraction", type=float, default=0.0, help="fastvggt: fraction of tokens never merged "
       "(default: %(default)s)")
     a("--init", default="uniform", help="initial distribution: uniform, vmf (default: %(default)s)")
@@ -96,18 +97,19 @@ def build_parser() -> ArgumentParser:
       "(default: %(default)s)")
     a("--save-every", type=int, default=None, help="layers between saved rows (default: every layer up to 100)")
     a("--save-tokens", action="store_true", help="store the tokens at every save in the HDF5 file")
-    a("--out", default="meanfield_results.h5", help="results file, .h5 or .hdf5; the plot is OUT with .png "
-      "(default: %(default)s)")
+    a("--out", default=None, help="results file, .h5 or .hdf5 (a name without a suffix gets .h5); the plot is OUT "
+      "with .png, a checkpoint OUT with .ckpt.h5 (default: meanfield_results.h5 in the current directory)")
     a("--overwrite", action="store_true", help="replace existing output files (default: refuse to)")
     a("--checkpoint-every", type=int, default=None, metavar="K", help="write a checkpoint after every K-th saved "
       "row, atomically (default: no checkpoints)")
     a("--checkpoint", default=None, metavar="FILE", help="checkpoint file (default: OUT with .ckpt.h5)")
     a("--resume", default=None, metavar="FILE", help="continue the run from this checkpoint (same options as the "
-      "checkpointed run); the result equals an uninterrupted run's bit for bit")
+      "checkpointed run); the result equals an uninterrupted run's bit for bit (default: a fresh run)")
     a("--no-memory-check", action="store_true", help="run even when the estimated peak memory exceeds the "
       "available memory (default: refuse)")
     a("--table", default=None, metavar="FILE", help="also write the per-layer table, every saved row and scalar "
-      "diagnostic, as FILE.csv or FILE.json (default: none)")
+      "diagnostic, as FILE.csv (with columns N and merge, so meanfield-fit FILE.csv needs no --N) or FILE.json "
+      "(default: none)")
     a("--no-plot", action="store_true", help="do not write the PNG plot")
     a("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -198,7 +200,8 @@ def main(argv=None) -> int:
         key_sample=args.key_sample, merging=merging, estimate=True,
         matmul_precision=None if args.matmul_precision == "highest" else args.matmul_precision,
     )
-    out = check_writable(args.out, args.overwrite, nbytes=_resources.results_size(spec), suffixes=(".h5", ".hdf5"))
+    out = check_writable(output_path(args.out, "meanfield_results.h5", ".h5"), args.overwrite,
+                         nbytes=_resources.results_size(spec), suffixes=(".h5", ".hdf5"))
     png = out.with_suffix(".png")
     if not args.no_plot:
         check_writable(png, args.overwrite)
@@ -207,8 +210,14 @@ def main(argv=None) -> int:
     ckpt = _checkpoint_option(args, out, spec)
     need = _resources.estimate_memory(spec) if args.no_memory_check else \
         _resources.check_memory(spec, flag="--no-memory-check")
-    print(f"{PROG}: {spec.kernel.name}/{spec.method.name}, N={spec.N}, d={spec.d}, {spec.n_steps} steps, "
+    print(f"{PROG}: {run_label(spec)}, N={spec.N}, d={spec.d}, {spec.n_steps} steps, "
           f"{jax.numpy.dtype(spec.dtype).name}; estimated peak memory {_resources.format_bytes(need)}", file=sys.stderr)
+    from .particles import native_fallback
+
+    reason = None if args.weights_kq is not None else native_fallback(spec)
+    if reason is not None:
+        print(f"{PROG}: the native CPU kernels are not available ({reason}); running the pure-JAX path",
+              file=sys.stderr)
 
     if args.weights_kq is not None:
         sol = _ensemble_run(args, spec, ckpt)
@@ -229,8 +238,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_label(spec) -> str:
+    """``kernel/method`` of the header line, with the token merging if any (``softmax/layer with
+    tome-prop merging (m = 0.5)``)."""
+    from .plots import merging_label
+
+    return f"{spec.kernel.name}/{spec.method.name}" + merging_label(spec.merging and spec.merging.describe())
+
+
 def write_table(path, sol, *, overwrite: bool = False) -> None:
-    """Every saved row with its scalar diagnostics, as CSV or JSON (by extension), atomically."""
+    """Every saved row with its scalar diagnostics, as CSV or JSON (by extension), atomically.
+
+    Columns ``layer``, ``t``, ``N`` and ``merge`` (the run's token count and merge factor, the same
+    in every row, which :mod:`meanfield.fit.cli` reads, so ``meanfield-fit FILE.csv`` needs no
+    ``--N``), then every scalar diagnostic; the JSON has N and merge in ``params``."""
     import csv
     import json
 
@@ -239,7 +260,9 @@ def write_table(path, sol, *, overwrite: bool = False) -> None:
     from .atomic import atomic_path
 
     names = [k for k, v in sol.diagnostics.items() if np.ndim(v) == 1]
+    n = len(sol.layers)
     cols = {"layer": np.asarray(sol.layers).tolist(), "t": np.asarray(sol.t, float).tolist(),
+            "N": [int(sol.params["N"])] * n, "merge": [float(sol.params["merge"])] * n,
             **{k: np.asarray(sol.diagnostics[k], float).tolist() for k in names}}
     with atomic_path(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
         if str(path).lower().endswith(".json"):  # NaN (undefined diagnostics) as null, valid JSON

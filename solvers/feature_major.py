@@ -186,14 +186,19 @@ def _step(integrator, field, xt, h, mc=None):
     return _normalized(xt + (0.5 * h) * (v1 + v2))
 
 
+def native_fits(integrator, field, d: int, dtype) -> bool:
+    """Whether the one-pass C++ kernel (:mod:`solvers.native`) can take these steps: ``layer`` or
+    ``euler``, unit masses, float32/float64, ``d <= 64`` (not whether it is built, nor the backend)."""
+    return (integrator.name in _native.SCHEME_CODES and field.weights is None and d <= 64
+            and jnp.dtype(dtype) in (jnp.float32, jnp.float64))
+
+
 def _native_ok(integrator, field, xt, native) -> bool:
-    """Whether this step runs as the one-pass C++ kernel (:mod:`solvers.native`): ``layer`` or
-    ``euler``, unit masses, float32/float64, ``d <= 64``, on the CPU with the kernel built
-    (``native=None``: auto; ``False``: never; ``True``: required)."""
+    """Whether this step runs as the one-pass C++ kernel: :func:`native_fits`, on the CPU with the
+    kernel built (``native=None``: auto; ``False``: never; ``True``: required)."""
     if native is False:
         return False
-    fits = (integrator.name in _native.SCHEME_CODES and field.weights is None and xt.shape[-2] <= 64
-            and jnp.dtype(xt.dtype) in (jnp.float32, jnp.float64))
+    fits = native_fits(integrator, field, xt.shape[-2], xt.dtype)
     if native is True and not fits:
         raise ValueError("native=True needs the layer or euler scheme, unit masses, float32/float64 and d <= 64")
     return fits and _native.use_native(native)

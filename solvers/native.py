@@ -21,7 +21,8 @@ The source is compiled with the system's C++ compiler (``$CXX``, else ``g++``, e
 source, the compiler, the flags (``$MEANFIELD_NATIVE_CXXFLAGS`` are appended), jaxlib's version and
 this machine's CPU flags; the library is
 written to a temporary name and renamed, so concurrent first uses (pytest workers) are safe.
-Compilation takes ~10 s once per machine. Where there is no compiler, or it fails, or
+Compilation takes 10-20 s once per machine and says so in one line on stderr. Where
+there is no compiler, or it fails, or
 ``MEANFIELD_NATIVE=0`` is set, :func:`available` is ``False``, the reason is in :func:`status`,
 and every caller runs its pure-JAX path. The kernels exist for the CPU platform only: on GPU/TPU
 the callers use the jitted JAX path (:func:`use_native` checks the default backend).
@@ -35,6 +36,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -90,6 +92,7 @@ def _build() -> tuple[object | None, str, Path | None]:
     if not out.exists():
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
+            print(f"compiling the native CPU kernels once (about 20 s) into {out.parent}", file=sys.stderr, flush=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
             os.close(fd)
             proc = subprocess.run([cxx, *flags, f"-I{include}", str(SOURCE), "-o", tmp],

@@ -36,9 +36,7 @@ def test_entry_point_target_exists(script):
 @pytest.mark.parametrize("script", sorted(set(SCRIPTS) - {"meanfield-dump"}))
 def test_help_exits_0(script, capsys):
     module, func = _target(SCRIPTS[script])
-    with pytest.raises(SystemExit) as exc:
-        getattr(module, func)(["--help"])
-    assert exc.value.code == 0
+    assert getattr(module, func)(["--help"]) == 0  # cli() returns the status; the console script exits with it
     assert "usage:" in capsys.readouterr().out
 
 

@@ -24,3 +24,23 @@ def test_every_flag_has_help(tool):
     missing = [f"{p.prog} {'/'.join(a.option_strings) or a.dest}" for p in _parsers(parser) for a in p._actions
                if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("tool", [simulate, fit_cli, compare, dump_main], ids=lambda m: m.PROG)
+def test_defaults_shown_one_way_in_plain_text(tool):
+    """Every option with a default says it as ' (default: X)'; no reST markup, no '[X]' defaults."""
+    problems = []
+    for p in _parsers(tool.build_parser()):
+        text = p.format_help()
+        for bad in ("``", "[default", "**"):
+            if bad in text:
+                problems.append(f"{p.prog}: {bad!r} in the help")
+        for a in p._actions:
+            if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) or not a.option_strings:
+                continue
+            shown = p._get_formatter()._get_help_string(a)
+            if a.default not in (None, False) and "(default:" not in shown:
+                problems.append(f"{p.prog} {a.option_strings[0]}: default {a.default!r} not shown")
+            if "[" in (a.help or "") and "]" in (a.help or "") and a.help.rstrip().endswith("]"):
+                problems.append(f"{p.prog} {a.option_strings[0]}: a '[X]' default")
+    assert not problems, problems

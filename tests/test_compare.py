@@ -98,3 +98,40 @@ def test_cli_rejects_foreign_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.h5"]  # no output files
     with pytest.raises(ValueError, match="--dt must be a finite number > 0"):
         compare.main([SHIPPED, "--out", str(tmp_path / "x"), "--dt", "-1"])
+
+
+def test_layers_restrict_curves_and_replay_start(dump):
+    curves = compare.measured_curves(dump, compare.parse_blocks("1:4"))
+    full = compare.measured_curves(dump)
+    np.testing.assert_array_equal(curves["layer"], [1, 2, 3, 4])
+    np.testing.assert_array_equal(curves["effective_rank"], full["effective_rank"][1:5])
+    assert compare.parse_blocks("0,2,5") == [0, 2, 5]
+    for bad in ("3:1", "1", "a:b", "-1:3", "2,1"):
+        with pytest.raises(ValueError, match="--layers"):
+            compare.parse_blocks(bad)
+    with pytest.raises(ValueError, match=r"block\(s\) \[6, 7\] are not in the dump"):
+        compare.measured_curves(dump, [5, 6, 7])
+    # the shipped MiniLM dump has tokens of block 0 only: a replay from block 1 must say so
+    with pytest.raises(ValueError, match="lacks block 1.*--sample-layers including 1"):
+        compare.replay(dump, curves, alpha=2.0, dt=0.2)
+
+
+def test_grid_edge_warning():
+    grid_a, grid_d = np.array([1.0, 2.0, 4.0]), np.array([0.1, 0.2, 0.4])
+    assert compare.grid_edge_warning(2.0, 0.2, grid_a, grid_d) is None
+    w = compare.grid_edge_warning(4.0, 0.1, grid_a, grid_d)
+    assert "alpha = 4 = max of 1..4" in w and "dt = 0.1 = min of 0.1..0.4" in w
+    assert compare.grid_edge_warning(4.0, 0.2, np.array([4.0]), grid_d) is None  # a given alpha is no edge
+
+
+def test_cli_default_outputs_in_the_working_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert compare.main([SHIPPED, "--no-replay"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["minilm_dump_compare.h5", "minilm_dump_compare.png"]
+    assert not os.path.exists(os.path.join(os.path.dirname(SHIPPED), "minilm_dump_compare.h5"))
+    with pytest.raises(FileExistsError):
+        compare.main([SHIPPED, "--no-replay"])
+    assert compare.main([SHIPPED, "--no-replay", "--out", "sub.h5", "--layers", "0:3"]) == 0
+    with h5py.File(tmp_path / "sub.h5") as f:
+        np.testing.assert_array_equal(f["layer"][()], [0, 1, 2, 3])
+    assert (tmp_path / "sub.png").exists()

@@ -87,3 +87,26 @@ def test_density_methods_from_the_cli(tmp_path, capsys):
         assert f["density/values"].shape == (5, 64) and f["parameters"].attrs["cells"] == 64
     assert cli(argv[:-4] + ["--cells", "3", "--out", str(tmp_path / "y.h5"), "--no-progress"]) == 2
     assert "cells must be an integer >= 4, got 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env, says", [({"MEANFIELD_NATIVE": "0"}, "disabled by MEANFIELD_NATIVE=0"), ({}, None)])
+def test_cli_says_when_the_native_kernels_fall_back(tmp_path, env, says):
+    """The default linear run takes the native step on a CPU; without it the CLI says why, once."""
+    full = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg", **env)
+    r = subprocess.run([sys.executable, "-m", "meanfield.simulate", "--N", "300", "--layers", "3", "--no-plot",
+                        "--no-progress"], cwd=tmp_path, capture_output=True, text=True, env=full, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "native CPU kernels" in line]
+    if says is None:
+        assert lines == []
+    else:
+        assert lines == [f"meanfield-simulate: the native CPU kernels are not available ({says}); running the "
+                         "pure-JAX path"]
+
+
+def test_header_names_the_token_merging(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["--N", "256", "--layers", "3", "--kernel", "softmax", "--merging", "tome-prop", "--merge-ratio",
+                "0.5", "--no-progress", "--no-plot"]) == 0
+    header = capsys.readouterr().err.splitlines()[0]
+    assert header.startswith("meanfield-simulate: softmax/layer with tome-prop merging (m = 0.5), N=256")

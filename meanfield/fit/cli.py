@@ -3,7 +3,9 @@
 DATA is one of
 - a CSV file (``#`` comment lines allowed) with a header row: an abscissa column ``layer`` (block
   index) or ``m`` (fusion strength), one or both of ``effective_rank`` and ``normalized_entropy``,
-  and optionally ``sigma`` (one standard error of the fitted quantity per row);
+  and optionally ``sigma`` (one standard error of the fitted quantity per row); columns ``N``
+  and ``merge`` (or ``fusion``), the same in every row as ``meanfield-simulate --table`` writes
+  them, give N and M; ``--N``/``--merge`` override them;
 - a results HDF5 file from ``python -m meanfield.simulate`` (root attr ``format ==
   "meanfield-results"``): ``/scales/layer``, ``/diagnostics/<quantity>``, ``N`` and ``merge`` (or ``fusion``,
   ``M = 1/(1-fusion)``) in the attributes of ``/parameters``; ``--N``/``--merge`` override them;
@@ -25,16 +27,21 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from meanfield._cli import ArgumentParser, run_cli
+from meanfield._cli import ArgumentParser, output_path, run_cli
 from meanfield._hdf5 import READ_ERRORS, decode_attr, is_hdf5, read_array, read_attrs
 from meanfield.atomic import atomic_path, check_writable
 
 PROG = "meanfield-fit"
 QUANTITIES = ("effective_rank", "normalized_entropy")
 QUANTITY_LABELS = {"effective_rank": "effective rank", "normalized_entropy": "normalized entropy H_sv / log n"}
+
+
+RUN_COLUMNS = ("N", "merge", "fusion")
+"""Columns that describe the run rather than a layer (``meanfield-simulate --table`` writes N and merge)."""
 
 
 def _read_csv(path):
@@ -54,7 +61,20 @@ def _read_csv(path):
             cols[name] = np.array([float(r[i]) for r in rows[1:]])
         except (ValueError, IndexError):
             raise ValueError(f"{path}: column {name!r} has a missing or non-numeric entry") from None
-    return cols, {}
+    meta = {}
+    for name in RUN_COLUMNS:
+        if name in cols:
+            values = cols.pop(name)
+            if np.any(values != values[0]):
+                raise ValueError(f"{path}: column {name!r} describes the run and must be the same in every row")
+            meta[name] = float(values[0])
+    return cols, _merge_from_fusion(meta)
+
+
+def _merge_from_fusion(meta):
+    if "merge" not in meta and "fusion" in meta and 0 <= meta["fusion"] < 1:
+        meta["merge"] = 1.0 / (1.0 - meta["fusion"])
+    return meta
 
 
 def _read_hdf5(path):
@@ -90,9 +110,7 @@ def _read_hdf5(path):
             meta[k] = float(np.asarray(attrs[k]))
         except (KeyError, TypeError, ValueError):
             pass
-    if "merge" not in meta and "fusion" in meta and 0 <= meta["fusion"] < 1:
-        meta["merge"] = 1.0 / (1.0 - meta["fusion"])
-    return out, meta
+    return out, _merge_from_fusion(meta)
 
 
 def load_curve(path, quantity=None):
@@ -193,12 +211,14 @@ def build_parser():
     p.add_argument("data", help="CSV or HDF5 (results from meanfield.simulate, or a meanfield-dump)")
     p.add_argument("--quantity", choices=QUANTITIES, default=None,
                    help="curve to fit (default: effective_rank if present, else normalized_entropy)")
-    p.add_argument("--N", type=float, default=None, help="token count (overrides the file's N)")
-    p.add_argument("--merge", type=float, default=None, help="merge factor M >= 1 (default: file's, else 1)")
+    p.add_argument("--N", type=float, default=None, help="token count, needed for a curve in layer (default: "
+                   "the file's N: HDF5 attributes, or a CSV column N)")
+    p.add_argument("--merge", type=float, default=None, help="merge factor M >= 1 (default: the file's, else 1)")
     p.add_argument("--r", type=float, default=None, help="fix the rank plateau r (default: fitted)")
     p.add_argument("--optimizer", choices=("lbfgs+lm", "lm"), default="lbfgs+lm",
-                   help="L-BFGS then Levenberg-Marquardt (default), or LM alone (faster to compile)")
-    p.add_argument("--out", default=None, help="PNG to write, .png (default: DATA's name + '_fit.png')")
+                   help="lbfgs+lm: L-BFGS then Levenberg-Marquardt; lm: Levenberg-Marquardt alone (faster to compile)")
+    p.add_argument("--out", default=None, help="PNG to write, .png (a name without a suffix gets .png) (default: "
+                   "DATA's stem + _fit.png in the current directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
     p.add_argument("--no-plot", action="store_true", help="do not write a PNG")
     return p
@@ -216,7 +236,7 @@ def main(argv=None) -> int:
             raise ValueError(f"N must be > 0, got {N}")
         if not merge >= 1:
             raise ValueError(f"merge must be >= 1, got {merge}")
-        out = args.out or os.path.splitext(args.data)[0] + "_fit.png"
+        out = str(output_path(args.out, Path(args.data).stem + "_fit.png", ".png"))
         if not args.no_plot:
             check_writable(out, args.overwrite, suffixes=(".png",))
         result = run_fit(xname, x, y, sigma, quantity, N=N, merge=merge, r=args.r,

@@ -204,3 +204,14 @@ def test_without_avx512_the_portable_code_gives_the_same_results(tmp_path):
     assert float(m_diff) < 1e-12 and pairs_equal == "True" and clusters_equal == "True"
     assert float(linear.split()[1]) < 1e-12
     assert len(list((tmp_path / "native").glob("*.so"))) == 1  # built apart from the default cache
+
+
+def test_first_build_says_so_in_one_line(tmp_path):
+    """A build into an empty cache announces itself (it takes 10-20 s); a cached library does not."""
+    code = "from solvers import native\nprint(native.available())\n"
+    first = _python(code, MEANFIELD_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0 and first.stdout.strip() == "True", first.stderr
+    notice = [line for line in first.stderr.splitlines() if "native" in line]
+    assert notice == [f"compiling the native CPU kernels once (about 20 s) into {tmp_path / 'native'}"]
+    again = _python(code, MEANFIELD_CACHE_DIR=str(tmp_path))
+    assert again.stdout.strip() == "True" and "compiling" not in again.stderr
