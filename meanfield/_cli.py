@@ -70,7 +70,14 @@ def output_path(out, default: str, suffix: str) -> Path | str:
 def run_cli(main, prog: str, argv=None) -> int:
     """Call ``main(argv)`` and return its exit status: bad input (ValueError, FileExistsError, an
     unreadable or unwritable path) is one stderr line and status 2; a usage error or ``--help``
-    (argparse's ``SystemExit``) returns the status argparse chose instead of raising it."""
+    (argparse's ``SystemExit``) returns the status argparse chose instead of raising it. Called
+    with ``argv=None`` (the command line itself) it first turns on JAX's persistent compilation
+    cache (:mod:`meanfield._compile_cache`); calls from Python with an explicit ``argv`` leave the
+    process's JAX settings alone."""
+    if argv is None:  # a real command line (console script, python -m): keep compiled programs between runs
+        from ._compile_cache import enable
+
+        enable(prog)
     try:
         return int(main(argv) or 0)
     except SystemExit as e:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
-
 
 from solvers.quadrature import log_sphere_area  # noqa: E402,F401  (the one definition; d convention)
 
@@ -19,6 +17,8 @@ def log_bessel_iv(nu: float, x: float) -> float:
     small kappa) it falls back to the power series ``sum_k (x/2)^{2k+nu} / (k! Gamma(nu+k+1))``
     summed in log space, which converges fast exactly there.
     """
+    from scipy import special  # here: the CLIs that never need a Bessel function skip its import
+
     if x <= 0:
         raise ValueError(f"log_bessel_iv needs x > 0, got {x!r}")
     v = special.ive(nu, x)

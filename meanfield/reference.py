@@ -10,7 +10,6 @@ expectation is a Gauss--Legendre sum over ``theta_0`` and the scalar ODE is solv
 from __future__ import annotations
 
 import numpy as np
-from scipy.integrate import solve_ivp
 
 
 def _theta0_rule(dist, n_nodes: int):
@@ -39,6 +38,8 @@ def zonal_alpha0_solution(dist, t, merge: float = 1.0, n_nodes: int = 800) -> di
     theta0, w = _theta0_rule(dist, n_nodes)
     rhs = lambda _t, s: [_mean_cos(s[0], theta0, w) / merge]  # noqa: E731
     if t.size and t.max() > 0:
+        from scipy.integrate import solve_ivp
+
         sol = solve_ivp(rhs, (0.0, float(t.max())), [0.0], method="DOP853", rtol=1e-13, atol=1e-15,
                         dense_output=True)
         s = np.where(t > 0, sol.sol(np.maximum(t, 0.0))[0], 0.0)

@@ -32,7 +32,6 @@ import dataclasses
 import math
 from typing import ClassVar
 
-import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
@@ -215,6 +214,8 @@ class Adaptive(AbstractIntegrator):
 
     def advance(self, field, x, n_steps, h):
         t1 = jnp.asarray(n_steps, x.dtype) * jnp.asarray(h, x.dtype)
+        import diffrax  # here: ~0.7 s of import that only adaptive runs need
+
         term = diffrax.ODETerm(lambda t, y, f: f.velocity(y))
 
         def solve(y):

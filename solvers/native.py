@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._cache import UnsafeCache, private_dir
+
 SOURCE = Path(__file__).resolve().parent / "_native" / "meanfield_cpu.cc"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -54,8 +56,8 @@ _TARGETS = ("PhaseRollout", "LinearMoments", "LinearStep")
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("MEANFIELD_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "meanfield") / "native"
+    """The private folder of the built libraries (``solvers._cache``; raises ``UnsafeCache``)."""
+    return private_dir("native")
 
 
 def _compiler() -> str | None:
@@ -88,10 +90,12 @@ def _build() -> tuple[object | None, str, Path | None]:
     src = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([src, cxx.encode(), " ".join(flags).encode(), jax.__version__.encode(),
                                      _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
-    out = _cache_dir() / f"meanfield_cpu_{key}.so"
+    try:
+        out = _cache_dir() / f"meanfield_cpu_{key}.so"
+    except (UnsafeCache, OSError) as exc:
+        return None, f"cache folder refused: {exc}", None
     if not out.exists():
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
             print(f"compiling the native CPU kernels once (about 20 s) into {out.parent}", file=sys.stderr, flush=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
             os.close(fd)

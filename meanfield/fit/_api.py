@@ -22,13 +22,20 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import stats
 
 from . import _core as core
 from . import _models as fm
 from ._models import MODELS, CurveModel
 
 LEVEL = 0.95
+
+
+def _quantile(dof: int | None) -> float:
+    """Two-sided ``LEVEL`` quantile: of the normal law (``dof=None``), else of Student's t
+    (scipy.stats, imported here: it costs ~0.8 s, and most tools never fit)."""
+    from scipy import stats
+
+    return float(stats.norm.ppf(0.5 + LEVEL / 2) if dof is None else stats.t.ppf(0.5 + LEVEL / 2, dof))
 COND_LIMIT = 1e8  # condition number of the column-scaled Jacobian above which we call it singular
 
 
@@ -93,8 +100,8 @@ class FitResult:
     def quantile(self) -> float:
         """Two-sided 95 % quantile: normal if sigma was given, else t with ``dof`` degrees."""
         if self.sigma is not None:
-            return float(stats.norm.ppf(0.5 + LEVEL / 2))
-        return float(stats.t.ppf(0.5 + LEVEL / 2, self.dof)) if self.dof > 0 else float("inf")
+            return _quantile(None)
+        return _quantile(self.dof) if self.dof > 0 else float("inf")
 
     def predict(self, x) -> np.ndarray:
         return core.values_and_jacobian(self.model, self.u, np.atleast_1d(x), self.consts)[0]
@@ -230,8 +237,7 @@ def _assemble(model, x, y, sigma, c, w, u, converged, iters, costs):
                 cov = s2 * inv
     se_u = np.sqrt(np.diag(cov))
     theta = _theta(model, u)
-    q = (float(stats.norm.ppf(0.5 + LEVEL / 2)) if sigma is not None
-         else float(stats.t.ppf(0.5 + LEVEL / 2, dof)) if dof > 0 else np.inf)
+    q = _quantile(None) if sigma is not None else _quantile(dof) if dof > 0 else np.inf
     est, se, ci = {}, {}, {}
     for i, name in enumerate(model.params):
         est[name] = float(theta[i])

@@ -15,7 +15,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ._models import N_STARTS
 
@@ -58,6 +57,8 @@ def _lbfgs_jit(model, u0s, x, y, w, c):
     start if the run produced non-finite values or a higher cost."""
     res = _residual_fn(model, x, y, w, c)
     loss = functools.partial(_cost, res)
+    import optax  # here, not at import: ~0.3 s that only a fit needs
+
     opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
         max_backtracking_steps=20, store_grad=True))
     vg = optax.value_and_grad_from_state(loss)
