@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     ckpt = _checkpoint_option(args, out, spec)
     need = _resources.estimate_memory(spec) if args.no_memory_check else \
         _resources.check_memory(spec, flag="--no-memory-check")
-    print(f"{PROG}: {run_label(spec)}, N={spec.N}, d={spec.d}, {spec.n_steps} steps, "
+    print(f"{PROG}: {run_label(spec)}, N={spec.N}, d={spec.d}, {spec.n_steps} step{'s' if spec.n_steps != 1 else ''}, "
           f"{jax.numpy.dtype(spec.dtype).name}; estimated peak memory {_resources.format_bytes(need)}", file=sys.stderr)
     from .particles import native_fallback
 

@@ -294,8 +294,8 @@ def _without_installs(command: str) -> str:
 
 def run_shell(command: str, page: Page, where: str) -> str:
     r = subprocess.run(["bash", "-c", command], cwd=page.cwd, env=environment(), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)  # interleaved, as in a terminal
-    out = r.stdout
+                       stderr=subprocess.STDOUT, timeout=TIMEOUT)  # interleaved, as in a terminal
+    out = r.stdout.decode("utf-8", "replace")  # not text=True: it turns a progress bar's \r into new lines
     if r.returncode != 0:
         raise AssertionError(f"{where}: `{command}` exited with status {r.returncode}:\n" + "\n".join(clean(out)[-40:]))
     return out

@@ -35,3 +35,10 @@ def test_harness_matches_elided_output():
 def test_harness_strips_progress_bars():
     text = "run:  50%|#####     | 12/24 [00:01<00:00]\r   \restimated run time: 2 s\nlayer 1\n"
     assert docs_blocks.clean(text) == ["estimated run time: 2 s", "layer 1"]
+
+
+def test_harness_keeps_carriage_returns_of_commands(tmp_path):
+    page = docs_blocks.Page.__new__(docs_blocks.Page)
+    page.cwd = tmp_path
+    out = docs_blocks.run_shell(r"printf 'run:  50%%|#####     | 12/24 [00:01<00:00]\rlayer 1\n'", page, "test")
+    assert "\r" in out and docs_blocks.clean(out) == ["layer 1"]
