@@ -311,7 +311,7 @@ def console_commands(text: str) -> list[tuple[str, list[str], int]]:
         first, cmd = i, lines[i][2:]
         while cmd.endswith("\\"):
             i += 1
-            cmd = cmd[:-1] + "\n" + lines[i]
+            cmd = cmd + "\n" + lines[i]  # bash joins a backslash-newline itself
         i += 1
         out_start = i
         while i < len(lines) and not lines[i].startswith("$ "):
