@@ -1,7 +1,7 @@
 """meanfield.fit: recovery, interval coverage, degenerate data, model comparison, precision.
 
-Most tests use ``optimizer="lm"`` (LM polish from the model's starts) because it compiles in ~1 s
-instead of ~3 s; one test checks the default L-BFGS + LM path reaches the same minimum.
+Most tests name ``optimizer="lm"`` (the default: LM from the model's starts, NumPy); one test
+checks that the optional L-BFGS + LM path reaches the same minimum.
 """
 
 import jax

@@ -76,7 +76,8 @@ def write_results(path, layers, rank, N_attr=N, fmt="meanfield-results"):
     return str(path)
 
 
-def test_results_hdf5_uses_file_N(tmp_path, capsys):
+def test_results_hdf5_uses_file_N(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default figure lands in the working folder
     data = write_results(tmp_path / "run.h5", LAYERS.astype(np.int64), noisy_rank(1))
     assert fit_cli.main([data, "--optimizer", "lm"]) == 0
     text = capsys.readouterr().out

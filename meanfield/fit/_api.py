@@ -31,11 +31,12 @@ LEVEL = 0.95
 
 
 def _quantile(dof: int | None) -> float:
-    """Two-sided ``LEVEL`` quantile: of the normal law (``dof=None``), else of Student's t
-    (scipy.stats, imported here: it costs ~0.8 s, and most tools never fit)."""
-    from scipy import stats
+    """Two-sided ``LEVEL`` quantile: of the normal law (``dof=None``), else of Student's t.
+    From scipy.special's inverse CDFs (``ndtri``, ``stdtrit``: the functions behind
+    ``scipy.stats.norm.ppf`` and ``t.ppf``), imported here; scipy.stats itself costs ~1 s to import."""
+    from scipy.special import ndtri, stdtrit
 
-    return float(stats.norm.ppf(0.5 + LEVEL / 2) if dof is None else stats.t.ppf(0.5 + LEVEL / 2, dof))
+    return float(ndtri(0.5 + LEVEL / 2) if dof is None else stdtrit(dof, 0.5 + LEVEL / 2))
 COND_LIMIT = 1e8  # condition number of the column-scaled Jacobian above which we call it singular
 
 
@@ -148,7 +149,7 @@ def _validate(x, y, sigma):
     return x, y, sigma
 
 
-def fit_curve(model, x, y, *, sigma=None, consts=(1.0, 0.0, 1.0), compare=(), optimizer="lbfgs+lm"):
+def fit_curve(model, x, y, *, sigma=None, consts=(1.0, 0.0, 1.0), compare=(), optimizer="lm"):
     """Fit ``model`` (a :class:`CurveModel` or a name in ``MODELS``) to ``(x, y)``.
 
     Raises ``ValueError`` for unusable input (NaN, mismatched lengths, fewer points than
@@ -292,7 +293,7 @@ def compare_models(results) -> FitResult:
 
 
 def fit_rank_curve(layers, ranks, *, N, merge=1.0, r=None, sigma=None, compare=True,
-                   optimizer="lbfgs+lm"):
+                   optimizer="lm"):
     """Fit the rank law ``r + C exp(-alpha l/(N M))`` (Eq. 1/9/15) to a measured rank curve.
 
     Fits ``alpha`` and ``C`` (and ``r`` unless given).  ``alpha`` is identifiable only as
@@ -309,7 +310,7 @@ def fit_rank_curve(layers, ranks, *, N, merge=1.0, r=None, sigma=None, compare=T
 
 
 def fit_entropy_curve(x, entropy, *, variable="depth", N=1.0, merge=1.0, sigma=None, compare=True,
-                      optimizer="lbfgs+lm"):
+                      optimizer="lm"):
     """Fit Eq. 13 to an entropy curve.
 
     ``variable="depth"``: ``x`` is the depth/layer ``L``, model ``H0 - k L/(N M)``; compared with
@@ -341,7 +342,7 @@ def _check_fusion(m):
     return m
 
 
-def fit_rank_vs_fusion(m, ranks, *, sigma=None, compare=True, optimizer="lbfgs+lm"):
+def fit_rank_vs_fusion(m, ranks, *, sigma=None, compare=True, optimizer="lm"):
     """Rank law at a fixed depth ``L`` as a function of fusion ``m`` (Eq. 15 with ``M = 1/(1-m)``):
     ``r + C exp(-a (1 - m))`` with ``a = alpha L/N``.  Compared with ``C exp(-a (1-m))`` (``r = 0``;
     this is ``n^(H0 - kappa (1-m))``, i.e. Eq. 13 for the normalized entropy mapped through
@@ -351,7 +352,7 @@ def fit_rank_vs_fusion(m, ranks, *, sigma=None, compare=True, optimizer="lbfgs+l
                      optimizer=optimizer)
 
 
-def fit_cost_curve(m, runtime, *, sigma=None, compare=True, optimizer="lbfgs+lm"):
+def fit_cost_curve(m, runtime, *, sigma=None, compare=True, optimizer="lm"):
     """Fit relative runtime vs fusion ``m`` with ``a + b (1-m)^2``; compare ``c (1-m)^2`` (Eq. 11)
     and ``c (1-m)^p``.  The offset ``a`` is work that merging does not shrink."""
     alts = (fm.COST_LAW, fm.COST_POWER) if compare else ()

@@ -1,11 +1,19 @@
-"""The optimizer behind :mod:`meanfield.fit`: optax L-BFGS from several starts, then a
-Levenberg–Marquardt polish written in JAX, all in float64.
+"""The optimizer behind :mod:`meanfield.fit`: Levenberg–Marquardt from several starts, in float64,
+optionally after optax L-BFGS.
 
-Precision: every call runs inside ``jax.enable_x64(True)`` (a context manager, so the user's
-global ``jax_enable_x64`` setting is left alone and the fit is float64 either way).
+Two engines share the Levenberg–Marquardt loop (:func:`_lm`, NumPy):
 
-Shapes: data are padded to a bucket length (multiple of 8) with zero weights, so one compiled
-solver serves every data set of similar size; padded points add nothing to any sum.
+- ``optimizer="lm"`` (the default): residuals and Jacobians in NumPy, the Jacobian by the complex
+  step ``J[:, k] = Im r(u + i h e_k) / h`` with ``h = 1e-30``: exact to round-off for the analytic
+  curves of ``_models`` (no difference is taken, so nothing cancels). Nothing is compiled, so the
+  first fit in a process costs what every later one does: milliseconds for the paper's curve
+  sizes, where compiling the XLA programs of four models took seconds.
+- ``optimizer="lbfgs+lm"``: 40 steps of optax L-BFGS from each start first (one vmapped, jitted
+  program per model; worth its compilation when the starts are far from the basin), then the same
+  Levenberg–Marquardt loop with JAX residuals and ``jacfwd``. It runs inside
+  ``jax.enable_x64(True)`` (a context manager: the user's global ``jax_enable_x64`` setting is
+  left alone and the fit is float64 either way), on data padded to a bucket length (multiple of
+  8) with zero weights, so one compiled solver serves every data set of similar size.
 """
 
 from __future__ import annotations
@@ -154,18 +162,47 @@ def pad(n_pad, *arrays, fill_weight=False):
     return out
 
 
-def solve(model, starts, x, y, w, c, use_lbfgs=True):
+STEP = 1e-30  # complex step: Im f(u + ih)/h = f'(u) + O(h^2 f'''(u)), no cancellation
+
+
+def _theta_np(u, positive):
+    """``theta_of_u`` for real or complex ``u`` in NumPy: the clip acts on the real part, and a
+    clipped entry carries no derivative (as ``jnp.clip``'s gradient)."""
+    pos = np.asarray(positive)
+    inside = np.abs(u.real) <= U_BOUND
+    clipped = np.where(inside, u, np.clip(u.real, -U_BOUND, U_BOUND))
+    return np.where(pos, np.exp(clipped), u)
+
+
+def _rj_numpy(model, us, x, y, w, c):
+    """Weighted residuals (S, n) and their complex-step Jacobians (S, n, p), NumPy float64."""
+    us = np.asarray(us, dtype=np.float64)
+    S, p = us.shape
+    r = np.empty((S, x.size))
+    J = np.empty((S, x.size, p))
+    eye = np.eye(p) * (1j * STEP)
+    with np.errstate(all="ignore"):
+        for s in range(S):
+            r[s] = (model.fn(_theta_np(us[s], model.positive), x, c, np) - y) * w
+            for k in range(p):
+                J[s, :, k] = np.imag(model.fn(_theta_np(us[s] + eye[k], model.positive), x, c, np)) * w / STEP
+    return r, J
+
+
+def solve(model, starts, x, y, w, c, use_lbfgs=False):
     """Run all starts; return per-start (u, cost, converged, iterations) as NumPy arrays."""
+    u0s = np.stack([u_of_theta(s, model.positive) for s in starts])
+    if not use_lbfgs:
+        x, y, w, c = (np.asarray(a, dtype=np.float64) for a in (x, y, w, c))
+        return _lm(lambda us: _rj_numpy(model, us, x, y, w, c), u0s, model.positive)
     nb = bucket(x.size)
     with jax.enable_x64(True):
         xp, yp = (jnp.asarray(a) for a in pad(nb, x, y))
         (wp,) = (jnp.asarray(a) for a in pad(nb, w, fill_weight=True))
         cj = jnp.asarray(c, dtype=jnp.float64)
-        u0s = np.stack([u_of_theta(s, model.positive) for s in starts])
-        if use_lbfgs:
-            # optax's L-BFGS mixes int32/int64 internally, which "strict" promotion rejects
-            with jax.numpy_dtype_promotion("standard"):
-                u0s = np.asarray(_lbfgs_jit(model, jnp.asarray(u0s), xp, yp, wp, cj))
+        # optax's L-BFGS mixes int32/int64 internally, which "strict" promotion rejects
+        with jax.numpy_dtype_promotion("standard"):
+            u0s = np.asarray(_lbfgs_jit(model, jnp.asarray(u0s), xp, yp, wp, cj))
 
         def rj(us):
             r, J = _rj_jit(model, jnp.asarray(us), xp, yp, wp, cj)
@@ -175,12 +212,8 @@ def solve(model, starts, x, y, w, c, use_lbfgs=True):
 
 
 def values_and_jacobian(model, u, x, c):
-    """``f(theta(u), x)`` (n,) and ``df/du`` (n, p), float64 (reuses the solver's compiled function)."""
+    """``f(theta(u), x)`` (n,) and ``df/du`` (n, p), float64, NumPy (complex step)."""
     x = np.asarray(x, dtype=np.float64)
-    nb = bucket(x.size)
-    with jax.enable_x64(True):
-        (xp,) = pad(nb, x)
-        us = np.tile(np.asarray(u, dtype=np.float64), (N_STARTS, 1))
-        f, J = _rj_jit(model, jnp.asarray(us), jnp.asarray(xp), jnp.zeros(nb), jnp.ones(nb),
-                       jnp.asarray(c, dtype=jnp.float64))
-        return np.asarray(f[0, : x.size]), np.asarray(J[0, : x.size])
+    u = np.asarray(u, dtype=np.float64)[None]
+    f, J = _rj_numpy(model, u, x, np.zeros_like(x), np.ones_like(x), np.asarray(c, dtype=np.float64))
+    return f[0], J[0]

@@ -25,7 +25,7 @@ class CurveModel:
     formula: str
     params: tuple[str, ...]
     positive: tuple[bool, ...]
-    fn: Callable  # (theta (p,), x (n,), c (3,)) -> (n,)  jax-traceable
+    fn: Callable  # (theta (p,), x (n,), c (3,), xp=jax.numpy) -> (n,): jax-traceable, and NumPy (complex too) with xp=numpy
     starts: Callable  # (x, y, c) numpy -> (N_STARTS, p) natural-scale starting values
     domain: Callable | None = None  # (x, c) -> None or a reason the model does not apply
 
@@ -68,70 +68,70 @@ def _power_starts(x, y, c):
 
 RANK_LAW = CurveModel(
     "rank_law", "r + C exp(-alpha l/(N M))", ("alpha", "C", "r"), (True, True, True),
-    lambda th, x, c: th[2] + th[1] * jnp.exp(-th[0] * x * c[0]),
+    lambda th, x, c, xp=jnp: th[2] + th[1] * xp.exp(-th[0] * x * c[0]),
     _rank_starts)
 RANK_LAW_FIXED_R = CurveModel(
     "rank_law_fixed_r", "r + C exp(-alpha l/(N M)), r fixed", ("alpha", "C"), (True, True),
-    lambda th, x, c: c[1] + th[1] * jnp.exp(-th[0] * x * c[0]),
+    lambda th, x, c, xp=jnp: c[1] + th[1] * xp.exp(-th[0] * x * c[0]),
     lambda x, y, c: _rank_starts(x, y, c, r_free=False))
 EXPONENTIAL = CurveModel(
     "exponential", "C exp(-alpha l/(N M))  (r = 0)", ("alpha", "C"), (True, True),
-    lambda th, x, c: th[1] * jnp.exp(-th[0] * x * c[0]),
+    lambda th, x, c, xp=jnp: th[1] * xp.exp(-th[0] * x * c[0]),
     lambda x, y, c: np.array([[a, max(float(np.max(y)), 1e-6)] for a in _rates(x, c)]))
 POWER_LAW = CurveModel(
     "power_law", "a (1 + l)^(-b)", ("a", "b"), (True, False),
-    lambda th, x, c: th[0] * (1.0 + x) ** (-th[1]),
+    lambda th, x, c, xp=jnp: th[0] * (1.0 + x) ** (-th[1]),
     _power_starts,
     lambda x, c: None if np.all(np.asarray(x) > -1) else "needs l > -1")
 LINEAR = CurveModel(
     "linear", "a - b l/(N M)", ("a", "b"), (False, False),
-    lambda th, x, c: th[0] - th[1] * x * c[0],
+    lambda th, x, c, xp=jnp: th[0] - th[1] * x * c[0],
     _line_starts)
 CONSTANT = CurveModel(
     "constant", "a", ("a",), (False,),
-    lambda th, x, c: th[0] + 0.0 * x,
+    lambda th, x, c, xp=jnp: th[0] + 0.0 * x,
     lambda x, y, c: np.full((N_STARTS, 1), float(np.mean(y))))
 ENTROPY_LINEAR = CurveModel(
     "entropy_eq13", "H0 - k L/(N M)  (Eq. 13)", ("H0", "k"), (False, False),
-    lambda th, x, c: th[0] - th[1] * x * c[0],
+    lambda th, x, c, xp=jnp: th[0] - th[1] * x * c[0],
     _line_starts)
 ENTROPY_INVERSE = CurveModel(
     "entropy_eq8", "H0 - k/(M L)  (Eq. 6/8)", ("H0", "k"), (False, False),
-    lambda th, x, c: th[0] - th[1] / (c[2] * x),
+    lambda th, x, c, xp=jnp: th[0] - th[1] / (c[2] * x),
     lambda x, y, c: np.tile([float(np.max(y)), 0.0], (N_STARTS, 1)) + np.outer(
         np.linspace(0, 1, N_STARTS), [0.0, _spread(y)]),
     _positive_x)
 ENTROPY_FUSION = CurveModel(
     "entropy_eq13_fusion", "H0 - kappa (1 - m)  (Eq. 13 at fixed depth)", ("H0", "kappa"),
     (False, False),
-    lambda th, x, c: th[0] - th[1] * (1.0 - x),
+    lambda th, x, c, xp=jnp: th[0] - th[1] * (1.0 - x),
     lambda x, y, c: _line_starts(1.0 - np.asarray(x), y, np.ones(3)))
 LINEAR_IN_M = CurveModel(
     "linear_m", "a + b m", ("a", "b"), (False, False),
-    lambda th, x, c: th[0] + th[1] * x,
+    lambda th, x, c, xp=jnp: th[0] + th[1] * x,
     lambda x, y, c: _line_starts(x, y, np.ones(3), sign=1.0))
 RANK_FUSION = CurveModel(
     "rank_law_fusion", "r + C exp(-a (1 - m))  (Eq. 15 at fixed depth, a = alpha L/N)",
     ("a", "C", "r"), (True, True, True),
-    lambda th, x, c: th[2] + th[1] * jnp.exp(-th[0] * (1.0 - x)),
+    lambda th, x, c, xp=jnp: th[2] + th[1] * xp.exp(-th[0] * (1.0 - x)),
     lambda x, y, c: _rank_starts(1.0 - np.asarray(x), y, np.ones(3)))
 EXP_FUSION = CurveModel(
     "exponential_fusion", "C exp(-a (1 - m))  (r = 0; = n^(H0 - kappa(1-m)))", ("a", "C"),
     (True, True),
-    lambda th, x, c: th[1] * jnp.exp(-th[0] * (1.0 - x)),
+    lambda th, x, c, xp=jnp: th[1] * xp.exp(-th[0] * (1.0 - x)),
     lambda x, y, c: np.array([[a, max(float(np.max(y)), 1e-6)] for a in _rates(1.0 - np.asarray(x), np.ones(3))]))
 COST_LAW = CurveModel(
     "cost_law", "c (1 - m)^2  (Eq. 11)", ("c",), (True,),
-    lambda th, x, c: th[0] * (1.0 - x) ** 2,
+    lambda th, x, c, xp=jnp: th[0] * (1.0 - x) ** 2,
     lambda x, y, c: np.outer(np.geomspace(0.3, 3, N_STARTS), [max(float(np.max(y)), 1e-6)]))
 COST_OFFSET = CurveModel(
     "cost_offset", "a + b (1 - m)^2  (a: work merging does not shrink)", ("a", "b"), (False, True),
-    lambda th, x, c: th[0] + th[1] * (1.0 - x) ** 2,
+    lambda th, x, c, xp=jnp: th[0] + th[1] * (1.0 - x) ** 2,
     lambda x, y, c: np.array([[f * float(np.min(y)), max(float(np.ptp(y)), 1e-6)]
                               for f in np.linspace(0.0, 1.0, N_STARTS)]))
 COST_POWER = CurveModel(
     "cost_power", "c (1 - m)^p", ("c", "p"), (True, False),
-    lambda th, x, c: th[0] * (1.0 - x) ** th[1],
+    lambda th, x, c, xp=jnp: th[0] * (1.0 - x) ** th[1],
     lambda x, y, c: np.array([[max(float(np.max(y)), 1e-6), p] for p in (0.5, 1, 1.5, 2, 3, 0.25)]))
 
 MODELS = {mod.name: mod for mod in (
