@@ -57,10 +57,10 @@ class Outputs:
     already may be rewritten (a results file saved after every step); any other existing file
     only with ``--overwrite`` -- :func:`parse` refused those before the work began."""
 
-    def __init__(self, folder: Path, names, overwrite: bool):
+    def __init__(self, folder: Path, names, overwrite: bool, resume=()):
         self.folder, self.overwrite = folder, overwrite
         self.paths = {name: (name if isinstance(name, Path) else folder / name) for name in names}
-        self._written: set[Path] = set()
+        self._replaceable: set[Path] = {self(name) for name in resume}
 
     def __call__(self, name) -> Path:
         if name not in self.paths:
@@ -71,9 +71,9 @@ class Outputs:
         from meanfield.atomic import atomic_path
 
         path = self(name)
-        with atomic_path(path, overwrite=self.overwrite or path in self._written) as tmp:
+        with atomic_path(path, overwrite=self.overwrite or path in self._replaceable) as tmp:
             write(tmp)
-        self._written.add(path)
+        self._replaceable.add(path)
         if not quiet:
             print(f"wrote {path}", flush=True)
         return path
@@ -90,8 +90,8 @@ class Outputs:
     def text(self, name, text: str, quiet=False) -> Path:
         return self._write(name, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), quiet)
 
-    def json(self, name, obj, quiet=False) -> Path:
-        return self.text(name, json.dumps(obj, indent=1, sort_keys=True) + "\n", quiet)
+    def json(self, name, obj, quiet=False, sort_keys=False) -> Path:
+        return self.text(name, json.dumps(obj, indent=1, sort_keys=sort_keys) + "\n", quiet)
 
 
 def parser(doc: str):
@@ -107,14 +107,17 @@ def parser(doc: str):
     return p
 
 
-def parse(doc: str, outputs=(), *, needs=(), options=None, argv=None):
+def parse(doc: str, outputs=(), *, needs=(), options=None, check=None, resume=(), argv=None):
     """``(args, out)``: the parsed command line and the :class:`Outputs`.
 
     ``outputs`` lists the files the run writes (a ``str`` is a name in ``--out``, a ``Path`` is used
     as given), or is a function of ``args`` returning that list; ``options(parser)`` adds the
-    example's own options; ``needs`` names optional modules (missing: ``skipped: needs X``, exit 0).
-    Every output is checked before this returns: none exists unless ``--overwrite``, each folder can
-    be written (``meanfield.atomic.check_writable``).
+    example's own options; ``needs`` names optional modules (missing: ``skipped: needs X``, exit 0);
+    ``check(args)`` validates them (calling :func:`error`) before any folder is created;
+    ``resume`` (a list or a function of ``args``) names outputs this run continues: an existing one
+    is read by the example and replaced without ``--overwrite``. Every output is checked before this
+    returns: none exists unless ``--overwrite`` (or ``resume``), each folder can be written
+    (``meanfield.atomic.check_writable``).
     """
     p = parser(doc)
     if options is not None:
@@ -124,20 +127,25 @@ def parse(doc: str, outputs=(), *, needs=(), options=None, argv=None):
     if lacking:
         print(f"skipped: needs {', '.join(lacking)}", flush=True)
         raise SystemExit(0)
+    if check is not None:
+        check(args)
     names = list(outputs(args) if callable(outputs) else outputs)
     folder = args.out
     if folder.exists() and not folder.is_dir():
         error(f"--out {folder} is not a folder")
-    out = Outputs(folder, names, args.overwrite)
-    existing = [str(path) for path in out.paths.values() if path.exists()]
+    out = Outputs(folder, names, args.overwrite, resume(args) if callable(resume) else resume)
+    existing = [str(path) for path in out.paths.values() if path.exists() and path not in out._replaceable]
     if existing and not args.overwrite:
         error(f"{', '.join(existing)} exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace")
     from meanfield.atomic import check_writable
 
+    for target in [folder] + [path.parent for path in out.paths.values()]:
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            error(f"cannot create the folder {target} ({e.strerror or e})")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         for path in out.paths.values():
-            path.parent.mkdir(parents=True, exist_ok=True)
             check_writable(path, overwrite=True)
     except (OSError, ValueError) as e:
         error(str(e).splitlines()[0])

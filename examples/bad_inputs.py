@@ -233,14 +233,18 @@ def main(argv=None):
     import _common
 
     start, end = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
-    args, out = _common.parse(__doc__, outputs=lambda a: [a.write] if a.write else [], argv=argv, options=lambda p: (
-        p.add_argument("--write", type=Path, default=None, metavar="DOC",
-                       help=f"also put the table into DOC, between its {start} and {end} lines")))
-    if args.write is not None:
-        if not args.write.is_file():
-            _common.error(f"--write {args.write}: no such file")
-        if not all(mark in args.write.read_text(encoding="utf-8") for mark in (start, end)):
-            _common.error(f"--write {args.write}: the page has no {start} ... {end} lines")
+
+    def check(args):
+        if args.write is not None:
+            if not args.write.is_file():
+                _common.error(f"--write {args.write}: no such file")
+            if not all(mark in args.write.read_text(encoding="utf-8") for mark in (start, end)):
+                _common.error(f"--write {args.write}: the page has no {start} ... {end} lines")
+
+    args, out = _common.parse(__doc__, outputs=lambda a: [a.write] if a.write else [], check=check, argv=argv,
+                              options=lambda p: p.add_argument(
+                                  "--write", type=Path, default=None, metavar="DOC",
+                                  help=f"also put the table into DOC, between its {start} and {end} lines"))
     _common.progress("preparing the input files, then running each case in-process")
     rows = run_all(smoke=args.smoke, progress=_common.progress)
     text = table(rows)

@@ -24,10 +24,14 @@ import time
 
 import _common
 
-args, out = _common.parse(__doc__, outputs=["phase_diagram.png"], options=lambda p: p.add_argument(
+
+def check(args):
+    if args.full and args.smoke:
+        _common.error("--full and --smoke exclude each other")
+
+
+args, out = _common.parse(__doc__, outputs=["phase_diagram.png"], check=check, options=lambda p: p.add_argument(
     "--full", action="store_true", help="the authors' sizes (GPU)"))
-if args.full and args.smoke:
-    _common.error("--full and --smoke exclude each other")
 
 import jax  # noqa: E402
 

@@ -138,14 +138,17 @@ def options(p):
     p.add_argument("--no-replay", action="append", default=[], metavar="LABEL", help="a dump whose replay to skip")
 
 
-def main(argv=None):
-    args, out = _common.parse(__doc__, outputs=["dinov2_compare.png"], options=options, argv=argv)
-    specs = [spec.partition("=") for spec in args.dump or DEFAULT_DUMPS]
-    for label, eq, path in specs:
+def check(args):
+    for label, eq, path in (spec.partition("=") for spec in args.dump or DEFAULT_DUMPS):
         if not (label and eq and path):
-            _common.error(f"--dump {label}{eq}{path!s} should be LABEL=PATH")
+            _common.error(f"--dump {label}{eq}{path}: expected LABEL=PATH")
         if not Path(path).is_file():
             _common.error(f"--dump {label}={path}: no such file")
+
+
+def main(argv=None):
+    args, out = _common.parse(__doc__, outputs=["dinov2_compare.png"], options=options, check=check, argv=argv)
+    specs = [spec.partition("=") for spec in args.dump or DEFAULT_DUMPS]
     import jax
 
     jax.config.update("jax_enable_x64", True)
