@@ -268,11 +268,10 @@ def print_tables(results):
 
 
 # --- Plot -------------------------------------------------------------------------------------
-def plot(results):
+def plot(results, tab, pred):
+    """The two figures; ``tab``, ``pred``: what :func:`print_tables` returned (its fits, not redone)."""
     import matplotlib.pyplot as plt
 
-    tab = curves(results)
-    pred, *_ = mobility_prediction(results)
     t1, t2 = mf.paper_table(1), mf.paper_table(2)
     ms = np.array(RATIOS)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -333,7 +332,8 @@ if __name__ == "__main__":
         results["wall_seconds"] = time.perf_counter() - t0
         save(results)
         print(f"wrote {RESULTS}")
-    print_tables(results)
+    _common.progress("tables: fits of the rank law, Eq. 13 and the cost curves")
+    tab, pred = print_tables(results)
     if plots(args):
         _common.progress("plotting")
-        plot(results)
+        plot(results, tab, pred)
