@@ -12,7 +12,8 @@ merging_collapse_softmax.png, merging_collapse_linear.png and merging_cost.png, 
 tables of docs/merging.md.
 
 Run:   python examples/merging.py --out docs/img --results examples/data/merging_results.json --overwrite
-Plots: python examples/merging.py --plots-only --out docs/img --results examples/data/merging_results.json --overwrite
+Plots: python examples/merging.py --plots-only --out docs/img --results examples/data/merging_results.json \\
+           --overwrite
 Smoke: python examples/merging.py --smoke --out /tmp/x   (N = 256, d = 4, dt = 1, one seed, m = 0.5; cost at N = 1024)
 """
 
@@ -34,7 +35,8 @@ PARTS = ("exp1", "exp3")
 def options(p):
     p.add_argument("--results", type=Path, default=None, metavar="PATH",
                    help="the results JSON (default: merging_results.json in --out)")
-    p.add_argument("--resume", action="store_true", help="continue the results JSON: keep its runs, add the missing ones")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the results JSON: keep its runs, add the missing ones")
     p.add_argument("--plots-only", action="store_true", help="tables and figures from the results JSON")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: exp1, exp3")
 

