@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 _START = time.perf_counter()
+FILE_SUFFIXES = (".png", ".pdf", ".svg", ".h5", ".hdf5", ".json", ".csv", ".md", ".txt")
 
 
 def prog() -> str:
@@ -133,6 +134,8 @@ def parse(doc: str, outputs=(), *, needs=(), options=None, check=None, resume=()
     folder = args.out
     if folder.exists() and not folder.is_dir():
         error(f"--out {folder} is not a folder")
+    if not folder.exists() and folder.suffix.lower() in FILE_SUFFIXES:  # an old --out FILE.png command line
+        error(f"--out {folder} looks like a file name; --out is the folder the outputs go to")
     out = Outputs(folder, names, args.overwrite, resume(args) if callable(resume) else resume)
     existing = [str(path) for path in out.paths.values() if path.exists() and path not in out._replaceable]
     if existing and not args.overwrite:

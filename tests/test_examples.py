@@ -265,6 +265,14 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert code == 2 and "is not a folder" in err and len(err.splitlines()) == 1
 
 
+def test_out_that_looks_like_a_file_name_is_refused(tmp_path, capsys):
+    code, err = _parse(capsys, "--out", str(tmp_path / "figure.png"))  # --out was a file before issue 18
+    assert code == 2 and "looks like a file name" in err and not (tmp_path / "figure.png").exists()
+    (tmp_path / "run.v2").mkdir()
+    args, out = _parse(capsys, "--out", str(tmp_path / "run.v2"))  # a folder with a dot in its name is fine
+    assert out("a.txt") == tmp_path / "run.v2" / "a.txt"
+
+
 def test_figure_is_a_png(tmp_path, capsys):
     import matplotlib.pyplot as plt
 
