@@ -1,6 +1,9 @@
 """Try the bad inputs of docs/robustness.md on the four tools and the Python API; print the table.
 
-    PYTHONPATH=. python examples/bad_inputs.py --write docs/robustness.md
+Run:   python examples/bad_inputs.py                                      (prints the table)
+       python examples/bad_inputs.py --write docs/robustness.md --overwrite
+                                    (and puts it between the page's bad-inputs markers)
+Smoke: python examples/bad_inputs.py --smoke   (the first case of each tool and expected outcome)
 
 Each case runs in-process in a scratch folder: a command line through the tool's ``cli(argv)``
 (its exit status and the last line on stderr), a Python call (the exception's type and message).
@@ -183,14 +186,27 @@ def run_case(tool, what, expected):
     return (OK if rc == 0 else f"exit {rc}"), (lines[-1] if lines else "")
 
 
-def run_all():
+def smoke_cases(all_cases):
+    """The first case of each (tool, expected outcome): every kind of case, in seconds."""
+    seen, picked = set(), []
+    for case in all_cases:
+        if (case[0], case[3]) not in seen:
+            seen.add((case[0], case[3]))
+            picked.append(case)
+    return picked
+
+
+def run_all(smoke=False, progress=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         old = os.getcwd()
         os.chdir(tmp)
         try:
             _prepare(Path(tmp))
-            for tool, desc, what, expected in cases():
+            todo = smoke_cases(cases()) if smoke else cases()
+            for i, (tool, desc, what, expected) in enumerate(todo):
+                if progress is not None and (i == 0 or tool != todo[i - 1][0]):
+                    progress(f"{tool}: from case {i + 1} of {len(todo)}")
                 outcome, msg = run_case(tool, what, expected)
                 rows.append((tool, desc, expected, outcome, msg))
         finally:
@@ -213,17 +229,36 @@ def matches(expected, outcome, msg, tool) -> bool:
     return outcome == expected
 
 
-if __name__ == "__main__":
-    rows = run_all()
+def main(argv=None):
+    import _common
+
+    start, end = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+
+    def check(args):
+        if args.write is not None:
+            if not args.write.is_file():
+                _common.error(f"--write {args.write}: no such file")
+            if not all(mark in args.write.read_text(encoding="utf-8") for mark in (start, end)):
+                _common.error(f"--write {args.write}: the page has no {start} ... {end} lines")
+
+    args, out = _common.parse(__doc__, outputs=lambda a: [a.write] if a.write else [], check=check, argv=argv,
+                              options=lambda p: p.add_argument(
+                                  "--write", type=Path, default=None, metavar="DOC",
+                                  help=f"also put the table into DOC, between its {start} and {end} lines"))
+    _common.progress("preparing the input files, then running each case in-process")
+    rows = run_all(smoke=args.smoke, progress=_common.progress)
     text = table(rows)
     good = sum(matches(e, o, m, t) for t, _, e, o, m in rows)
     summary = f"{len(rows)} inputs tried, {good} with the expected outcome."
-    if len(sys.argv) > 2 and sys.argv[1] == "--write":
-        path = Path(sys.argv[2])
-        doc = path.read_text()
-        start, end = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+    if args.write is not None:
+        doc = args.write.read_text(encoding="utf-8")
         head, rest = doc.split(start)
-        doc = f"{head}{start}\n{summary}\n\n{text}\n{end}{rest.split(end)[1]}"
-        path.write_text(doc)
+        out.text(args.write, f"{head}{start}\n{summary}\n\n{text}\n{end}{rest.split(end)[1]}", quiet=True)
     print(text)
     print(summary)
+    if args.write is not None:
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()

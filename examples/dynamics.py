@@ -6,16 +6,21 @@ pre-LN and peri-LN 1 - rho ~ t^{-2} (docs/theory.md "Normalisation placements"; 
 Mirollo 1991): the first Fourier mode of the circle density grows at K/2 - D, in the circle solver
 with diffusion and in the particle SDE (docs/theory.md "Noise").
 
-Runtime: about a minute on 2 shared CPU cores. Run: ``python examples/dynamics.py`` (writes
-``docs/img/dynamics.png``).
+Runtime: about a minute on 2 shared CPU cores.
+
+Run:   python examples/dynamics.py --out docs/img --overwrite   (writes dynamics.png)
+Smoke: python examples/dynamics.py --smoke --out /tmp/x         (2 000 particles, 40 snapshots)
 """
 
 import math
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import matplotlib
+import _common
+
+args, out = _common.parse(__doc__, outputs=["dynamics.png"])
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,7 +35,8 @@ jax.config.update("jax_enable_x64", True)
 
 # Parameters
 BETA, N_EQ, RHO0, H_EQ, T_EQ = 1.5, 4, 0.1, 0.01, 60.0
-K, DS, N_PART, EPS = 1.0, (0.3, 0.5, 0.7), 20_000, 0.1
+K, DS, N_PART, EPS = 1.0, (0.3, 0.5, 0.7), (2_000 if args.smoke else 20_000), 0.1
+SNAPSHOTS = 40 if args.smoke else 120  # of the equiangular gap, evenly in t = 0 .. T_EQ
 
 # Setup
 gram = (1 - RHO0) * np.eye(N_EQ) + RHO0 * np.ones((N_EQ, N_EQ))
@@ -55,15 +61,17 @@ def stratified_circle(n, eps):
 adv = jax.jit(lambda s, x, n: s.advance(field, x, n, H_EQ)[0], static_argnums=0)
 curves = {}
 for scheme in (PostLN(), NGPT(a=0.5), PreLN(), PeriLN()):
+    _common.progress(f"equiangular tokens, {scheme.name}: t = 0 .. {T_EQ:g}")
     x, ts, gs = x_eq, [0.0], [gap(x_eq)]
-    for k in range(1, 121):
-        x = adv(scheme, x, jnp.asarray(round(T_EQ / 120 / H_EQ)))
-        ts.append(k * T_EQ / 120)
+    for k in range(1, SNAPSHOTS + 1):
+        x = adv(scheme, x, jnp.asarray(round(T_EQ / SNAPSHOTS / H_EQ)))
+        ts.append(k * T_EQ / SNAPSHOTS)
         gs.append(gap(x))
     curves[scheme.name] = (np.asarray(ts), np.asarray(gs))
 
 kuramoto = {}
 for D in DS:
+    _common.progress(f"noisy Kuramoto, D = {D}: circle solver and {N_PART} particles")
     solver = make_circle_solver(256, Linear(0.0), mobility=K, dtype=jnp.float64, diffusion=D)
     th = np.asarray(solver.centers)
     h = 2 * math.pi / 256
@@ -103,6 +111,4 @@ a2.set_xlabel("t")
 a2.set_ylabel("first mode r (K = 1; dotted: $e^{(K/2-D)t}$)")
 a2.legend(fontsize=7)
 fig.tight_layout()
-out = Path(__file__).resolve().parents[1] / "docs" / "img" / "dynamics.png"
-fig.savefig(out, dpi=110)
-print(f"wrote {out}")
+out.figure("dynamics.png", fig, dpi=110)

@@ -5,17 +5,20 @@ the flow -- ToMe with and without proportional attention, FastVGGT merge-attend-
 Eq. 11 (attention cost ~ (1-m)^2) against the measured attention time on this CPU and the paper's
 Table 2 (Li, Luo, Shi, Gu, arXiv:2512.21691).
 
-Runtime: about 50 minutes on 2 shared CPU cores (results are appended to a JSON file after every
-run, and a rerun skips what is there). ``--quick``: one small configuration, about 2 minutes.
+Runtime: about 50 minutes on 2 shared CPU cores. The results JSON is saved after every run;
+``--resume`` continues one (runs it holds are skipped), ``--plots-only`` prints the tables and draws
+the figures from one. Writes merging_results.json (or ``--results PATH``),
+merging_collapse_softmax.png, merging_collapse_linear.png and merging_cost.png, and prints the
+tables of docs/merging.md.
 
-Run:  PYTHONPATH=. python examples/merging.py [--quick] [--plots-only]
-Writes examples/data/merging_results.json, docs/img/merging_collapse_{softmax,linear}.png,
-docs/img/merging_cost.png, and prints the tables of docs/merging.md.
+Run:   python examples/merging.py --out docs/img --results examples/data/merging_results.json --overwrite
+Plots: python examples/merging.py --plots-only --out docs/img --results examples/data/merging_results.json \\
+           --overwrite
+Smoke: python examples/merging.py --smoke --out /tmp/x   (N = 256, d = 4, dt = 1, one seed, m = 0.5; cost at N = 1024)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -23,13 +26,50 @@ from pathlib import Path
 
 import numpy as np
 
-import meanfield as mf
-from meanfield.merge_study import attention_seconds, collapse_times, merged_tokens
-from meanfield.merging import FastVGGT, ToMe
+import _common
+
+FIGURES = ["merging_collapse_softmax.png", "merging_collapse_linear.png", "merging_cost.png"]
+PARTS = ("exp1", "exp3")
+
+
+def options(p):
+    p.add_argument("--results", type=Path, default=None, metavar="PATH",
+                   help="the results JSON (default: merging_results.json in --out)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the results JSON: keep its runs, add the missing ones")
+    p.add_argument("--plots-only", action="store_true", help="tables and figures from the results JSON")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: exp1, exp3")
+
+
+def results_name(args):
+    return args.results if args.results is not None else "merging_results.json"
+
+
+def results_path(args):
+    return args.results if args.results is not None else args.out / "merging_results.json"
+
+
+def check(args):
+    if set(filter(None, args.skip.split(","))) - set(PARTS):
+        _common.error(f"--skip {args.skip}: expected a comma-separated list of {', '.join(PARTS)}")
+    if args.plots_only and args.resume:
+        _common.error("--plots-only and --resume exclude each other")
+    if args.plots_only and not results_path(args).is_file():
+        _common.error(f"results file {results_path(args)} not found (--plots-only reads it)")
+
+
+args, out = _common.parse(__doc__, outputs=lambda a: FIGURES + ([] if a.plots_only else [results_name(a)]),
+                          resume=lambda a: [results_name(a)] if a.resume else [], options=options, check=check)
+SKIP = [part for part in args.skip.split(",") if part]
+RESULTS = results_path(args)
+if args.resume and not RESULTS.is_file():
+    _common.progress(f"--resume: {RESULTS} does not exist yet; starting afresh")
+
+import meanfield as mf  # noqa: E402
+from meanfield.merge_study import attention_seconds, collapse_times, merged_tokens  # noqa: E402
+from meanfield.merging import FastVGGT, ToMe  # noqa: E402
 
 # --- Parameters -------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "examples" / "data" / "merging_results.json"
 RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
 SEEDS = (0, 1, 2)
 DT = 0.5                     # time per layer; the Layer scheme's tau'/tau -> M only as dt -> 0
@@ -41,7 +81,12 @@ PROTECTED_FRACTION = 0.05    # FastVGGT protects 10 %; 5 % leaves room for desti
 VARIANTS = ("mobility", "tome-prop", "tome", "fastvggt")
 COST_N, COST_D = 8192, 64
 COST_RATIOS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+COST_REPEATS = 15
 CLOCK = "cpu"                # CPU time of this process: the machine is shared, wall time depends on its load
+if args.smoke:               # every step of the full run, on small problems: seconds instead of 50 minutes
+    RATIOS, SEEDS, DT = (0.5,), (0,), 1.0
+    CONFIGS = [("softmax", 256, 4), ("linear", 256, 4)]
+    COST_N, COST_D, COST_RATIOS, COST_REPEATS = 1024, 16, (0.0, 0.3, 0.6, 0.9), 2
 
 
 def strategy(variant, m):
@@ -69,6 +114,7 @@ def experiment1(configs, seeds, ratios, results):
     for kernel, N, d in configs:
         for seed in seeds:
             key = f"{kernel}/{N}/{d}/{seed}"
+            _common.progress(f"experiment 1: {kernel}, N = {N}, d = {d}, seed {seed}")
             rec = results.setdefault(key, {})
             if "none" not in rec:
                 rec["none"] = run_one(kernel, N, d, seed, "none", 0.0, 30.0)
@@ -90,22 +136,20 @@ def experiment3(results, ratios=COST_RATIOS):
     out = results.setdefault("cost", {})
     for kname, kernel in (("softmax", mf.Softmax(1.0)), ("linear", mf.Linear(0.25))):
         for variant in ("tome-prop", "fastvggt"):  # ToMe without proportional attention: same tokens, same cost
+            _common.progress(f"experiment 3: attention cost, {kname}, {variant}, N = {COST_N}, d = {COST_D}")
             for m in ratios:
                 name = f"{kname}/{variant}/{m}"
                 if name in out:
                     continue
                 xm, w, match_s = merged_tokens(strategy(variant, m), x, clock=CLOCK)
-                att = attention_seconds(kernel, xm, w, repeats=15, clock=CLOCK)  # weighted path at every m
+                att = attention_seconds(kernel, xm, w, repeats=COST_REPEATS, clock=CLOCK)  # weighted path at every m
                 out[name] = {"n_tokens": int(xm.shape[0]), "attention": att, "matching": match_s}
                 print(name, out[name], flush=True)
                 save(results)
 
 
 def save(results):
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    tmp.replace(OUT)
+    out.json(results_name(args), results, quiet=True, sort_keys=True)
 
 
 # --- Analysis ---------------------------------------------------------------------------------
@@ -208,8 +252,7 @@ def plot(results):
         axes[0, 0].legend(fontsize=7)
         fig.suptitle(f"{kernel} kernel: collapse time with merging (mean ± sd over {len(SEEDS)} seeds)", fontsize=10)
         fig.tight_layout()
-        fig.savefig(ROOT / "docs" / "img" / f"merging_collapse_{kernel}.png", dpi=110)
-        plt.close(fig)
+        out.figure(f"merging_collapse_{kernel}.png", fig, dpi=110)
 
     cost = results.get("cost", {})
     if not cost:
@@ -235,28 +278,20 @@ def plot(results):
     ax.set_title(f"attention cost on this CPU, N = {COST_N}, d = {COST_D}", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "img" / "merging_cost.png", dpi=110)
-    plt.close(fig)
+    out.figure("merging_cost.png", fig, dpi=110)
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one small configuration (N = 1024, d = 4, softmax)")
-    p.add_argument("--plots-only", action="store_true", help="tables and figures from the saved JSON")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: exp1, exp3")
-    args = p.parse_args()
-    if args.quick:
-        OUT = ROOT / "examples" / "data" / "merging_quick.json"
-        CONFIGS = [("softmax", 1024, 4)]
-        SEEDS = (0,)
-    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results = json.loads(RESULTS.read_text()) if (args.plots_only or args.resume) and RESULTS.is_file() else {}
     if not args.plots_only:
-        if "exp3" not in args.skip:
+        if "exp3" not in SKIP:
             experiment3(results, COST_RATIOS)
-        if "exp1" not in args.skip:
+        if "exp1" not in SKIP:
             experiment1(CONFIGS, SEEDS, RATIOS, results)
+        save(results)
+        print(f"wrote {RESULTS}")
     print_tables(results)
     print_closing(results, "order")
     print_closing(results, "rank")
-    if not args.quick:
-        plot(results)
+    _common.progress("plotting")
+    plot(results)

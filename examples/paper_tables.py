@@ -10,27 +10,29 @@ Reproduces (and tests) Li, Luo, Shi, Gu, arXiv:2512.21691, §5:
   (a term merging does not shrink) and against ``c (1 - m)^p``.
 
 Runtime: about 20-40 s on one CPU core (mostly JAX compilation of the fits).
-Run: ``python examples/paper_tables.py [--out paper_tables.png]``.
+
+Run:   python examples/paper_tables.py --out DIR    (writes paper_tables.png)
+Smoke: python examples/paper_tables.py --smoke      (the same: the tables are small)
 """
 
-import argparse
+import _common
 
-import numpy as np
+args, out = _common.parse(__doc__, outputs=["paper_tables.png"])
 
-from meanfield import fit, paper
-from meanfield.theory import effective_rank_from_normalized_entropy, relative_attention_cost
+import numpy as np  # noqa: E402
+
+from meanfield import fit, paper  # noqa: E402
+from meanfield.theory import effective_rank_from_normalized_entropy, relative_attention_cost  # noqa: E402
 
 # ---------------------------------------------------------------- Parameters
 N_QUERY = 500  # the spectrum size that makes Table 1's two columns agree (docs/theory.md "Diagnostics")
 
 # ---------------------------------------------------------------- Setup
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--out", default="paper_tables.png", help="figure to write")
-args = parser.parse_args()
 t1, t2 = paper.paper_table(1), paper.paper_table(2)
 print(f"data: {paper.PAPER_CITATION}, Tables 1 and 2 (meanfield/data/)")
 
 # ---------------------------------------------------------------- Solve
+_common.progress("fitting Table 1 (entropy, rank) and Table 2 (runtime)")
 H_exp = fit.fit_entropy_curve(t1["m"], t1["entropy_exp"], variable="fusion")
 H_th = fit.fit_entropy_curve(t1["m"], t1["entropy_theory"], variable="fusion", compare=False)
 R_exp = fit.fit_rank_vs_fusion(t1["m"], t1["rank_exp"])
@@ -70,6 +72,7 @@ print("Eq. 11 with no free constant, (1-m)^2: "
       + "  vs measured " + ", ".join(f"{v:.2f}" for v in t2["relative_runtime"]))
 
 # ---------------------------------------------------------------- Plot
+_common.progress("plotting")
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -97,5 +100,5 @@ axes[2].plot(grid, relative_attention_cost(grid), "C1--", label="(1-m)^2 (Eq. 11
 for ax in axes:  # below the axes: inside, the legend covered data points
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
 fig.tight_layout()
-fig.savefig(args.out, dpi=120)
-print(f"\nwrote {args.out}")
+print()
+out.figure("paper_tables.png", fig, dpi=120)

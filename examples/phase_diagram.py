@@ -14,17 +14,24 @@ float64; meant for a GPU -- 2.3e14 FLOP of matrix products for d = 1024). The de
 reduced CPU run (24 betas x 64 systems, 61 save times, float32 for d = 1024): 2 min 45 s on 2
 shared CPU cores at a load average of ~12 (64 s of CPU time), most of it d = 1024.
 
-Run: ``python examples/phase_diagram.py [--full]`` (writes ``docs/img/phase_diagram.png`` and
-prints the wall time of each panel). Library: :func:`meanfield.phase.phase_diagram`, docs/phase_diagrams.md.
+Run:   python examples/phase_diagram.py --out docs/img --overwrite [--full]   (writes phase_diagram.png
+       and prints the wall time of each panel)
+Smoke: python examples/phase_diagram.py --smoke --out /tmp/x   (4 betas x 4 systems, t = 0..10)
+Library: :func:`meanfield.phase.phase_diagram`, docs/phase_diagrams.md.
 """
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _common
+
+
+def check(args):
+    if args.full and args.smoke:
+        _common.error("--full and --smoke exclude each other")
+
+
+args, out = _common.parse(__doc__, outputs=["phase_diagram.png"], check=check, options=lambda p: p.add_argument(
+    "--full", action="store_true", help="the authors' sizes (GPU)"))
 
 import jax  # noqa: E402
 
@@ -36,18 +43,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from meanfield.phase import phase_diagram
+from meanfield.phase import phase_diagram  # noqa: E402
 from meanfield.plots import draw_phase_diagram  # noqa: E402
 
 # ---------------------------------------------------------------- Parameters
-p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-p.add_argument("--full", action="store_true", help="the authors' sizes (GPU)")
-p.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "phase_diagram.png")
-args = p.parse_args()
 N_TOKENS, DIMS, T1, DT = 32, (8, 128, 1024), 30.0, 0.1
 if args.full:
     BETAS, SYSTEMS, SAVES = np.linspace(0.1, 9.0, 90), 2048, 200
     PRECISION = {8: "float64", 128: "float64", 1024: "float64"}
+elif args.smoke:
+    BETAS, SYSTEMS, SAVES, T1 = np.linspace(0.1, 9.0, 4), 4, 21, 10.0
+    PRECISION = {8: "float64", 128: "float64", 1024: "float32"}
 else:
     BETAS, SYSTEMS, SAVES = np.linspace(0.1, 9.0, 24), 64, 61
     PRECISION = {8: "float64", 128: "float64", 1024: "float32"}
@@ -57,6 +63,7 @@ print(f"jax {jax.__version__} on {jax.default_backend()}; {len(BETAS)} betas x {
       f"t = 0..{T1:g} (dt = {DT}), {SAVES} saves")
 results = {}
 for d in DIMS:
+    _common.progress(f"d = {d}: {len(BETAS)} betas x {SYSTEMS} systems")
     t0 = time.perf_counter()
     results[d] = phase_diagram(BETAS, n=N_TOKENS, d=d, n_systems=SYSTEMS, t1=T1, dt=DT, n_saves=SAVES, key=d,
                                dtype=PRECISION[d])
@@ -79,6 +86,4 @@ for ax, (d, pd) in zip(axes, results.items()):
     mesh = draw_phase_diagram(pd, ax, quantity="pair_fraction", vmin=0.0, vmax=1.0)
     ax.set_title(f"d = {d}, n = {N_TOKENS}")
 fig.colorbar(mesh, ax=axes, label=r"P($\langle x_i, x_j\rangle > 0.999$)")
-args.out.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(args.out, dpi=110)
-print(f"wrote {args.out}")
+out.figure("phase_diagram.png", fig, dpi=110)

