@@ -42,3 +42,16 @@ def test_harness_keeps_carriage_returns_of_commands(tmp_path):
     page.cwd = tmp_path
     out = docs_blocks.run_shell(r"printf 'run:  50%%|#####     | 12/24 [00:01<00:00]\rlayer 1\n'", page, "test")
     assert "\r" in out and docs_blocks.clean(out) == ["layer 1"]
+
+
+def test_readme_shows_the_two_commands_ci_runs_first():
+    """.ci/run's first stage runs what .ci/readme_commands.py extracts: exactly two commands."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(docs_blocks.ROOT / ".ci" / "readme_commands.py")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    commands = proc.stdout.splitlines()
+    assert len(commands) == 2 and commands[0].startswith("pip install -e . && python -m meanfield.simulate")
+    assert commands[1].startswith("pip install -e '.[test]' && pytest")
