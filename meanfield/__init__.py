@@ -11,21 +11,44 @@ the paper's tables ``paper_table(1|2)``; token-merging strategies ``ToMe`` and `
 (``solve_flow(merging=...)``, docs/merging.md).
 """
 
+import importlib
+
 from ._version import __version__
 
-from solvers import NGPT, USA, Adaptive, Bilinear, Euler, Heun, Layer, Linear, PeriLN, PostLN, PreLN, Softmax, SphereSDE
+# Names are loaded on first use (PEP 562), so that ``import meanfield.io`` or a tool that only
+# reads files and draws does not pay for JAX's import; ``from meanfield import solve_flow`` and
+# ``meanfield.solve_flow`` work as before.
+_SOLVERS = ("NGPT", "USA", "Adaptive", "Bilinear", "Euler", "Heun", "Layer", "Linear", "PeriLN", "PostLN",
+            "PreLN", "Softmax", "SphereSDE")
+_FROM = {
+    **{name: "solvers" for name in _SOLVERS},
+    "simulate_batch": ".batch",
+    "FitResult": ".fit", "fit_entropy_curve": ".fit", "fit_rank_curve": ".fit",
+    "Uniform": ".distributions", "VonMisesFisher": ".distributions", "VonMisesFisherMixture": ".distributions",
+    "Characteristics": ".density", "Circle": ".density", "Zonal": ".density",
+    "Checkpoint": ".checkpoint",
+    "FlowSolution": ".flow", "kernels": ".flow", "methods": ".flow", "solve_flow": ".flow",
+    "load_results": ".io", "save_results": ".io",
+    "FastVGGT": ".merging", "ToMe": ".merging",
+    "PAPER_CITATION": ".paper", "paper_table": ".paper",
+    "PhaseDiagram": ".phase", "phase_diagram": ".phase",
+}
+_SUBMODULES = ("diagnostics", "fit", "theory")
 
-from . import diagnostics, fit, theory
-from .batch import simulate_batch
-from .fit import FitResult, fit_entropy_curve, fit_rank_curve
-from .distributions import Uniform, VonMisesFisher, VonMisesFisherMixture
-from .density import Characteristics, Circle, Zonal
-from .checkpoint import Checkpoint
-from .flow import FlowSolution, kernels, methods, solve_flow
-from .io import load_results, save_results
-from .merging import FastVGGT, ToMe
-from .paper import PAPER_CITATION, paper_table
-from .phase import PhaseDiagram, phase_diagram
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    source = _FROM.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(source, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

@@ -28,9 +28,14 @@ def enable(prog: str) -> str | None:
     except (UnsafeCache, OSError) as exc:
         print(f"{prog}: compilation cache off: {exc} ({ENV}=0 silences this)", file=sys.stderr)
         return None
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(folder))
     # every program of a short run is worth keeping: most compile in well under the 1 s default
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    settings = {"jax_compilation_cache_dir": str(folder), "jax_persistent_cache_min_compile_time_secs": 0.0}
+    if "jax" in sys.modules:
+        import jax
+
+        for name, value in settings.items():
+            jax.config.update(name, value)
+    else:  # JAX reads its options from these variables when it loads: the tool need not import it yet
+        for name, value in settings.items():
+            os.environ[name.upper()] = str(value)
     return str(folder)

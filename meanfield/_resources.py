@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.fused import use_fused
-
 INT32_MAX = 2**31 - 1
 RUNTIME_BYTES = 400 * 2**20
 """Resident size of the Python + JAX runtime itself (measured ~0.3-0.4 GiB on CPU)."""
@@ -55,6 +53,8 @@ def estimate_memory(spec) -> int:
     qb = int(getattr(kernel, "query_block", 1024))
     state = STAGE_COPIES.get(method, 6) * N * d
     if kernel.family == "profile":
+        from solvers.fused import use_fused  # JAX: an estimate is made for a run about to start
+
         fused = use_fused(getattr(kernel, "attention", "streaming"))  # solvers.fused: all keys per query block
         drive = 3 * min(qb, N) * (N if fused else min(kb, N)) + 2 * N * d
     else:

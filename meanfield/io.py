@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 
 import h5py
-import jax
 import numpy as np
 
 from ._hdf5 import READ_ERRORS, decode_attr, encode_attr, read_array, read_attrs
@@ -35,11 +34,17 @@ FORMAT = "meanfield-results"
 FORMAT_VERSION = 2
 
 
+def _jax_version() -> str:
+    import jax  # loaded by whoever has a solution to save; reading results needs no JAX
+
+    return jax.__version__
+
+
 def save_results(path, sol: FlowSolution, *, overwrite: bool = False, compression: str | None = "gzip"):
     """Write ``sol`` to ``path`` atomically; refuse to replace an existing file unless ``overwrite``."""
     with atomic_path(path, overwrite) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "meanfield_version": __version__,
-                        "jax_version": jax.__version__,
+                        "jax_version": _jax_version(),
                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         p = f.create_group("parameters")
         for k, v in sol.params.items():

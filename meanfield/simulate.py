@@ -143,6 +143,15 @@ def format_table(sol, max_rows: int = 30) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.no_plot:
+        return _main(args, None)
+    from ._plot_worker import PlotWorker
+
+    with PlotWorker() as worker:  # imports matplotlib on the other core while this process runs
+        return _main(args, worker)
+
+
+def _main(args, worker) -> int:
     import jax
 
     if args.precision == "float64":
@@ -151,7 +160,6 @@ def main(argv=None) -> int:
     from .atomic import check_writable
     from .flow import make_spec, method_table, run
     from .io import save_results
-    from .plots import plot_solution
     from . import _resources
 
     from ._validate import choice, integer, real
@@ -230,7 +238,7 @@ def main(argv=None) -> int:
         write_table(args.table, sol, overwrite=args.overwrite)
         written.append(str(args.table))
     if not args.no_plot:
-        plot_solution(sol, png, overwrite=args.overwrite)
+        worker.plot(sol, out, png, args.overwrite)
         written.append(str(png))
     print(f"wrote {', '.join(written)}  ({sol.stats.get('wall_time', 0):.1f} s)")
     for w in sol.warnings:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from ._version import __version__
@@ -58,6 +57,8 @@ class FlowSpec:
 
     def params(self) -> dict:
         """JSON-able description of the run (stored with the results)."""
+        import jax.numpy as jnp  # a spec is built with JAX loaded; loading results needs no JAX
+
         init = self.init.describe() if self.init is not None and hasattr(self.init, "describe") else {"name": "array"}
         kernel = self.kernel.describe()
         method = self.method.describe()

@@ -31,6 +31,29 @@ def test_import_meanfield_leaves_heavy_modules_for_later():
     assert proc.stdout.strip() == "", f"imported at start-up: {proc.stdout.strip()}"
 
 
+def test_reading_and_drawing_results_needs_no_jax():
+    # the simulate tool's plot worker (meanfield._plot_worker) relies on this to start fast
+    code = ("import sys, meanfield, meanfield.io, meanfield.plots, meanfield._plot_worker\n"
+            "print(' '.join(sorted(m for m in ('jax', 'jaxlib', 'equinox', 'solvers') if m in sys.modules)))")
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"imported: {proc.stdout.strip()}"
+
+
+def test_every_public_name_resolves_on_first_use():
+    code = ("import meanfield\n"
+            "missing = [n for n in meanfield.__all__ if not hasattr(meanfield, n)]\n"
+            "assert not missing, missing\n"
+            "assert set(meanfield.__all__) <= set(dir(meanfield))\n"
+            "from meanfield import solve_flow, Linear, diagnostics\n"
+            "import solvers\n"
+            "assert meanfield.Linear is solvers.Linear and meanfield.diagnostics.__name__ == 'meanfield.diagnostics'\n"
+            "try:\n    meanfield.no_such_name\nexcept AttributeError as e:\n    print(e)\n")
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "module 'meanfield' has no attribute 'no_such_name'"
+
+
 def _simulate(tmp_path: Path, out: str, cache: Path, **env_extra) -> subprocess.CompletedProcess:
     env = dict(os.environ, MEANFIELD_CACHE_DIR=str(cache), MEANFIELD_NATIVE="0", **env_extra)
     cmd = [sys.executable, "-m", "meanfield.simulate", "--N", "200", "--d", "4", "--layers", "3", "--out", out]
