@@ -134,7 +134,8 @@ def time_torch(torch, fn, repeats, threads=None):
 def child_sharded(cfg_path):
     """Child process (started with ``--xla_force_host_platform_device_count``): time
     ``phase_rollout_sharded`` with the systems split over the forced CPU devices."""
-    from meanfield.sharding import device_mesh, phase_rollout_sharded, shard_batch
+    from meanfield.phase import phase_rollout_sharded
+    from meanfield.sharding import device_mesh, shard_batch
 
     cfg = json.loads(Path(cfg_path).read_text())
     x0 = np.load(cfg["x0"])

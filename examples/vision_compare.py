@@ -1,8 +1,8 @@
 """A real vision transformer beside the theory: DINOv2 ViT-S/14 vs MiniLM vs the paper's VGGT table.
 
 What: for each dump, the measured head-mean effective rank and normalized entropy per depth, the
-paper's rank law fitted per depth (``meanfield.compare.fit_rank_law``), and the pure-attention
-replay from the dump's first recorded block (``meanfield.compare.replay``: softmax flow, alpha and
+paper's rank law fitted per depth (``meanfield.replay.fit_rank_law``), and the pure-attention
+replay from the dump's first recorded block (``meanfield.replay.replay``: softmax flow, alpha and
 dt fitted to the measured |m| curve) with its explained fractions; beside them the paper's
 Table 1 (VGGT, final global layer, 500 query rows, ScanNet-50; ``meanfield.paper.paper_table``).
 Prints a markdown table and writes a four-panel figure (atomically).
@@ -29,14 +29,14 @@ DEFAULT_DUMPS = [f"DINOv2 astronaut 518px={DATA / 'dinov2_astronaut_dump.h5'}",
 
 
 def analyse(label, path, replay=True, smoke=False):
-    from meanfield import compare
+    from meanfield import replay as compare_lib
     from meanfield.dump import read_dump
 
     dump = read_dump(path)
-    curves = compare.measured_curves(dump)
-    fit, note = compare.fit_rank_law(dump, curves)
-    grid = {"alphas": compare.ALPHA_GRID[::4], "dts": compare.DT_GRID[::4]} if smoke else {}
-    rep = compare.replay(dump, curves, **grid) if replay else None
+    curves = compare_lib.measured_curves(dump)
+    fit, note = compare_lib.fit_rank_law(dump, curves)
+    grid = {"alphas": compare_lib.ALPHA_GRID[::4], "dts": compare_lib.DT_GRID[::4]} if smoke else {}
+    rep = compare_lib.replay(dump, curves, **grid) if replay else None
     return {"label": label, "dump": dump, "curves": curves, "fit": fit, "fit_note": note, "replay": rep}
 
 

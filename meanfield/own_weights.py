@@ -113,7 +113,7 @@ def replay_own_weights(dump, model, curves: dict) -> dict:
     predicted curve and the explained fraction of the measured change (as ``compare.replay``)."""
     import jax.numpy as jnp
 
-    from .compare import STATS, explained_fraction, replay_tokens
+    from .replay import STATS, explained_fraction, replay_tokens
     from .flow import solve_flow
 
     x0 = replay_tokens(dump, first=int(np.asarray(curves["layer"])[0]))

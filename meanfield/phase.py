@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from solvers import native as _native
 from solvers.dense import gram, gram_statistics, gram_statistics_blocked, layer_update
@@ -164,6 +165,25 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, 
     return tuple(unblock(a) for a in out)
 
 
+@partial(jax.jit, static_argnames=("mesh", "axis", "method", "block", "query_block", "cluster_count", "threads"))
+def phase_rollout_sharded(x0, betas, h, segments, pair_threshold, cluster_threshold, *, mesh, axis: str,
+                          method: str = "dense", block: int = 256, query_block: int = 1024,
+                          cluster_count: str = "components", threads: int = 1):
+    """:func:`phase_rollout` with the systems ``x0`` (B, n, d) sharded along ``axis``
+    of ``mesh``: each device runs every beta on its ``B / P`` systems. Outputs ``(nb, B, T)``,
+    sharded along ``B``."""
+
+    def local(x, b, hh, seg, pt, ct):
+        return phase_rollout(x, b, hh, seg, pt, ct, method=method, block=block, query_block=query_block,
+                             cluster_count=cluster_count, threads=threads)
+
+    rep = P()
+    out = P(None, axis, None)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(axis, None, None), rep, rep, rep, rep, rep),
+                         out_specs=(out, out, out), check_vma=False)(
+        x0, betas, h, segments, pair_threshold, cluster_threshold)
+
+
 @partial(jax.jit, static_argnames=("n",))
 def summarize(pairs, clusters, order_parameter, n: int):
     """Reduce per-system statistics ``(nb, B, T)`` over systems; ``pairs`` counts ordered pairs
@@ -244,7 +264,7 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
     query_block : row block of the streaming path (its key block too).
     mesh, mesh_axis : a :class:`jax.sharding.Mesh` to shard the systems over (along ``mesh_axis``,
         by default the mesh's only axis); ``n_systems`` must be divisible by its devices
-        (:func:`meanfield.sharding.phase_rollout_sharded`; docs/sharding.md).
+        (:func:`phase_rollout_sharded`; docs/sharding.md).
 
     Returns
     -------
@@ -290,9 +310,9 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
         raise ValueError(f"cluster_count='rank' needs method='dense', got method={method!r}")
     n_dev = 1
     if mesh is not None:
-        from .sharding import _axis, shard_batch
+        from .sharding import mesh_axis as checked_axis, shard_batch
 
-        mesh_axis = _axis(mesh, mesh_axis)
+        mesh_axis = checked_axis(mesh, mesh_axis)
         n_dev = mesh.shape[mesh_axis]
         x = shard_batch(np.asarray(x), mesh, mesh_axis)
     total = len(b) * n_systems // n_dev  # (beta, system) pairs per device
@@ -305,8 +325,6 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
         raw = phase_rollout(*args, method=method, block=block, query_block=query_block, cluster_count=cluster_count,
                             threads=threads)
     else:
-        from .sharding import phase_rollout_sharded
-
         raw = phase_rollout_sharded(*args, mesh=mesh, axis=mesh_axis, method=method, block=block,
                                     query_block=query_block, cluster_count=cluster_count, threads=threads)
     raw = jax.block_until_ready(raw)
@@ -327,4 +345,4 @@ def phase_diagram(betas, *, n: int = 32, d: int = 8, n_systems: int = 2048, t1: 
                         **{k: np.asarray(v) for k, v in red.items()})
 
 
-__all__ = ["PhaseDiagram", "phase_diagram", "phase_rollout", "save_steps", "summarize"]
+__all__ = ["PhaseDiagram", "phase_diagram", "phase_rollout", "phase_rollout_sharded", "save_steps", "summarize"]

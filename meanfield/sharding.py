@@ -6,9 +6,9 @@ Built on ``jax.sharding`` (a 1-D :class:`jax.sharding.Mesh`, ``NamedSharding``) 
 * **Batch axis** (independent systems): :func:`shard_batch` places a ``(B, ...)`` array with
   ``NamedSharding(mesh, P(axis))``. :func:`advance_ensemble` advances ``B`` systems with the
   particle integrators (``jax.jit`` of a ``vmap``; GSPMD keeps every system on its device, no
-  communication). :func:`phase_rollout_sharded` runs :func:`meanfield.phase.phase_rollout` on each
-  device's systems (``shard_map``; the betas are replicated), and ``phase_diagram(..., mesh=mesh)``
-  uses it.
+  communication). :func:`meanfield.phase.phase_rollout_sharded` (beside the rollout it wraps, and built on
+  :func:`shard_batch`) runs the phase-diagram rollout on each device's systems (``shard_map``; the
+  betas are replicated); ``phase_diagram(..., mesh=mesh)`` uses it.
 * **Token axis** (one system of ``N`` tokens): :func:`shard_tokens` splits the ``(N, d)`` state in
   ``P`` row blocks; :func:`advance_sharded` runs an integrator on the local rows inside
   ``shard_map`` with :class:`solvers.distributed.ShardedAttentionField`: an all-reduce of the
@@ -35,7 +35,6 @@ from solvers import AttentionField, make_integrator, make_kernel, normalize
 from solvers.distributed import STRATEGIES, ShardedAttentionField
 
 from . import _validate
-from .phase import phase_rollout
 
 
 def device_mesh(axis: str = "batch", n_devices: int | None = None, devices=None) -> Mesh:
@@ -48,7 +47,8 @@ def device_mesh(axis: str = "batch", n_devices: int | None = None, devices=None)
     return Mesh(np.array(devs[:k]), (axis,))
 
 
-def _axis(mesh: Mesh, axis):
+def mesh_axis(mesh: Mesh, axis: str | None = None) -> str:
+    """``axis``, checked to be an axis of ``mesh``; ``None``: the mesh's only axis."""
     if axis is None:
         if len(mesh.axis_names) != 1:
             raise ValueError(f"give axis: the mesh has axes {mesh.axis_names}")
@@ -67,7 +67,7 @@ def _split(name, length, mesh, axis):
 def shard_batch(x, mesh: Mesh, axis: str | None = None) -> jax.Array:
     """``x`` of shape ``(B, ...)`` placed with ``NamedSharding(mesh, P(axis))`` (``B`` divisible by the
     number of devices along ``axis``)."""
-    axis = _axis(mesh, axis)
+    axis = mesh_axis(mesh, axis)
     x = x if isinstance(x, jax.Array) else np.asarray(x)  # host data goes straight to its shards
     _split("the batch size B", x.shape[0], mesh, axis)
     return jax.device_put(x, NamedSharding(mesh, P(axis)))
@@ -75,7 +75,7 @@ def shard_batch(x, mesh: Mesh, axis: str | None = None) -> jax.Array:
 
 def shard_tokens(x, mesh: Mesh, axis: str | None = None) -> jax.Array:
     """One system's ``(N, d)`` tokens split in row blocks over the devices along ``axis`` (normalised)."""
-    axis = _axis(mesh, axis)
+    axis = mesh_axis(mesh, axis)
     x = _validate.tokens(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64 if jax.config.read("jax_enable_x64") else np.float32)
@@ -108,7 +108,7 @@ def advance_sharded(x, *, mesh: Mesh, kernel: str = "softmax", alpha: float = 1.
     gather/ring for softmax and usa (ignored by linear, which all-reduces the moments). Returns the
     ``(N, d)`` tokens, sharded like ``x``.
     """
-    axis = _axis(mesh, axis)
+    axis = mesh_axis(mesh, axis)
     _validate.choice("kernel", kernel, ("linear", "softmax", "usa"))
     _validate.choice("method", method, ("layer", "euler", "heun"))
     _validate.choice("strategy", strategy, STRATEGIES)
@@ -144,7 +144,7 @@ def advance_ensemble(x, *, mesh: Mesh, kernel: str = "softmax", alpha=1.0, h: fl
     steps; ``alpha`` a number or one per system ``(B,)``. Each device advances its own systems
     (``jax.jit`` propagates the ``NamedSharding(mesh, P(axis))`` of the inputs; no communication).
     Returns ``(B, N, d)`` sharded like the input."""
-    axis = _axis(mesh, axis)
+    axis = mesh_axis(mesh, axis)
     _validate.choice("kernel", kernel, ("linear", "softmax", "usa"))
     _validate.choice("method", method, ("layer", "euler", "heun"))
     n_steps = _validate.integer("n_steps", n_steps, 0)
@@ -163,24 +163,4 @@ def advance_ensemble(x, *, mesh: Mesh, kernel: str = "softmax", alpha=1.0, h: fl
                           method=method, n_steps=n_steps, kernel_options=tuple(sorted((kernel_options or {}).items())))
 
 
-@partial(jax.jit, static_argnames=("mesh", "axis", "method", "block", "query_block", "cluster_count", "threads"))
-def phase_rollout_sharded(x0, betas, h, segments, pair_threshold, cluster_threshold, *, mesh: Mesh, axis: str,
-                          method: str = "dense", block: int = 256, query_block: int = 1024,
-                          cluster_count: str = "components", threads: int = 1):
-    """:func:`meanfield.phase.phase_rollout` with the systems ``x0`` (B, n, d) sharded along ``axis``
-    of ``mesh``: each device runs every beta on its ``B / P`` systems. Outputs ``(nb, B, T)``,
-    sharded along ``B``."""
-
-    def local(x, b, hh, seg, pt, ct):
-        return phase_rollout(x, b, hh, seg, pt, ct, method=method, block=block, query_block=query_block,
-                             cluster_count=cluster_count, threads=threads)
-
-    rep = P()
-    out = P(None, axis, None)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(axis, None, None), rep, rep, rep, rep, rep),
-                         out_specs=(out, out, out), check_vma=False)(
-        x0, betas, h, segments, pair_threshold, cluster_threshold)
-
-
-__all__ = ["advance_ensemble", "advance_sharded", "device_mesh", "phase_rollout_sharded", "shard_batch",
-           "shard_tokens"]
+__all__ = ["advance_ensemble", "advance_sharded", "device_mesh", "mesh_axis", "shard_batch", "shard_tokens"]
