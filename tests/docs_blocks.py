@@ -1,7 +1,8 @@
 """Run the code of README.md and docs/*.md as a reader would, check what the pages show, regenerate it.
 
 Every fenced block carries an info string; the harness (Sybil parsers, one page at a time, top to
-bottom, in a fresh temporary folder that holds a link ``examples -> <repo>/examples``) treats them so:
+bottom, in a fresh temporary folder that holds links ``examples`` and ``tests`` to the repository's
+folders) treats them so:
 
 ``python``
     executed in the page's own Python process (one namespace per page, as in a notebook; not the
@@ -55,6 +56,7 @@ from sybil import Document, Region
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
 ROOT = Path(__file__).resolve().parents[1]
+LINKED = ("examples", "tests")
 WORKER = Path(__file__).with_name("_docs_worker.py")
 TIMEOUT = 900  # seconds for one block: the longest documented run on this project's 2-core machine
 
@@ -448,7 +450,8 @@ def run_page(page: str, workdir: Path, *, update: bool = False) -> Page:
     if bad:
         raise AssertionError(f"{page}: code fences without an info string at lines {bad} (python, console, "
                              "output, bash, text, ...: tests/docs_blocks.py)")
-    (workdir / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
+    for folder in LINKED:  # the repository's scripts, as a reader in the checkout runs them
+        (workdir / folder).symlink_to(ROOT / folder, target_is_directory=True)
     state = Page(path, workdir, update)
     document = Document.parse(str(path), *PARSERS)
     document.namespace.update(_page=state, missing=missing, no_gpu=no_gpu)
