@@ -199,9 +199,9 @@ def section_t4(cfg):
     seg = jnp.asarray(np.diff(at, prepend=0), jnp.int32)
     out = {"sizes": c}
     for dtname in ("float64", "float32"):
-        dt = jnp.dtype(dtname)
-        args = (jnp.asarray(x0, dt), jnp.asarray(betas, dt), jnp.asarray(pd.H, dt), seg,
-                jnp.asarray(pd.PAIR_T, dt), jnp.asarray(pd.CLUSTER_T, dt))
+        dtype = jnp.dtype(dtname)
+        args = (jnp.asarray(x0, dtype), jnp.asarray(betas, dtype), jnp.asarray(pd.H, dtype), seg,
+                jnp.asarray(pd.PAIR_T, dtype), jnp.asarray(pd.CLUSTER_T, dtype))
         for blk in c["blocks"]:
             compiled, comp, _ = hx.compile_jitted(lambda *a, b=blk: phase_rollout(*a, method="dense", block=b), *args)
             run = pd.time_jax(compiled, args, 2)

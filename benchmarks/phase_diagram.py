@@ -252,10 +252,10 @@ def main(argv=None):
     blocks = a.blocks or ([4096, 16384] if gpu else [256])
     m_by_block = {}
     for dtname in ("float64", "float32"):
-        dt = jnp.dtype(dtname)
-        xj = jnp.asarray(x0, dt)
-        args = (xj, jnp.asarray(betas, dt), jnp.asarray(H, dt), seg, jnp.asarray(PAIR_T, dt),
-                jnp.asarray(CLUSTER_T, dt))
+        dtype = jnp.dtype(dtname)
+        xj = jnp.asarray(x0, dtype)
+        args = (xj, jnp.asarray(betas, dtype), jnp.asarray(H, dtype), seg, jnp.asarray(PAIR_T, dtype),
+                jnp.asarray(CLUSTER_T, dtype))
         recs = []
         for blk in blocks:
             fn = (lambda blk: lambda *a_: phase_rollout(*a_, method="dense", block=blk))(blk)
@@ -302,9 +302,9 @@ def main(argv=None):
     if not gpu and native.available():
         res["jax_native"] = {}
         for dtname in ("float64", "float32"):
-            dt = jnp.dtype(dtname)
-            args = (jnp.asarray(x0, dt), jnp.asarray(betas, dt), jnp.asarray(H, dt), seg, jnp.asarray(PAIR_T, dt),
-                    jnp.asarray(CLUSTER_T, dt))
+            dtype = jnp.dtype(dtname)
+            args = (jnp.asarray(x0, dtype), jnp.asarray(betas, dtype), jnp.asarray(H, dtype), seg, jnp.asarray(PAIR_T, dtype),
+                    jnp.asarray(CLUSTER_T, dtype))
             for th in sorted({1, native.default_threads()}):
                 fn = (lambda th: lambda *a_: phase_rollout(*a_, method="native", threads=th))(th)
                 compiled, comp, mem = compile_jitted(fn, *args)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ._cli import ArgumentParser, output_path, run_cli
+from .atomic import atomic_path, check_writable
 from .dump.format import read_dump
 from .replay import (  # noqa: F401  (the library half; its names stay reachable as meanfield.compare.X)
     ALPHA_GRID, DT_GRID, STATS, explained_fraction, fit_rank_law, fit_replay, grid_edge_warning, measured_curves,
@@ -119,14 +120,10 @@ def _own_lines(curves, own) -> str:
 
 def plot(path, dump, curves, fit, rep, overwrite=False, own=None) -> None:
     """Four panels (rank, entropy, |m|, covariance rank): measured, replay, rank-law fit; atomic PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no backend chosen for the caller, no global figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .dump.format import _atomic
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    axes = fig.subplots(2, 2)
     x = curves["layer"]
     for ax, (name, label) in zip(axes.ravel(), STATS):
         ax.plot(x, curves[name], "o-", color="k", label="measured")
@@ -140,18 +137,16 @@ def plot(path, dump, curves, fit, rep, overwrite=False, own=None) -> None:
         ax.set_title(label)
         ax.legend(fontsize=8)
     fig.suptitle(f"{dump.meta.get('model_id')}  (N={dump.meta['N']})", fontsize=10)
-    with _atomic(path, overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def write_report(path, dump, curves, fit, fit_note, rep, overwrite=False, own=None) -> None:
     """HDF5 with every plotted curve (``format="meanfield-compare"``), written atomically."""
     import h5py
 
-    from .dump.format import _atomic
 
-    with _atomic(path, overwrite) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": 1, "model_id": str(dump.meta.get("model_id")),
                         "N": int(dump.meta["N"]), "n_query": len(dump.query_indices)})  # fmt: skip
         layer = f.create_dataset("layer", data=curves["layer"])
@@ -209,7 +204,6 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     """Run the comparison; bad input raises ``ValueError``/``FileExistsError`` (see :func:`cli`)."""
     args = build_parser().parse_args(argv)
-    from meanfield.atomic import check_writable
 
     for name, value in (("--alpha", args.alpha), ("--dt", args.dt)):
         if value is not None and not (np.isfinite(value) and value > 0):

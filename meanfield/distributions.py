@@ -168,10 +168,10 @@ class VonMisesFisher:
 
     def sample(self, key, N: int, dtype=None):
         N = _validate.integer("N", N, 1)
-        dt = _dtype(dtype)
-        kap = jnp.full((N,), self.kappa, dt)
-        mu = jnp.broadcast_to(jnp.asarray(self.mean, dt), (N, self.d))
-        return wood_sample(as_key(key), kap, mu, d=self.d, dtype=dt)
+        dtype = _dtype(dtype)
+        kap = jnp.full((N,), self.kappa, dtype)
+        mu = jnp.broadcast_to(jnp.asarray(self.mean, dtype), (N, self.d))
+        return wood_sample(as_key(key), kap, mu, d=self.d, dtype=dtype)
 
     def log_density(self, x):
         x = jnp.asarray(x)
@@ -217,12 +217,12 @@ class VonMisesFisherMixture:
 
     def sample(self, key, N: int, dtype=None):
         N = _validate.integer("N", N, 1)
-        dt = _dtype(dtype)
+        dtype = _dtype(dtype)
         kc, ks = jax.random.split(as_key(key))
         comp = jax.random.choice(kc, len(self.components), (N,), p=jnp.asarray(self.weights))
-        kap = jnp.asarray(self.kappas, dt)[comp]
-        mu = jnp.asarray(self.means, dt)[comp]
-        return wood_sample(ks, kap, mu, d=self.d, dtype=dt)
+        kap = jnp.asarray(self.kappas, dtype)[comp]
+        mu = jnp.asarray(self.means, dtype)[comp]
+        return wood_sample(ks, kap, mu, d=self.d, dtype=dtype)
 
     def log_density(self, x):
         x = jnp.asarray(x)

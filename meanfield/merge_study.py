@@ -17,7 +17,7 @@ import numpy as np
 
 from solvers.merging import alternate_split, bipartite_soft_matching, bipartite_soft_matching_sets, merge
 
-from .merging import FastVGGT, ToMe, _protected_mask
+from .merging import FastVGGT, ToMe, protected_mask
 from .theory import collapse_time, rank_collapse_time
 
 
@@ -74,7 +74,7 @@ def merged_tokens(strategy, x, repeats: int = 3, clock: str = "wall"):
             xm, counts = jax.block_until_ready(_fast_round(*args))
             return xm, counts, (counts > 0).astype(x.dtype)
     elif isinstance(strategy, ToMe):
-        prot = jnp.asarray(_protected_mask("ToMe", N, strategy.protected))
+        prot = jnp.asarray(protected_mask("ToMe", N, strategy.protected))
         rounds = [int(r) for r in strategy.schedule(N, 64) if r]
 
         def go():

@@ -54,7 +54,10 @@ def _indices(name, idx) -> tuple:
     return idx
 
 
-def _protected_mask(name, N, idx, fraction=0.0) -> np.ndarray:
+def protected_mask(name: str, N: int, idx, fraction: float = 0.0) -> np.ndarray:
+    """The ``(N,)`` mask of tokens a merging strategy never merges: the indices ``idx`` and, with
+    ``fraction`` (FastVGGT), every ``(N // n_p)``-th token of ``n_p = int(N fraction)``. ``name``
+    (the strategy) opens the error when an index is out of range or nothing would be left to merge."""
     mask = np.zeros(N, bool)
     if idx and max(idx) >= N:
         raise ValueError(f"{name}: protected index {max(idx)} is out of range for N = {N} tokens")
@@ -101,7 +104,7 @@ class ToMe:
 
     def schedule(self, N: int, n_steps: int) -> np.ndarray:
         """Tokens merged at the start of each layer, (n_steps,) int32; raises if it cannot be met."""
-        n_p = int(_protected_mask("ToMe", N, self.protected).sum())
+        n_p = int(protected_mask("ToMe", N, self.protected).sum())
         alive, out = N, np.zeros(n_steps, np.int64)
         if self.ratio is not None:
             left = round(self.ratio * N)
@@ -160,7 +163,7 @@ class FastVGGT:
 
     def plan(self, N: int):
         """``(r, dst mask, protected mask)`` for ``N`` tokens; raises if ``r`` cannot be met."""
-        prot = _protected_mask("FastVGGT", N, self.protected, self.protected_fraction)
+        prot = protected_mask("FastVGGT", N, self.protected, self.protected_fraction)
         free = np.flatnonzero(~prot)
         r = round(self.ratio * N)
         if r > free.size - 1:
@@ -256,9 +259,9 @@ def alive_queries(alive: np.ndarray, n_query: int, seed: int) -> np.ndarray:
 def run_merged(spec: FlowSpec) -> FlowSolution:
     """Runner of a flow with token merging (``spec.merging``): one jitted chunk of layers at a time."""
     t_start = time.perf_counter()
-    mg, kernel, dt = spec.merging, spec.kernel, spec.dtype
+    mg, kernel, dtype = spec.merging, spec.kernel, spec.dtype
     euler = isinstance(spec.method, Euler)
-    mob, h = jnp.asarray(spec.mobility, dt), jnp.asarray(spec.dt, dt)
+    mob, h = jnp.asarray(spec.mobility, dtype), jnp.asarray(spec.dt, dtype)
     x = initial_tokens(spec)
     N = spec.N
     if isinstance(mg, FastVGGT):
@@ -266,22 +269,22 @@ def run_merged(spec: FlowSpec) -> FlowSolution:
         engine = MergeAttendUnmerge(jnp.asarray(np.flatnonzero(~dst & ~prot), jnp.int32),
                                     jnp.asarray(np.flatnonzero(dst), jnp.int32), euler=euler)
         schedule = np.full(spec.n_steps, r, np.int32)
-        sizes = jnp.ones((N,), dt)
+        sizes = jnp.ones((N,), dtype)
         r_dev = jnp.asarray(r, jnp.int32)
     else:
         schedule = mg.schedule(N, spec.n_steps)
-        engine = ToMeLayer(jnp.asarray(_protected_mask("ToMe", N, mg.protected)), mg.proportional, euler)
-        sizes = jnp.ones((N,), dt) if spec.weights is None else jnp.asarray(spec.weights, dt)
+        engine = ToMeLayer(jnp.asarray(protected_mask("ToMe", N, mg.protected)), mg.proportional, euler)
+        sizes = jnp.ones((N,), dtype) if spec.weights is None else jnp.asarray(spec.weights, dtype)
         state = MergeState(x, sizes, jnp.arange(N, dtype=jnp.int32))
         sched_dev = jnp.asarray(schedule)
 
     def record():
         s = np.asarray(state.sizes) if not isinstance(mg, FastVGGT) else np.ones(N)
         alive = s > 0
-        w = state.sizes if (not isinstance(mg, FastVGGT) and mg.proportional) else jnp.asarray(alive, dt)
+        w = state.sizes if (not isinstance(mg, FastVGGT) and mg.proportional) else jnp.asarray(alive, dtype)
         q = jnp.asarray(alive_queries(alive, spec.n_query, spec.seed))
         xx = x if isinstance(mg, FastVGGT) else state.x
-        out = fetch(_diagnostics_jit, kernel, xx, q, w, jnp.asarray(s, dt), mob)
+        out = fetch(_diagnostics_jit, kernel, xx, q, w, jnp.asarray(s, dtype), mob)
         if isinstance(mg, FastVGGT):
             out["n_tokens"] = np.asarray(N - r, np.asarray(out["n_tokens"]).dtype)
         sv = np.asarray(out["attention_singular_values"])  # fewer rows once fewer tokens survive: pad with 0

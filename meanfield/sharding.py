@@ -120,8 +120,8 @@ def advance_sharded(x, *, mesh: Mesh, kernel: str = "softmax", alpha: float = 1.
     if not (isinstance(x, jax.Array) and x.sharding == sharding):
         x = shard_tokens(x, mesh, axis)
     _split("the number of tokens N", x.shape[0], mesh, axis)
-    dt = x.dtype
-    return _advance_tokens(x, jnp.asarray(alpha, dt), jnp.asarray(1.0 / merge, dt), jnp.asarray(h, dt), mesh=mesh,
+    dtype = x.dtype
+    return _advance_tokens(x, jnp.asarray(alpha, dtype), jnp.asarray(1.0 / merge, dtype), jnp.asarray(h, dtype), mesh=mesh,
                            axis=axis, kernel=kernel, method=method, strategy=strategy, n_steps=n_steps,
                            kernel_options=tuple(sorted((kernel_options or {}).items())))
 

@@ -115,9 +115,9 @@ class Bilinear(AbstractKernel):
 
     def _head_pass(self, q, pos, k, weights, b, m, with_div):
         """One head over key blocks: ``(g (n, d), tr J/alpha, x^T J x/alpha)`` (zeros if not with_div)."""
-        dt = q.dtype
-        a = jnp.asarray(self.alpha, dt)
-        w = None if weights is None else jnp.asarray(weights, dt)
+        dtype = q.dtype
+        a = jnp.asarray(self.alpha, dtype)
+        w = None if weights is None else jnp.asarray(weights, dtype)
         kb, valid, wb = _key_blocks(k, self.key_block, w)
         nb, blk, d = kb.shape
         idx = jnp.arange(nb * blk, dtype=jnp.int32).reshape(nb, blk)
@@ -129,8 +129,8 @@ class Bilinear(AbstractKernel):
             qb = qq if b is None else qq @ b  # rows B^T q
             qm = qq if m is None else qq @ m  # rows M^T q
             n = qq.shape[0]
-            z = jnp.zeros((n,), dt)
-            init = (jnp.full((n,), -jnp.inf, dt), z, jnp.zeros((n, d), dt), z, z)
+            z = jnp.zeros((n,), dtype)
+            init = (jnp.full((n,), -jnp.inf, dtype), z, jnp.zeros((n, d), dtype), z, z)
 
             def body(c, xs):
                 mx0, l0, acc0, accc0, acc20 = c
@@ -166,12 +166,12 @@ class Bilinear(AbstractKernel):
         return _map_blocks(run, q, pos, self.query_block)
 
     def _field(self, q, k, weights, positions, with_div):
-        dt = q.dtype
+        dtype = q.dtype
         pos = self._positions(q, k, positions)
-        a = jnp.asarray(self.alpha, dt)
+        a = jnp.asarray(self.alpha, dtype)
         f = jnp.zeros_like(q)
-        div = jnp.zeros(q.shape[:1], dt)
-        for b, m, sc in self._mats(dt):
+        div = jnp.zeros(q.shape[:1], dtype)
+        for b, m, sc in self._mats(dtype):
             g, tr, xjx = self._head_pass(q, pos, k, weights, b, m, with_div)
             f = f + sc * (g if m is None else g @ m.T)
             div = div + sc * a * (tr - xjx)
@@ -207,15 +207,15 @@ class Bilinear(AbstractKernel):
 
     def attention_statistics(self, q, k, weights=None, positions=None):
         """Spectrum and row statistics of the head-averaged attention rows (module docstring)."""
-        dt = q.dtype
+        dtype = q.dtype
         pos = self._positions(q, k, positions)
-        a = jnp.asarray(self.alpha, dt)
-        w = None if weights is None else jnp.asarray(weights, dt)
+        a = jnp.asarray(self.alpha, dtype)
+        w = None if weights is None else jnp.asarray(weights, dtype)
         kb, valid, wb = _key_blocks(k, self.key_block, w)
         nb, blk, _ = kb.shape
         idx = jnp.arange(nb * blk, dtype=jnp.int32).reshape(nb, blk)
-        wxs = wb if wb is not None else valid.astype(dt)
-        qbs = jnp.stack([q if b is None else q @ b for b, _, _ in self._mats(dt)])  # (H, n, d)
+        wxs = wb if wb is not None else valid.astype(dtype)
+        qbs = jnp.stack([q if b is None else q @ b for b, _, _ in self._mats(dtype)])  # (H, n, d)
         H, n = qbs.shape[0], q.shape[0]
 
         def logits(kblk, ok, jj):
@@ -237,8 +237,8 @@ class Bilinear(AbstractKernel):
             sm = sm0 + jnp.sum(jnp.where(okq, jnp.mean(s, axis=0), 0.0) * mass, axis=1)
             return (mx, l, sm, cnt0 + jnp.sum(mass, axis=1)), None
 
-        zh = jnp.zeros((H, n), dt)
-        z = jnp.zeros((n,), dt)
+        zh = jnp.zeros((H, n), dtype)
+        z = jnp.zeros((n,), dtype)
         (mx, l, sm, cnt), _ = lax.scan(first, (zh - jnp.inf, zh, z, z), (kb, valid, wxs, idx))
         lse = _safe_max(mx) + jnp.log(jnp.where(l > 0, l, 1.0))
         cnt = jnp.where(cnt > 0, cnt, 1.0)
@@ -256,7 +256,7 @@ class Bilinear(AbstractKernel):
             m2 = m2 + jnp.sum(mass * (jnp.mean(s, axis=0) - mean[:, None]) ** 2, axis=1)
             return (gram, ent, mxw, m2), None
 
-        (gram, ent, mxw, m2), _ = lax.scan(second, (jnp.zeros((n, n), dt), z, z - jnp.inf, z), (kb, valid, wxs, idx))
+        (gram, ent, mxw, m2), _ = lax.scan(second, (jnp.zeros((n, n), dtype), z, z - jnp.inf, z), (kb, valid, wxs, idx))
         rows = {"row_entropy": ent, "max_weight": mxw, "logit_mean": mean,
                 "logit_std": jnp.sqrt(jnp.maximum(m2 / cnt, 0.0))}
         return spectrum_from_factor(gram), rows

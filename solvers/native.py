@@ -111,9 +111,9 @@ def _build() -> tuple[object | None, str, Path | None]:
     try:
         lib = ctypes.cdll.LoadLibrary(str(out))
         for name in _TARGETS:
-            for dt in ("F32", "F64"):
-                sym = f"Meanfield{name}{dt}"
-                ffi.register_ffi_target(f"meanfield_{name.lower()}_{dt.lower()}", ffi.pycapsule(getattr(lib, sym)),
+            for suffix in ("F32", "F64"):
+                sym = f"Meanfield{name}{suffix}"
+                ffi.register_ffi_target(f"meanfield_{name.lower()}_{suffix.lower()}", ffi.pycapsule(getattr(lib, sym)),
                                         platform="cpu")
     except (OSError, AttributeError, ValueError) as exc:
         return None, f"loading {out} failed: {exc}", None
@@ -168,10 +168,10 @@ def use_native(native: bool | None = None) -> bool:
 def _target(name: str, dtype) -> str:
     if _ensure() is None:
         raise RuntimeError(f"the native CPU kernels are not available: {status()}")
-    dt = jnp.dtype(dtype)
-    if dt not in (jnp.float32, jnp.float64):
-        raise ValueError(f"the native kernels take float32 or float64, got {dt}")
-    return f"meanfield_{name}_{'f32' if dt == jnp.float32 else 'f64'}"
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.float32, jnp.float64):
+        raise ValueError(f"the native kernels take float32 or float64, got {dtype}")
+    return f"meanfield_{name}_{'f32' if dtype == jnp.float32 else 'f64'}"
 
 
 def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, threads: int = 1):
@@ -180,12 +180,12 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, thr
     ``cluster_count="components"``. ``threads`` OS threads share the (beta, system) pairs."""
     B = x0.shape[0]
     nb, S = betas.shape[0], segments.shape[0]
-    dt = x0.dtype
-    params = jnp.stack([jnp.asarray(h, dt), jnp.asarray(pair_threshold, dt), jnp.asarray(cluster_threshold, dt)])
+    dtype = x0.dtype
+    params = jnp.stack([jnp.asarray(h, dtype), jnp.asarray(pair_threshold, dtype), jnp.asarray(cluster_threshold, dtype)])
     out = (jax.ShapeDtypeStruct((nb, B, S), jnp.int32), jax.ShapeDtypeStruct((nb, B, S), jnp.int32),
-           jax.ShapeDtypeStruct((nb, B, S), dt))
-    call = jax.ffi.ffi_call(_target("phaserollout", dt), out, vmap_method="sequential")
-    return call(x0, jnp.asarray(betas, dt), params, jnp.asarray(segments, jnp.int32), threads=np.int32(threads))
+           jax.ShapeDtypeStruct((nb, B, S), dtype))
+    call = jax.ffi.ffi_call(_target("phaserollout", dtype), out, vmap_method="sequential")
+    return call(x0, jnp.asarray(betas, dtype), params, jnp.asarray(segments, jnp.int32), threads=np.int32(threads))
 
 
 def default_threads() -> int:
@@ -208,11 +208,11 @@ def linear_moments(xt, threads: int | None = None):
     ``c = xt[..., :, 0]``, ``s1 = sum_j (x_j - c)``, ``s2 = sum_j (x_j - c)(x_j - c)^T`` (accumulated in
     float64) and ``norm_range = (min, max)`` of the squared column norms."""
     *lead, d, _ = xt.shape
-    dt = xt.dtype
-    out = (jax.ShapeDtypeStruct((*lead, d), dt), jax.ShapeDtypeStruct((*lead, d, d), dt),
-           jax.ShapeDtypeStruct((*lead, d), dt), jax.ShapeDtypeStruct((*lead, 2), dt))
+    dtype = xt.dtype
+    out = (jax.ShapeDtypeStruct((*lead, d), dtype), jax.ShapeDtypeStruct((*lead, d, d), dtype),
+           jax.ShapeDtypeStruct((*lead, d), dtype), jax.ShapeDtypeStruct((*lead, 2), dtype))
     threads = default_threads() if threads is None else threads
-    return jax.ffi.ffi_call(_target("linearmoments", dt), out, vmap_method="broadcast_all")(
+    return jax.ffi.ffi_call(_target("linearmoments", dtype), out, vmap_method="broadcast_all")(
         xt, threads=np.int32(threads))
 
 
@@ -223,14 +223,14 @@ def linear_step(xt, kmat, b, h, scheme: str, threads: int | None = None):
     """One ``layer``/``euler`` step of the field ``F = K x + b`` on ``xt`` (``..., d, N``), and the
     shifted sums ``(s1, s2, c)`` of the new state (as :func:`linear_moments`): ``(y, s1, s2, c)``."""
     *lead, d, _ = xt.shape
-    dt = xt.dtype
-    out = (jax.ShapeDtypeStruct(xt.shape, dt), jax.ShapeDtypeStruct((*lead, d), dt),
-           jax.ShapeDtypeStruct((*lead, d, d), dt), jax.ShapeDtypeStruct((*lead, d), dt))
-    h = jnp.broadcast_to(jnp.asarray(h, dt), tuple(lead))
+    dtype = xt.dtype
+    out = (jax.ShapeDtypeStruct(xt.shape, dtype), jax.ShapeDtypeStruct((*lead, d), dtype),
+           jax.ShapeDtypeStruct((*lead, d, d), dtype), jax.ShapeDtypeStruct((*lead, d), dtype))
+    h = jnp.broadcast_to(jnp.asarray(h, dtype), tuple(lead))
     # the new state overwrites the old one (each column is read before it is written; the shift
     # column is read first), so XLA needs no fresh 4 N d-byte buffer per step
-    return jax.ffi.ffi_call(_target("linearstep", dt), out, vmap_method="broadcast_all", input_output_aliases={0: 0})(
-        xt, jnp.asarray(kmat, dt), jnp.asarray(b, dt), h, scheme=np.int32(SCHEME_CODES[scheme]),
+    return jax.ffi.ffi_call(_target("linearstep", dtype), out, vmap_method="broadcast_all", input_output_aliases={0: 0})(
+        xt, jnp.asarray(kmat, dtype), jnp.asarray(b, dtype), h, scheme=np.int32(SCHEME_CODES[scheme]),
         threads=np.int32(default_threads() if threads is None else threads))
 
 

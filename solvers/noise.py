@@ -70,21 +70,21 @@ class SphereSDE(AbstractIntegrator):
     def advance(self, field, x, n_steps, h, key=None):
         if key is None:
             raise ValueError("SphereSDE.advance needs a PRNG key (the particle runner passes one per chunk)")
-        dt = x.dtype
-        h = jnp.asarray(h, dt)
-        t1 = jnp.maximum(jnp.asarray(n_steps, dt) * h, h)
-        tol = h / 4 if self.tol is None else jnp.asarray(self.tol, dt)
+        dtype = x.dtype
+        h = jnp.asarray(h, dtype)
+        t1 = jnp.maximum(jnp.asarray(n_steps, dtype) * h, h)
+        tol = h / 4 if self.tol is None else jnp.asarray(self.tol, dtype)
         import diffrax  # here: ~0.7 s of import that only noisy runs need
 
-        bm = diffrax.VirtualBrownianTree(jnp.zeros((), dt), t1, tol=tol, shape=jax.ShapeDtypeStruct(x.shape, dt), key=key)
+        bm = diffrax.VirtualBrownianTree(jnp.zeros((), dtype), t1, tol=tol, shape=jax.ShapeDtypeStruct(x.shape, dtype), key=key)
         terms = diffrax.MultiTerm(
             diffrax.ODETerm(lambda t, y, f: f.velocity(y)),
-            diffrax.ControlTerm(_Projector(jnp.asarray(self.sigma, dt)), bm),
+            diffrax.ControlTerm(_Projector(jnp.asarray(self.sigma, dtype)), bm),
         )
         solver = diffrax.Heun()
 
         def step(i, y):
-            t0 = jnp.asarray(i, dt) * h
+            t0 = jnp.asarray(i, dtype) * h
             y1, _, _, _, _ = solver.step(terms, t0, t0 + h, y, field, None, made_jump=False)
             return normalize(y1)
 

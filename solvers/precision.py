@@ -41,11 +41,11 @@ def round_to_tf32(x: Float[Array, "..."]) -> Float[Array, "..."]:
     Overflow to infinity at the top of the range is not handled (token coordinates are <= 1).
     Float64 input is rounded through float32 and returned in its own dtype.
     """
-    dt = x.dtype
+    dtype = x.dtype
     bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
     lsb = (bits >> jnp.uint32(13)) & jnp.uint32(1)
     bits = (bits + jnp.uint32(0x0FFF) + lsb) & jnp.uint32(0xFFFFE000)
-    return lax.bitcast_convert_type(bits, jnp.float32).astype(dt)
+    return lax.bitcast_convert_type(bits, jnp.float32).astype(dtype)
 
 
 def round_to_bf16(x: Float[Array, "..."]) -> Float[Array, "..."]:
@@ -55,15 +55,15 @@ def round_to_bf16(x: Float[Array, "..."]) -> Float[Array, "..."]:
 
 def matmul(a: Float[Array, "m k"], b: Float[Array, "k n"], precision: str = "highest") -> Float[Array, "m n"]:
     """``a @ b`` under the policy ``precision`` (module doc); the result has ``a``'s dtype."""
-    dt = a.dtype
+    dtype = a.dtype
     if precision == "highest":
         return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
     if precision == "bf16":
-        acc = jnp.promote_types(dt, jnp.float32)
+        acc = jnp.promote_types(dtype, jnp.float32)
         out = jnp.matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=acc)
-        return out.astype(dt)
+        return out.astype(dtype)
     if precision == "tf32":
-        if jax.default_backend() == "gpu" and dt == jnp.float32:
+        if jax.default_backend() == "gpu" and dtype == jnp.float32:
             return jnp.matmul(a, b, precision=lax.DotAlgorithmPreset.TF32_TF32_F32)
         return jnp.matmul(round_to_tf32(a), round_to_tf32(b), precision=lax.Precision.HIGHEST)
     raise ValueError(f"unknown matmul_precision {precision!r}; expected one of: {', '.join(MATMUL_PRECISIONS)}")

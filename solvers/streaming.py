@@ -139,9 +139,9 @@ def weighted_moments(
     n, d = q.shape
     kb, valid, wb = _key_blocks(k, key_block, weights)
     masked = weights is not None or k.shape[0] % _block_size(k.shape[0], key_block) != 0
-    dt = q.dtype
+    dtype = q.dtype
     init = Moments(
-        jnp.full((n,), -jnp.inf, dt), jnp.zeros((n,), dt), jnp.zeros((n, d), dt), jnp.zeros((n,), dt)
+        jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype), jnp.zeros((n, d), dtype), jnp.zeros((n,), dtype)
     )
 
     def body(c: Moments, blk):
@@ -196,15 +196,15 @@ def logit_pass(
     """
     n, _ = q.shape
     kb, valid, wb = _key_blocks(k, key_block, weights)
-    dt = q.dtype
-    gram0 = jnp.zeros((n, n) if with_gram else (0, 0), dt)
+    dtype = q.dtype
+    gram0 = jnp.zeros((n, n) if with_gram else (0, 0), dtype)
     init = LogitPass(
-        jnp.full((n,), -jnp.inf, dt),
-        jnp.zeros((n,), dt),
-        jnp.zeros((n,), dt),
-        jnp.zeros((), dt),
-        jnp.zeros((n,), dt),
-        jnp.zeros((n,), dt),
+        jnp.full((n,), -jnp.inf, dtype),
+        jnp.zeros((n,), dtype),
+        jnp.zeros((n,), dtype),
+        jnp.zeros((), dtype),
+        jnp.zeros((n,), dtype),
+        jnp.zeros((n,), dtype),
         gram0,
     )
 
@@ -219,7 +219,7 @@ def logit_pass(
         s0 = jnp.where(ok[None, :], s_raw, 0.0)
         # Chan, Golub & LeVeque (1979) parallel mean/variance update, per row (mass-weighted).
         if weights is None:
-            mass = ok.astype(dt)
+            mass = ok.astype(dtype)
             wm = w
         else:
             mass = jnp.where(ok, wblk, 0.0)

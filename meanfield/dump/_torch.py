@@ -132,11 +132,11 @@ class QKVCapture:
         def post(module, args, kwargs, out):
             q, k, v = self._v.pop(layer)
             idx = torch.as_tensor(self.recorder.query_indices, device=q.device)
-            dt = torch.promote_types(q.dtype, torch.float32)  # at least float32, float64 stays
-            rows = F.scaled_dot_product_attention(q[:, :, idx].to(dt), k.to(dt), v.to(dt), scale=module.scale)
+            dtype = torch.promote_types(q.dtype, torch.float32)  # at least float32, float64 stays
+            rows = F.scaled_dot_product_attention(q[:, :, idx].to(dtype), k.to(dtype), v.to(dtype), scale=module.scale)
             rows = module.proj(rows.transpose(1, 2).reshape(q.shape[0], len(idx), -1).to(out.dtype))
-            ref = out[:, idx].to(dt)
-            self.errors[layer] = float((rows.to(dt) - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            ref = out[:, idx].to(dtype)
+            self.errors[layer] = float((rows.to(dtype) - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
         self.handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
         if self.check:

@@ -115,7 +115,7 @@ class _Capture:
     """Hooks on the self-attention modules and layers of a ``Dinov2Model`` (see the module docstring)."""
 
     def __init__(self, model, recorder: FramesRecorder, layers, *, check: bool = True):
-        from .hf import _heads, attention_modules
+        from .hf import attention_heads, attention_modules
 
         self.rec, self.check, self.handles, self.errors, self._qkv = recorder, check, [], {}, {}
         mods = attention_modules(model)
@@ -127,7 +127,7 @@ class _Capture:
             if not 0 <= l < len(blocks):
                 raise ValueError(f"layer {l} out of range: the model has {len(blocks)} layers")
             _, mod, _, _ = mods[l]
-            heads, head_dim, scale = _heads(mod, mods[l][2], model.config)
+            heads, head_dim, scale = attention_heads(mod, mods[l][2], model.config)
             self._hook(l, mod, linears(blocks[l]), heads, head_dim, scale)
             self.handles.append(blocks[l].register_forward_pre_hook(self._block_pre(l), with_kwargs=True))
 
@@ -156,13 +156,13 @@ class _Capture:
         def post(module, args, kwargs, out):
             q, k, v = self._qkv.pop(l)
             pos = torch.as_tensor(np.unique(self.rec.query_indices % self.rec.P), device=q.device)
-            dt = torch.promote_types(q.dtype, torch.float32)
-            rows = F.scaled_dot_product_attention(q[:, :, pos].to(dt), k.to(dt), v.to(dt), scale=scale)
+            dtype = torch.promote_types(q.dtype, torch.float32)
+            rows = F.scaled_dot_product_attention(q[:, :, pos].to(dtype), k.to(dtype), v.to(dtype), scale=scale)
             rows = rows.transpose(1, 2).reshape(q.shape[0], len(pos), -1).to(q.dtype)
             if getattr(module, "o_proj", None) is not None:  # transformers 5: the module projects its output
                 rows = ol(rows)
-            rows = rows.to(dt)
-            ref = (out[0] if isinstance(out, tuple) else out)[:, pos].to(dt)
+            rows = rows.to(dtype)
+            ref = (out[0] if isinstance(out, tuple) else out)[:, pos].to(dtype)
             self.errors[l] = float((rows - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
         self.handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
@@ -210,9 +210,9 @@ def dump_dinov2(model, pixels, *, view: str = "frame", n_query: int = 512, seed:
     model.eval()
     attn0 = model.encoder.layer[0].attention
     attn0 = getattr(attn0, "attention", attn0)
-    from .hf import _heads
+    from .hf import attention_heads
 
-    heads, head_dim, scale = _heads(attn0, linears(model.encoder.layer[0])[0], model.config)
+    heads, head_dim, scale = attention_heads(attn0, linears(model.encoder.layer[0])[0], model.config)
     idx = np.asarray(query_subset(N, n_query, seed))
     smp = np.asarray(query_subset(N, min(sample_rows, N), seed + 1))
     t0 = time.perf_counter()

@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from meanfield._hdf5 import READ_ERRORS, decode_attr, encode_attr, read_array
+from meanfield.atomic import atomic_path
 
 FORMAT = "meanfield-dump"
 FORMAT_VERSION = 1
@@ -93,13 +94,6 @@ def recorded_merge_factor(merge) -> float:
     return 1.0
 
 
-def _atomic(path, overwrite):
-    """The shared atomic writer (temporary file in the same folder, then ``os.replace``)."""
-    from meanfield.atomic import atomic_path
-
-    return atomic_path(path, overwrite=overwrite)
-
-
 def _put(group, name, data, *, dtype=None, scale=None):
     """A chunked, gzip-compressed dataset (scalars and empty arrays stored plainly)."""
     data = np.asarray(data, dtype=dtype)
@@ -118,7 +112,7 @@ def _attr_value(key, value):
 def write_dump(path, dump: Dump, *, overwrite: bool = False) -> str:
     """Write ``dump`` to ``path`` atomically (validated first); return the path."""
     check_dump(dump)
-    with _atomic(path, overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         _write(tmp, dump)
         umask = os.umask(0)
         os.umask(umask)

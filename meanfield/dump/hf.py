@@ -43,7 +43,9 @@ def attention_modules(model) -> list:
     return found
 
 
-def _heads(mod, q_linear, config) -> tuple[int, int, float]:
+def attention_heads(mod, q_linear, config) -> tuple[int, int, float]:
+    """``(heads, head_dim, scale)`` of a Hugging Face attention module (the attribute names differ
+    between BERT, DINOv2 and ViT classes and transformers versions; the model config as fallback)."""
     heads = next((getattr(mod, a) for a in ("num_attention_heads", "num_heads", "n_heads") if hasattr(mod, a)), None)
     heads = int(heads if heads is not None else config.num_attention_heads)
     head_dim = int(getattr(mod, "attention_head_size", getattr(mod, "head_dim", q_linear.out_features // heads)))
@@ -63,7 +65,7 @@ def attach(model, recorder: Recorder, *, layers=None, keep=None) -> list:
         if not 0 <= l < len(mods):
             raise ValueError(f"layer {l} out of range: the model has {len(mods)} attention modules")
         _, mod, ql, kl = mods[l]
-        heads, head_dim, _ = _heads(mod, ql, model.config)
+        heads, head_dim, _ = attention_heads(mod, ql, model.config)
 
         def pre(module, args, kwargs, l=l, ql=ql, kl=kl, heads=heads, head_dim=head_dim):
             h = args[0] if args else kwargs["hidden_states"]
@@ -96,7 +98,7 @@ def dump_hf(model, tokenizer, text: str, *, max_tokens: int = 512, n_query: int 
     ids = enc["input_ids"][0].numpy()
     N = len(ids)
     mods = attention_modules(model)
-    heads, head_dim, scale = _heads(mods[0][1], mods[0][2], model.config)
+    heads, head_dim, scale = attention_heads(mods[0][1], mods[0][2], model.config)
     idx = np.asarray(query_subset(N, n_query, seed))
     smp = np.asarray(query_subset(N, min(sample_rows, N), seed + 1))
     t0 = time.perf_counter()

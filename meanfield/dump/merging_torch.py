@@ -19,7 +19,7 @@ import torch
 
 from solvers.merging import alternate_split, bipartite_soft_matching, bipartite_soft_matching_sets
 
-from ..merging import FastVGGT, _protected_mask
+from ..merging import FastVGGT, protected_mask
 
 
 def _host(metric: torch.Tensor):
@@ -31,7 +31,7 @@ def tome_assign(metric: torch.Tensor, r: int, sizes: torch.Tensor | None = None,
     with ``sizes > 0`` (removed rows have size 0; ``None``: all rows alive)."""
     n = metric.shape[0]
     alive = np.ones(n, bool) if sizes is None else sizes.detach().cpu().numpy() > 0
-    mergeable = alive & ~_protected_mask("ToMe", n, tuple(protected))
+    mergeable = alive & ~protected_mask("ToMe", n, tuple(protected))
     if not 0 <= r <= int(mergeable.sum()) // 2:
         raise ValueError(f"ToMe r = {r} is larger than the mergeable set: at most {int(mergeable.sum()) // 2} tokens")
     src, dst = alternate_split(jnp.asarray(mergeable))

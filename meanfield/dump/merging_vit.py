@@ -146,11 +146,11 @@ def merged_forward(model, pixels: Float[torch.Tensor, "S 3 H W"] | Float[np.ndar
     if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] % patch or pixels.shape[3] % patch:
         raise ValueError(f"pixels must have shape (S, 3, H, W) with H, W multiples of {patch}, "
                          f"got {tuple(pixels.shape)}")  # fmt: skip
-    from .hf import _heads
+    from .hf import attention_heads
 
     L = len(model.encoder.layer)
     keep = set(range(L)) if keep_layers is None else {int(l) % L for l in keep_layers}
-    heads, _, scale = _heads(_attention(model), linears(model.encoder.layer[0])[0], model.config)
+    heads, _, scale = attention_heads(_attention(model), linears(model.encoder.layer[0])[0], model.config)
     model.eval()
     out = []
     with torch.no_grad():

@@ -163,13 +163,11 @@ def run_fit(xname, x, y, sigma, quantity, *, N=None, merge=1.0, r=None, optimize
 
 def plot_fit(result, xname, quantity, out, overwrite=True):
     """Data, fitted curve and 95 % band; written to a temp file in the same folder, then renamed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend chosen for the caller, no global figures
 
     grid = np.linspace(result.x.min(), result.x.max(), 200)
-    fig, (ax, axr) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    fig = Figure(figsize=(6, 5.5))
+    ax, axr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     if result.sigma is not None:
         ax.errorbar(result.x, result.y, yerr=result.sigma, fmt="o", color="k", label="data")
     else:
@@ -200,11 +198,8 @@ def plot_fit(result, xname, quantity, out, overwrite=True):
     axr.set_xlabel(xname)
     # fixed margins: tight_layout draws the whole figure once more to measure its text (~0.4 s)
     fig.subplots_adjust(left=0.13, right=0.97, top=0.94, bottom=0.09, hspace=0.08)
-    try:
-        with atomic_path(out, overwrite=overwrite) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
 
 
 def build_parser():
