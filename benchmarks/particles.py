@@ -3,12 +3,12 @@
 Reproduces the "Benchmark" section of issue 2. In one process it times
 
 1. the linear kernel (paper Eq. 3, from moments) at N = 10^6, d = 4, float32, jitted
-   (``ProjectedEuler`` and ``TransformerLayer``) against the same moment formula in NumPy
+   (``Euler`` and ``Layer``) against the same moment formula in NumPy
    (float32 and float64);
 2. the dense Eq. 3 matrix in NumPy at N = 10 000 against the jitted linear step;
 3. dense NumPy softmax attention at N = 8 192, d = 64 (full N x N exp matrix, row
    normalisation, A @ X, row normalisation: the style of Geshkovski et al.'s reference code)
-   against the jitted blockwise ``SoftmaxKernel`` step, over a grid of block sizes;
+   against the jitted blockwise ``Softmax`` step, over a grid of block sizes;
 4. one softmax step at N = 65 536, d = 64 in a child process, with its peak resident memory;
 5. this machine's memory bandwidth, and the linear step's fraction of that roofline.
 
@@ -40,14 +40,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from solvers import AttentionField, Heun, LinearKernel, ProjectedEuler, SoftmaxKernel, TransformerLayer, feature_major  # noqa: E402,E501
+from solvers import AttentionField, Heun, Linear, Euler, Softmax, Layer, feature_major  # noqa: E402,E501
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import GB, run_stats, compile_jitted, log, machine, sphere_points, time_compiled, time_numpy, write_json  # noqa: E402,E501
 
 ALPHA_LINEAR, ALPHA_SOFTMAX, H = 1.0, 1.0, 0.1
 CHUNK = 10  # steps per jitted call when timing the per-step cost of the linear kernel
-SCHEMES = {"layer": TransformerLayer(), "euler": ProjectedEuler()}
+SCHEMES = {"layer": Layer(), "euler": Euler()}
 TARGETS = {"linear_speedup": 3.0, "softmax_speedup": 2.5, "softmax_peak_rss_gb": 4.0}
 
 
@@ -87,11 +87,11 @@ def advance_fn(scheme):
 
 # Subclasses run the generic row-major (N, d) step: solvers.integrators.uses_feature_major takes the
 # feature-major linear path only for Layer/Euler/Heun themselves. The side-by-side reference.
-class RowMajorLayer(TransformerLayer):
+class RowMajorLayer(Layer):
     pass
 
 
-class RowMajorEuler(ProjectedEuler):
+class RowMajorEuler(Euler):
     pass
 
 
@@ -112,16 +112,16 @@ class XlaFeatureMajor:
 
 # feature_major: the default (on CPU the one-pass C++ kernel of solvers.native for layer/euler;
 # heun stays an XLA program); feature_major_xla: the same layout as XLA programs; row_major: (N, d).
-LAYOUTS = {"feature_major": {"layer": TransformerLayer(), "euler": ProjectedEuler(), "heun": Heun()},
-           "feature_major_xla": {"layer": XlaFeatureMajor(TransformerLayer()),
-                                 "euler": XlaFeatureMajor(ProjectedEuler())},
+LAYOUTS = {"feature_major": {"layer": Layer(), "euler": Euler(), "heun": Heun()},
+           "feature_major_xla": {"layer": XlaFeatureMajor(Layer()),
+                                 "euler": XlaFeatureMajor(Euler())},
            "row_major": {"layer": RowMajorLayer(), "euler": RowMajorEuler(), "heun": RowMajorHeun()}}
 
 
 def case_layouts(xj, repeats):
     """Feature-major (default) against row-major linear steps, CHUNK steps per call, timed round-robin
     (alternating order) in wall and CPU time; ratios of the medians."""
-    field = AttentionField(LinearKernel(ALPHA_LINEAR), 1.0)
+    field = AttentionField(Linear(ALPHA_LINEAR), 1.0)
     built, times = {}, {}
     for lay, schemes in LAYOUTS.items():
         for name, integ in schemes.items():
@@ -171,7 +171,7 @@ def case_linear(n, d, repeats):
         out["numpy"][f"{scheme}_{name}"] = r
         log(f"  numpy moments {scheme:5s} {name}: {r['run']['median_s'] * 1e3:8.1f} ms/step")
     xj = jnp.asarray(x32)
-    field = AttentionField(LinearKernel(ALPHA_LINEAR), 1.0)
+    field = AttentionField(Linear(ALPHA_LINEAR), 1.0)
     for scheme in ("euler", "layer"):
         compiled, comp, mem = compile_jitted(advance_fn(scheme), field, xj, jnp.int32(1))
         one = time_compiled(compiled, (field, xj, jnp.int32(1)), 2 * repeats)
@@ -203,7 +203,7 @@ def case_dense_eq3(n, d, repeats):
         log(f"  numpy dense Eq.3 {name}: {r['run']['median_s'] * 1e3:8.1f} ms/step, "
             f"peak alloc {r['memory']['peak_alloc_bytes'] / GB:.2f} GB")
     xj = jnp.asarray(x32)
-    field = AttentionField(LinearKernel(ALPHA_LINEAR), 1.0)
+    field = AttentionField(Linear(ALPHA_LINEAR), 1.0)
     compiled, comp, mem = compile_jitted(advance_fn("layer"), field, xj, jnp.int32(1))
     chunk = time_compiled(compiled, (field, xj, jnp.int32(CHUNK)), 2 * repeats)
     step = chunk["median_s"] / CHUNK
@@ -231,11 +231,11 @@ def case_softmax(n, d, repeats, jax_repeats, key_blocks, query_blocks):
             f"peak alloc {r['memory']['peak_alloc_bytes'] / GB:.2f} GB")
     ref = np_softmax_dense(x64)
     xj = jnp.asarray(x32)
-    default = SoftmaxKernel(ALPHA_SOFTMAX)
+    default = Softmax(ALPHA_SOFTMAX)
     configs = sorted(set(itertools.product(key_blocks, query_blocks)) | {(default.key_block, default.query_block)})
     built = {}
     for kb, qb in configs:
-        field = AttentionField(SoftmaxKernel(ALPHA_SOFTMAX, key_block=kb, query_block=qb), 1.0)
+        field = AttentionField(Softmax(ALPHA_SOFTMAX, key_block=kb, query_block=qb), 1.0)
         compiled, comp, mem = compile_jitted(advance_fn("layer"), field, xj, jnp.int32(1))
         y = jax.block_until_ready(compiled(field, xj, jnp.int32(1)))  # warm-up
         built[kb, qb] = (compiled, field, comp, mem, float(np.max(np.abs(np.asarray(y, np.float64) - ref))))
@@ -273,7 +273,7 @@ def child_softmax(n, d, key_block, query_block):
 
     base = status("VmRSS:")
     x = jnp.asarray(sphere_points(n, d, seed=3))
-    field = AttentionField(SoftmaxKernel(ALPHA_SOFTMAX, key_block=key_block, query_block=query_block), 1.0)
+    field = AttentionField(Softmax(ALPHA_SOFTMAX, key_block=key_block, query_block=query_block), 1.0)
     compiled, comp, mem = compile_jitted(advance_fn("layer"), field, x, jnp.int32(1))
     t0 = time.perf_counter()
     y = jax.block_until_ready(compiled(field, x, jnp.int32(1)))
@@ -301,7 +301,7 @@ def case_softmax_memory(n, d, key_block, query_block):
                 "parent_rss_at_spawn_bytes": parent_rss,
                 "particle_steps_per_s": n / rec["run_s"],
                 "what": "peak resident set size of a fresh python process that imports jax, builds x, compiles "
-                        "and runs one TransformerLayer softmax step (includes the interpreter and the JAX "
+                        "and runs one softmax layer step (includes the interpreter and the JAX "
                         "runtime): max of the child's own VmHWM and ru_maxrss(RUSAGE_CHILDREN) read by the "
                         "parent; the latter also counts the parent's RSS at spawn (forked copy before exec)"})
     log(f"  softmax N={n} d={d}: {rec['run_s']:.1f} s/step, compile {rec['compile']['compile_s']:.2f} s, "
@@ -439,7 +439,7 @@ def main(argv=None):
     # First, while this process is still small: a child's ru_maxrss also counts the parent's
     # resident memory at fork time (the forked copy before exec), so it must not follow big arrays.
     log("[4] softmax peak memory (child process, default blocks)")
-    dflt = SoftmaxKernel(ALPHA_SOFTMAX)
+    dflt = Softmax(ALPHA_SOFTMAX)
     res["softmax_memory"] = case_softmax_memory(*sizes["softmax_memory"], dflt.key_block, dflt.query_block)
     log("[5] memory bandwidth")
     res["bandwidth"] = case_bandwidth(sizes["bandwidth_bytes"], a.repeats)

@@ -349,9 +349,9 @@ def main(argv=None):
         A, S = np.meshgrid(betas, np.arange(B), indexing="ij")
         xs = jnp.asarray(x0)[jnp.asarray(S.ravel())]
         sargs = (xs, jnp.asarray(A.ravel()), jnp.asarray(1.0), jnp.asarray(H))
-        from solvers import SoftmaxKernel, TransformerLayer
+        from solvers import Softmax, Layer
 
-        kern, integ = SoftmaxKernel(1.0), TransformerLayer()
+        kern, integ = Softmax(1.0), Layer()
         fn = lambda *a_: _rollout_batch(*a_, kern, integ, layers=steps)  # noqa: E731
         compiled, comp, mem = compile_jitted(fn, *sargs)
         run = time_jax(compiled, sargs, 1)

@@ -31,7 +31,7 @@ thousand); ``method="native"`` runs the same dense rollout as a hand-fused C++ k
 (:mod:`solvers.native`: eight float64 or sixteen float32 (beta, system) pairs per 512-bit vector,
 each pair's state in L1 for all its steps, one exponential per pair ``i < j`` of the symmetric
 weight matrix; ``threads`` OS threads share the pairs), which ``"auto"`` picks on the CPU when the
-kernel compiled and the clusters are connected components; ``method="streaming"`` evaluates the drive with the blockwise ``SoftmaxKernel`` and the
+kernel compiled and the clusters are connected components; ``method="streaming"`` evaluates the drive with the blockwise ``Softmax`` and the
 statistics row block by row block, for large ``n``.
 """
 
@@ -49,7 +49,7 @@ from jax.sharding import PartitionSpec as P
 
 from solvers import native as _native
 from solvers.dense import gram, gram_statistics, gram_statistics_blocked, layer_update
-from solvers.kernels import SoftmaxKernel
+from solvers.kernels import Softmax
 from solvers.sphere import normalize
 
 from . import _validate
@@ -140,7 +140,7 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, 
             raise ValueError(f"cluster_count={cluster_count!r} needs method='dense' (streaming counts components)")
 
         def one_step(x, b):
-            kern = SoftmaxKernel(b, key_block=query_block, query_block=query_block)
+            kern = Softmax(b, key_block=query_block, query_block=query_block)
             return normalize(x + h * kern.drive(x, x))
 
         def stats(x):

@@ -11,19 +11,15 @@ Interfaces: :class:`AbstractKernel` (registry :data:`KERNELS`), :class:`Abstract
 
 from .finite_volume import AbstractGridSolver
 from . import feature_major
-from .general import Bilinear, MultiHead
+from .general import Bilinear
 from .integrators import (
     INTEGRATORS,
     AbstractIntegrator,
     Adaptive,
-    AdaptiveODE,
     AttentionField,
     Euler,
     Heun,
     Layer,
-    ProjectedEuler,
-    RetractionHeun,
-    TransformerLayer,
     make_integrator,
 )
 from .kernels import (
@@ -31,10 +27,7 @@ from .kernels import (
     USA,
     AbstractKernel,
     Linear,
-    LinearKernel,
     Softmax,
-    SoftmaxKernel,
-    USAKernel,
     key_moments,
     make_kernel,
 )
@@ -50,10 +43,8 @@ __all__ = [
     "AbstractIntegrator",
     "AbstractKernel",
     "Adaptive",
-    "AdaptiveODE",
     "AttentionField",
     "Bilinear",
-    "MultiHead",
     "Euler",
     "Heun",
     "Layer",
@@ -63,13 +54,7 @@ __all__ = [
     "PostLN",
     "PreLN",
     "SphereSDE",
-    "LinearKernel",
-    "ProjectedEuler",
-    "RetractionHeun",
     "Softmax",
-    "SoftmaxKernel",
-    "TransformerLayer",
-    "USAKernel",
     "key_moments",
     "make_integrator",
     "make_kernel",

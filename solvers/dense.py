@@ -63,7 +63,7 @@ def layer_update(
 
 
 def layer_step(x: Float[Array, "B n d"], beta: Float[Array, " B"], h) -> Float[Array, "B n d"]:
-    """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` (the ``TransformerLayer``
+    """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` (the ``Layer``
     scheme of :mod:`solvers.integrators`, mobility 1) for every system; ``x`` must have unit rows."""
     return layer_update(x, gram(x), beta, h)
 

@@ -30,14 +30,14 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
-from .kernels import LinearKernel, SoftmaxKernel, USAKernel
+from .kernels import Linear, Softmax, USA
 from .sphere import project
 from .streaming import Moments, map_query_blocks, weighted_moments
 
 STRATEGIES = ("gather", "ring")
 
 
-def _linear_drive(kernel: LinearKernel, x, axis):
+def _linear_drive(kernel: Linear, x, axis):
     c = lax.all_gather(x[0], axis)[0]  # one global token: the shift
     y = x - c
     count = lax.psum(jnp.asarray(x.shape[0], x.dtype), axis)
@@ -73,7 +73,7 @@ def _ring_moments(kernel, x, axis, n_shards: int) -> Moments:
 
 def sharded_drive(kernel, x: Float[Array, "n d"], axis: str, strategy: str = "gather") -> Float[Array, "n d"]:
     """``sum_j A_ij x_j`` for the local rows ``x`` of a token-sharded system (inside ``shard_map``)."""
-    if isinstance(kernel, LinearKernel):
+    if isinstance(kernel, Linear):
         return _linear_drive(kernel, x, axis)
     if strategy == "gather":
         return kernel.drive(x, lax.all_gather(x, axis, tiled=True))
@@ -81,9 +81,9 @@ def sharded_drive(kernel, x: Float[Array, "n d"], axis: str, strategy: str = "ga
         raise ValueError(f"unknown strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}")
     n_shards = lax.axis_size(axis)
     mo = _ring_moments(kernel, x, axis, n_shards)
-    if isinstance(kernel, SoftmaxKernel):
+    if isinstance(kernel, Softmax):
         return mo.acc / mo.l[:, None]
-    if isinstance(kernel, USAKernel):
+    if isinstance(kernel, USA):
         return mo.acc * (jnp.exp(mo.mx) / (x.shape[0] * n_shards))[:, None]
     raise ValueError(f"no sharded drive for kernel {type(kernel).__name__}")
 

@@ -268,7 +268,4 @@ class Bilinear(AbstractKernel):
                 "B": shape(self.B), "V": shape(self.V), "O": shape(self.O),
                 "key_block": self.key_block, "query_block": self.query_block}
 
-
-MultiHead = Bilinear
-
-__all__ = ["Bilinear", "MultiHead"]
+__all__ = ["Bilinear"]

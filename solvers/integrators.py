@@ -21,8 +21,7 @@ scheme                 order  update
 =====================  =====  =================================================================
 
 :data:`INTEGRATORS` maps each scheme's ``name`` to its class; it is filled when a subclass of
-:class:`AbstractIntegrator` with a ``name`` is defined. The first version's longer class names
-(``TransformerLayer``, ``ProjectedEuler``, ``RetractionHeun``, ``AdaptiveODE``) are aliases.
+:class:`AbstractIntegrator` with a ``name`` is defined.
 """
 
 from __future__ import annotations
@@ -237,10 +236,6 @@ class Adaptive(AbstractIntegrator):
         return y, 6 * steps
 
 
-TransformerLayer = Layer
-ProjectedEuler = Euler
-RetractionHeun = Heun
-AdaptiveODE = Adaptive
 
 
 def make_integrator(method, **options) -> AbstractIntegrator:
@@ -266,8 +261,4 @@ __all__ = [
     "Layer",
     "make_integrator",
     "uses_feature_major",
-    "AdaptiveODE",
-    "ProjectedEuler",
-    "RetractionHeun",
-    "TransformerLayer",
 ]

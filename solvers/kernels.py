@@ -416,9 +416,6 @@ class USA(_Streamed):
 
 
 # Longer names of the first version, kept as aliases.
-LinearKernel = Linear
-SoftmaxKernel = Softmax
-USAKernel = USA
 
 
 def make_kernel(kernel, alpha=None, **options) -> AbstractKernel:
@@ -438,6 +435,6 @@ def make_kernel(kernel, alpha=None, **options) -> AbstractKernel:
 
 
 __all__ = [
-    "AbstractKernel", "KERNELS", "Linear", "Softmax", "USA", "LinearKernel", "SoftmaxKernel", "USAKernel",
+    "AbstractKernel", "KERNELS", "Linear", "Softmax", "USA",
     "make_kernel", "key_moments", "probabilities", "spectrum_from_factor", "spectrum_from_gram", "total_mass",
 ]

@@ -6,7 +6,7 @@ import pytest
 
 import meanfield as mf
 from meanfield import diagnostics as dg
-from solvers import SoftmaxKernel
+from solvers import Softmax
 
 
 def test_spectrum_entropy_definitions():
@@ -37,7 +37,7 @@ def test_token_statistics_equal_numpy():
 
 def test_collapsed_tokens_have_rank_one_attention():
     x = jnp.tile(jnp.array([[0.0, 1.0, 0.0]]), (50, 1))
-    st = dg.attention_statistics(SoftmaxKernel(3.0), x[:10], x)
+    st = dg.attention_statistics(Softmax(3.0), x[:10], x)
     assert float(st["effective_rank"]) == pytest.approx(1.0, abs=1e-6)  # one non-zero singular value
     np.testing.assert_allclose(st["row_entropy"], np.log(50), rtol=1e-12)  # identical keys: uniform rows
     assert float(dg.token_statistics(x)["order_parameter"]) == pytest.approx(1.0, rel=1e-15)

@@ -20,7 +20,7 @@ from meanfield.dump.stats import (
     build_dump,
     token_block_statistics,
 )
-from solvers.kernels import SoftmaxKernel
+from solvers.kernels import Softmax
 
 L, H, N, DH, C = 3, 2, 40, 4, 8
 
@@ -134,7 +134,7 @@ def test_statistics_are_the_simulation_diagnostics():
     x = rng.normal(size=(50, 6))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     idx, alpha = diagnostics.query_subset(50, 20, seed=2), 3.0
-    kernel = SoftmaxKernel(alpha=alpha)
+    kernel = Softmax(alpha=alpha)
     sim = diagnostics.simulation_diagnostics(kernel, x, idx)
     direct = diagnostics.attention_statistics(kernel, x[idx], x)
     dumped = attention_block_statistics(x[None], x[None], alpha, idx, dtype=np.float64)

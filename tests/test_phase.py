@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from meanfield.phase import phase_diagram, phase_rollout, save_steps, summarize
-from solvers import AttentionField, SoftmaxKernel, TransformerLayer, native
+from solvers import AttentionField, Softmax, Layer, native
 from solvers.dense import count_components, gram_statistics, gram_statistics_blocked, layer_step, matrix_rank01
 
 H = 0.1
@@ -64,8 +64,8 @@ def test_layer_step_matches_numpy_and_streaming_kernel():
     ref = np.stack([np_step(xi, b) for xi, b in zip(x, betas)])
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-14)
     for xi, b, yi in list(zip(x, betas, y))[2:]:
-        field = AttentionField(SoftmaxKernel(b, key_block=3, query_block=2), 1.0)
-        ys, _ = TransformerLayer().advance(field, jnp.asarray(xi), 1, H)
+        field = AttentionField(Softmax(b, key_block=3, query_block=2), 1.0)
+        ys, _ = Layer().advance(field, jnp.asarray(xi), 1, H)
         np.testing.assert_allclose(yi, np.asarray(ys), rtol=0, atol=1e-14)
 
 

@@ -100,13 +100,13 @@ def test_two_devices_indivisible_tokens_is_one_clear_error(two_devices):
 def test_one_device_api_in_process():
     """The same API on this process's single device (no flag needed): sharding is a no-op."""
     from meanfield.sharding import advance_sharded, device_mesh
-    from solvers import AttentionField, TransformerLayer, make_kernel
+    from solvers import AttentionField, Layer, make_kernel
 
     mesh = device_mesh("tokens", n_devices=1)
     x = np.random.default_rng(2).standard_normal((12, 4))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     y = advance_sharded(x, mesh=mesh, kernel="softmax", alpha=3.0, h=0.2, n_steps=4, strategy="ring")
-    ref = TransformerLayer().advance(AttentionField(make_kernel("softmax", 3.0), 1.0), jnp.asarray(x), 4, 0.2)[0]
+    ref = Layer().advance(AttentionField(make_kernel("softmax", 3.0), 1.0), jnp.asarray(x), 4, 0.2)[0]
     assert y.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=0, atol=1e-15)
     with pytest.raises(ValueError, match="strategy"):

@@ -5,7 +5,7 @@ query and key tensors exactly as the model's softmax sees them (after its q/k no
 positional encoding) and the block-input residual stream. They hand them to a
 :class:`Recorder`, which converts them to NumPy and calls
 
-* ``meanfield.diagnostics.attention_statistics(SoftmaxKernel(alpha=scale), q_h[idx], k_h)`` per
+* ``meanfield.diagnostics.attention_statistics(Softmax(alpha=scale), q_h[idx], k_h)`` per
   head -- the function the simulations use (docs/theory.md "Diagnostics"): logits
   ``s_ij = scale <q_i, k_j>`` for the fixed query subset ``idx`` over ALL N keys, keys streamed
   in blocks, never an N x N array;
@@ -43,9 +43,9 @@ def _to_numpy(t, dtype=None) -> np.ndarray:
 
 @functools.cache
 def _kernel(scale: float, key_block: int):
-    from solvers.kernels import SoftmaxKernel
+    from solvers.kernels import Softmax
 
-    return SoftmaxKernel(alpha=scale, key_block=key_block)
+    return Softmax(alpha=scale, key_block=key_block)
 
 
 @functools.cache

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from solvers import INTEGRATORS, AttentionField, SoftmaxKernel, make_integrator
+from solvers import INTEGRATORS, AttentionField, Softmax, make_integrator
 
 T = 2.0
 ALPHA = 0.5
@@ -26,7 +26,7 @@ def reference(x0):
 @pytest.mark.parametrize("method", ["layer", "euler", "heun"])
 def test_tokens_stay_on_sphere(method):
     x = mf.Uniform(4).sample(3, 300)
-    field = AttentionField(SoftmaxKernel(2.0, key_block=128), 1.0)
+    field = AttentionField(Softmax(2.0, key_block=128), 1.0)
     y, _ = make_integrator(method).advance(field, x, 200, 0.05)
     # retraction renormalises every step: float64 round-off only
     assert float(jnp.max(jnp.abs(jnp.linalg.norm(y, axis=1) - 1))) < 1e-13

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from solvers import LinearKernel, SoftmaxKernel, USAKernel, make_kernel, project
+from solvers import Linear, Softmax, USA, make_kernel, project
 
 
 def unit_rows(n, d, seed=0, dtype=np.float64):
@@ -30,7 +30,7 @@ def test_linear_moments_equal_explicit_eq3_matrix():
     # float64 round-off: O(d) flops per entry on O(1) numbers -> 1e-12 is generous.
     x = unit_rows(257, 5)
     a = dense_attention("linear", x, x, 0.7)
-    got = LinearKernel(0.7).drive(jnp.asarray(x), jnp.asarray(x))
+    got = Linear(0.7).drive(jnp.asarray(x), jnp.asarray(x))
     np.testing.assert_allclose(got, a @ x, atol=1e-12, rtol=0)
 
 
@@ -71,7 +71,7 @@ def test_spectrum_and_row_statistics_equal_dense(name):
 def test_linear_spectrum_exact_low_rank():
     # rank <= d + 1: all singular values beyond d + 1 vanish; the rest equal a dense SVD to 1e-12.
     x = unit_rows(600, 3, seed=3)
-    sv, _ = LinearKernel(0.4).attention_statistics(jnp.asarray(x), jnp.asarray(x))
+    sv, _ = Linear(0.4).attention_statistics(jnp.asarray(x), jnp.asarray(x))
     ref = np.linalg.svd(dense_attention("linear", x, x, 0.4), compute_uv=False)
     np.testing.assert_allclose(np.asarray(sv)[:4], ref[:4], rtol=1e-12)
     assert np.all(np.asarray(sv)[4:] == 0) and np.all(ref[4:] < 1e-13)
@@ -79,7 +79,7 @@ def test_linear_spectrum_exact_low_rank():
 
 def test_linear_row_entropy_nan_when_weights_negative():
     x = unit_rows(200, 3, seed=4)
-    _, rows = LinearKernel(3.0).attention_statistics(jnp.asarray(x), jnp.asarray(x))
+    _, rows = Linear(3.0).attention_statistics(jnp.asarray(x), jnp.asarray(x))
     a = dense_attention("linear", x, x, 3.0)
     assert np.array_equal(np.isnan(np.asarray(rows["row_entropy"])), (a <= 0).any(1))
 
@@ -120,16 +120,16 @@ def test_linear_entropy_rate_closed_form_in_moments():
     Q = x.T @ x / len(x)
     S = Q - np.outer(m, m)
     ref = (-(d - 1) * m @ m + alpha * (np.trace(S) - d * np.trace(S @ Q))) / M
-    np.testing.assert_allclose(entropy_rate(LinearKernel(alpha), jnp.asarray(x), mobility=1 / M), ref, atol=1e-12)
+    np.testing.assert_allclose(entropy_rate(Linear(alpha), jnp.asarray(x), mobility=1 / M), ref, atol=1e-12)
 
 
 def test_alpha_is_a_vmappable_leaf():
     x = jnp.asarray(unit_rows(64, 3, seed=7))
     alphas = jnp.array([0.1, 1.0, 3.0])
-    batched = jax.vmap(lambda a: SoftmaxKernel(a, key_block=16).drive(x, x))(alphas)
+    batched = jax.vmap(lambda a: Softmax(a, key_block=16).drive(x, x))(alphas)
     for i, a in enumerate([0.1, 1.0, 3.0]):
-        np.testing.assert_allclose(batched[i], SoftmaxKernel(a, key_block=16).drive(x, x), atol=1e-14)
-    assert USAKernel(1.0).name == "usa"
+        np.testing.assert_allclose(batched[i], Softmax(a, key_block=16).drive(x, x), atol=1e-14)
+    assert USA(1.0).name == "usa"
 
 
 def test_unknown_kernel_message():
