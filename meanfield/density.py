@@ -45,6 +45,7 @@ from solvers.zonal import make_zonal_solver, zonal_cell_averages
 from . import _validate, checkpoint
 from ._threads import fetch
 from .diagnostics import simulation_diagnostics_jit
+from .distributions import Uniform
 from .particles import attention_field, diagnostic_subsets, initial_tokens
 from .solution import FlowSolution, FlowSpec
 
@@ -88,7 +89,7 @@ def _run_grid(spec, method, solver, u0, grid, params):
     us = np.asarray(us)
     diags = {k: np.asarray(v) for k, v in diags.items()}
     warnings = _subgrid_warning(diags, spec, method.subgrid_threshold, grid.get("entropy_floor", grid["log_cell_measure"]), us)
-    if type(spec.init).__name__ == "Uniform":
+    if isinstance(spec.init, Uniform):  # a subclass of Uniform is uniform too
         warnings.insert(0, f"the uniform start is a steady state of the density equation: method={method.name!r} keeps "
                            "it (up to round-off) and shows no collapse; start from VonMisesFisher (CLI: --init vmf)")
     n_sub = solver.substeps(float(spec.dt), method.cfl)
