@@ -43,11 +43,9 @@ def estimate_memory(spec) -> int:
     n = min(int(spec.n_query), N)
     n_saves = len(spec.save_steps)
     method = spec.method.name
-    if method in ("zonal", "circle"):
-        cells = int(spec.method.cells)
-        n_phi = int(getattr(spec.method, "n_phi", None) or 64)
-        arrays = (spec.n_steps + 1) * cells * 12 + 16 * cells * cells + 8 * cells * n_phi * 8
-        return int(RUNTIME_BYTES + MARGIN * arrays * s / 8 * 8)
+    own = getattr(spec.method, "array_bytes", None)
+    if callable(own):  # a method that knows its arrays (the grid solvers of meanfield.density)
+        return int(RUNTIME_BYTES + MARGIN * own(spec))
     kernel = spec.kernel
     kb = int(getattr(kernel, "key_block", 1024))
     qb = int(getattr(kernel, "query_block", 1024))
@@ -115,8 +113,9 @@ def results_size(spec) -> int:
     n_saves = len(spec.save_steps)
     s = _itemsize(spec)
     size = 64 * 1024 + n_saves * (40 + min(spec.n_query, spec.N)) * 8
-    if spec.method.name in ("zonal", "circle"):
-        return size + n_saves * int(spec.method.cells) * s
+    saved = getattr(spec.method, "saved_bytes", None)
+    if callable(saved):  # a method that knows what it saves (the grid solvers)
+        return size + saved(spec)
     size += spec.N * spec.d * s
     if spec.save_tokens:
         size += n_saves * spec.N * spec.d * s

@@ -140,8 +140,28 @@ def _grid_options(obj, min_cells: int, even: bool):
     _validate.real("sigma", obj.sigma, minimum=0.0)
 
 
+class _GridMethod:
+    """What the grid solvers tell the tools about themselves (no tool lists them by name): the
+    command-line options they take, that a uniform start is a steady state of theirs, and the
+    memory and file size of a run (``meanfield._resources`` asks any method for these)."""
+
+    cli_options: ClassVar[tuple[str, ...]] = ("cells", "sigma")  # meanfield-simulate --cells, --sigma
+    uniform_is_steady: ClassVar[bool] = True
+
+    def array_bytes(self, spec) -> int:
+        """Peak bytes of a run's arrays: the saved densities and per-step work arrays (12 per cell
+        and step), the cell-to-cell interaction table and the azimuthal tables."""
+        cells, n_phi = int(self.cells), int(getattr(self, "n_phi", None) or 64)
+        values = (spec.n_steps + 1) * cells * 12 + 16 * cells * cells + 8 * cells * n_phi * 8
+        return values * np.dtype(spec.dtype).itemsize
+
+    def saved_bytes(self, spec) -> int:
+        """Bytes a run adds to its results file: one density of ``cells`` values per save."""
+        return len(spec.save_steps) * int(self.cells) * np.dtype(spec.dtype).itemsize
+
+
 @dataclasses.dataclass(frozen=True)
-class Zonal:
+class Zonal(_GridMethod):
     """Zonal finite-volume solver (d >= 3, axisymmetric start: ``Uniform`` or ``VonMisesFisher``).
 
     ``cells`` even number of cells on ``[0, pi]``; ``cfl`` Courant number in ``(0, 0.5]``
@@ -186,7 +206,7 @@ class Zonal:
 
 
 @dataclasses.dataclass(frozen=True)
-class Circle:
+class Circle(_GridMethod):
     """Finite-volume solver on the circle (d = 2); the density comes from ``init.log_density``.
 
     ``cells`` cells on ``[-pi, pi)``; ``cfl``, ``subgrid_threshold`` and ``sigma`` as for :class:`Zonal`.

@@ -27,7 +27,6 @@ TABLE_COLUMNS = (
     ("entropy_rate", "dH/dt", "{:>10.4g}"),
     ("n_tokens", "tokens", "{:>7.0f}"),
 )
-GRID_METHODS = ("zonal", "circle")
 
 
 def build_parser() -> ArgumentParser:
@@ -176,7 +175,8 @@ def _main(args, worker) -> int:
     table = method_table()
     choice("method", args.method, tuple(table))
     cls = table[args.method]
-    if args.sigma is not None and args.method in GRID_METHODS:
+    options = getattr(cls, "cli_options", ())  # what the method takes of --cells/--sigma (meanfield.density)
+    if args.sigma is not None and "sigma" in options:
         method = cls(cells=integer("cells", args.cells, 4), sigma=real("sigma", args.sigma, minimum=0.0))
     elif args.sigma is not None:
         if args.method not in ("layer", "sde"):
@@ -184,8 +184,8 @@ def _main(args, worker) -> int:
                              f"it cannot be combined with --method {args.method}")
         method = table["sde"](sigma=real("sigma", args.sigma, minimum=0.0))
     else:
-        method = cls(cells=integer("cells", args.cells, 4)) if args.method in GRID_METHODS else cls()
-    if args.method in GRID_METHODS and args.init == "uniform":
+        method = cls(cells=integer("cells", args.cells, 4)) if "cells" in options else cls()
+    if getattr(cls, "uniform_is_steady", False) and args.init == "uniform":
         raise ValueError(f"--method {args.method} with --init uniform shows nothing: the uniform density is a steady "
                          "state of the density equation (docs/theory.md); start from --init vmf --kappa K")
     init = distributions.make_distribution(args.init, args.d, args.kappa)

@@ -83,3 +83,37 @@ def test_a_density_method_is_any_object_with_run():
     assert resolve_method(Frozen()).name == "frozen"
     sol = mf.solve_flow(mf.Uniform(3), N=50, layers=2, method=Frozen())
     assert sol.x.shape == (50, 3)
+
+
+def test_a_method_carries_its_memory_estimate_and_file_size():
+    """meanfield._resources asks the method (the grid solvers answer the same way), not a list of names."""
+    from meanfield._resources import MARGIN, RUNTIME_BYTES, estimate_memory, results_size
+    from meanfield.flow import make_spec
+
+    class Heavy:
+        name = "heavy"
+
+        def describe(self):
+            return {"name": self.name}
+
+        def array_bytes(self, spec):
+            return 10**9
+
+        def saved_bytes(self, spec):
+            return 123
+
+        def run(self, spec):  # pragma: no cover - never run here
+            raise AssertionError
+
+    spec = make_spec(mf.Uniform(3), N=50, layers=2, method=Heavy())
+    plain = make_spec(mf.Uniform(3), N=50, layers=2, method=mf.Zonal(cells=8))
+    assert estimate_memory(spec) == int(RUNTIME_BYTES + MARGIN * 10**9)
+    assert results_size(spec) - 123 == results_size(plain) - plain.method.saved_bytes(plain)
+    with pytest.raises(ValueError, match="needs about"):  # a method's own estimate is checked like any other
+        from meanfield._resources import check_memory
+
+        class Huge(Heavy):
+            def array_bytes(self, spec):
+                return 2**60
+
+        check_memory(make_spec(mf.Uniform(3), N=50, layers=2, method=Huge()))
