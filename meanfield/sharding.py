@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from solvers import AttentionField, make_integrator, make_kernel, normalize
-from solvers.distributed import STRATEGIES, ShardedAttentionField
+from solvers.distributed import STRATEGIES, ShardedAttentionField, shardable_kernels
 
 from . import _validate
 
@@ -103,13 +103,13 @@ def advance_sharded(x, *, mesh: Mesh, kernel: str = "softmax", alpha: float = 1.
     """Advance ONE system of ``N`` tokens, sharded along the token axis, by ``n_steps`` steps of ``h``.
 
     ``x``: ``(N, d)`` tokens (use :func:`shard_tokens`; an unsharded array is placed by it), ``N``
-    divisible by the devices along ``axis``. ``kernel`` in linear/softmax/usa, ``method`` in
-    layer/euler/heun (the fixed-step schemes of :mod:`solvers.integrators`), ``strategy`` in
+    divisible by the devices along ``axis``. ``kernel`` one of
+    ``solvers.distributed.shardable_kernels()`` (linear, softmax, usa), ``method`` in layer/euler/heun (the fixed-step schemes of :mod:`solvers.integrators`), ``strategy`` in
     gather/ring for softmax and usa (ignored by linear, which all-reduces the moments). Returns the
     ``(N, d)`` tokens, sharded like ``x``.
     """
     axis = mesh_axis(mesh, axis)
-    _validate.choice("kernel", kernel, ("linear", "softmax", "usa"))
+    _validate.choice("kernel", kernel, shardable_kernels())
     _validate.choice("method", method, ("layer", "euler", "heun"))
     _validate.choice("strategy", strategy, STRATEGIES)
     n_steps = _validate.integer("n_steps", n_steps, 0)
@@ -145,7 +145,7 @@ def advance_ensemble(x, *, mesh: Mesh, kernel: str = "softmax", alpha=1.0, h: fl
     (``jax.jit`` propagates the ``NamedSharding(mesh, P(axis))`` of the inputs; no communication).
     Returns ``(B, N, d)`` sharded like the input."""
     axis = mesh_axis(mesh, axis)
-    _validate.choice("kernel", kernel, ("linear", "softmax", "usa"))
+    _validate.choice("kernel", kernel, shardable_kernels())
     _validate.choice("method", method, ("layer", "euler", "heun"))
     n_steps = _validate.integer("n_steps", n_steps, 0)
     h = _validate.real("h", h, minimum=0.0, open_min=True)

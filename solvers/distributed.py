@@ -30,14 +30,26 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
-from .kernels import Linear, Softmax, USA
+from .kernels import KERNELS
 from .sphere import project
 from .streaming import Moments, map_query_blocks, weighted_moments
 
 STRATEGIES = ("gather", "ring")
 
 
-def _linear_drive(kernel: Linear, x, axis):
+def shardable(kernel) -> bool:
+    """Whether a kernel (class or object) has a token-sharded drive: from all-reduced key moments
+    (``drive_from_key_moments``, the linear kernel) or from streamed moments folded around a ring
+    or over gathered keys (``drive_from_moments``, softmax and usa)."""
+    return hasattr(kernel, "drive_from_key_moments") or hasattr(kernel, "drive_from_moments")
+
+
+def shardable_kernels() -> tuple[str, ...]:
+    """The registered kernels' names for which :func:`shardable` holds."""
+    return tuple(name for name, cls in KERNELS.items() if shardable(cls))
+
+
+def _moments_drive(kernel, x, axis):
     c = lax.all_gather(x[0], axis)[0]  # one global token: the shift
     y = x - c
     count = lax.psum(jnp.asarray(x.shape[0], x.dtype), axis)
@@ -45,7 +57,7 @@ def _linear_drive(kernel: Linear, x, axis):
     second = lax.psum(y.T @ y, axis) / count
     cov = second - jnp.outer(my, my)
     cov = 0.5 * (cov + cov.T)
-    return my + c + jnp.asarray(kernel.alpha, x.dtype) * (x @ cov)
+    return kernel.drive_from_key_moments(x, my + c, cov)
 
 
 def _merge(a: Moments, b: Moments) -> Moments:
@@ -73,19 +85,18 @@ def _ring_moments(kernel, x, axis, n_shards: int) -> Moments:
 
 def sharded_drive(kernel, x: Float[Array, "n d"], axis: str, strategy: str = "gather") -> Float[Array, "n d"]:
     """``sum_j A_ij x_j`` for the local rows ``x`` of a token-sharded system (inside ``shard_map``)."""
-    if isinstance(kernel, Linear):
-        return _linear_drive(kernel, x, axis)
+    if not shardable(kernel):
+        raise ValueError(f"no sharded drive for kernel {type(kernel).__name__}; kernels with one: "
+                         f"{', '.join(shardable_kernels())}")
+    if hasattr(kernel, "drive_from_key_moments"):
+        return _moments_drive(kernel, x, axis)
     if strategy == "gather":
         return kernel.drive(x, lax.all_gather(x, axis, tiled=True))
     if strategy != "ring":
         raise ValueError(f"unknown strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}")
     n_shards = lax.axis_size(axis)
     mo = _ring_moments(kernel, x, axis, n_shards)
-    if isinstance(kernel, Softmax):
-        return mo.acc / mo.l[:, None]
-    if isinstance(kernel, USA):
-        return mo.acc * (jnp.exp(mo.mx) / (x.shape[0] * n_shards))[:, None]
-    raise ValueError(f"no sharded drive for kernel {type(kernel).__name__}")
+    return kernel.drive_from_moments(mo, jnp.asarray(x.shape[0] * n_shards, x.dtype))
 
 
 class ShardedAttentionField(eqx.Module):
@@ -104,4 +115,4 @@ class ShardedAttentionField(eqx.Module):
         return project(x, self.drive(x))
 
 
-__all__ = ["STRATEGIES", "ShardedAttentionField", "sharded_drive"]
+__all__ = ["STRATEGIES", "ShardedAttentionField", "shardable", "shardable_kernels", "sharded_drive"]

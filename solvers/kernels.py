@@ -231,7 +231,11 @@ class Linear(AbstractKernel):
         check_matmul_precision(self.matmul_precision)
 
     def drive(self, q, k, weights=None):
-        m, cov = key_moments(k, weights, self.matmul_precision)
+        return self.drive_from_key_moments(q, *key_moments(k, weights, self.matmul_precision))
+
+    def drive_from_key_moments(self, q, m, cov):
+        """``m + alpha Sigma q`` from the key mean and covariance (however they were reduced: one
+        device, or an all-reduce over shards in :mod:`solvers.distributed`)."""
         return m + _alpha(self.alpha, q.dtype) * _apply(q, cov, self.matmul_precision)
 
     def mean_divergence(self, m, cov):
@@ -354,6 +358,12 @@ class Softmax(_Streamed):
             return fused_drive(q, k, _alpha(self.alpha, q.dtype), weights=w, precision=self.matmul_precision,
                                query_block=self.query_block)
         mo = self._moments(q, k, weights, with_acc2=False)
+        return self.drive_from_moments(mo, total_mass(weights, k.shape[0], q.dtype))
+
+    @staticmethod
+    def drive_from_moments(mo, mass):
+        """The drive from the streamed moments of a query block (however the key blocks were
+        folded in: one scan, or a ring over shards in :mod:`solvers.distributed`): ``acc / l``."""
         return mo.acc / mo.l[:, None]
 
     def drive_and_divergence(self, q, k, weights=None):
@@ -394,7 +404,13 @@ class USA(_Streamed):
 
     def drive(self, q, k, weights=None):
         mo = self._moments(q, k, weights, with_acc2=False)
-        return mo.acc * self._scale(mo.mx, total_mass(weights, k.shape[0], q.dtype))[:, None]
+        return self.drive_from_moments(mo, total_mass(weights, k.shape[0], q.dtype))
+
+    @classmethod
+    def drive_from_moments(cls, mo, mass):
+        """The drive from the streamed moments (as :meth:`Softmax.drive_from_moments`):
+        ``acc e^{max} / W`` with ``W`` the total key mass (``N`` for unit masses)."""
+        return mo.acc * cls._scale(mo.mx, mass)[:, None]
 
     def drive_and_divergence(self, q, k, weights=None):
         mo = self._moments(q, k, weights)

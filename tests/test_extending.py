@@ -55,6 +55,9 @@ def test_a_fourth_kernel_needs_only_its_class(fourth_kernel):
     z = mf.solve_flow(mf.VonMisesFisher(3, 1.0), N=10, kernel="doubled", alpha=1.5, layers=2,
                       method=mf.Zonal(cells=64))  # the grid solver reads the family, not the name
     assert z.params["kernel"] == "doubled" and np.isfinite(z.diagnostics["entropy"]).all()
+    from solvers.distributed import shardable_kernels  # the token-sharded drive asks the class too
+
+    assert "doubled" in shardable_kernels() and "bilinear" not in shardable_kernels()
 
 
 def test_a_new_integrator_needs_only_its_class(midpoint):
