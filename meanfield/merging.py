@@ -128,6 +128,14 @@ class ToMe:
                              "(bipartite matching merges at most half the tokens per layer)")
         return out.astype(np.int32)
 
+    def check(self, spec: FlowSpec) -> None:
+        """Refuse a run this strategy cannot make (``ValueError``), before anything is traced."""
+        self.schedule(spec.N, spec.n_steps)
+
+    def start(self, spec: FlowSpec, x, euler: bool) -> "_ToMeRun":
+        """The state of a run from tokens ``x`` (see :func:`run_merged`)."""
+        return _ToMeRun(self, spec, x, euler)
+
     def describe(self) -> dict:
         return {"name": self.name, "ratio": self.ratio, "r": self.r, "proportional": self.proportional,
                 "protected": list(self.protected)}
@@ -178,6 +186,16 @@ class FastVGGT:
         dst[np.random.default_rng(self.seed).choice(free, size=n_dst, replace=False)] = True
         return r, dst, prot
 
+    def check(self, spec: FlowSpec) -> None:
+        """Refuse a run this strategy cannot make (``ValueError``), before anything is traced."""
+        if spec.weights is not None:
+            raise ValueError("FastVGGT merging does not track masses: give weights=None")
+        self.plan(spec.N)
+
+    def start(self, spec: FlowSpec, x, euler: bool) -> "_FastVGGTRun":
+        """The state of a run from tokens ``x`` (see :func:`run_merged`)."""
+        return _FastVGGTRun(self, spec, x, euler)
+
     def describe(self) -> dict:
         return {"name": self.name, "ratio": self.ratio, "protected_fraction": self.protected_fraction,
                 "protected": list(self.protected), "dst_fraction": self.dst_fraction, "seed": self.seed}
@@ -206,9 +224,10 @@ def cli_strategy(name, ratio, protected_fraction=0.0):
 
 def resolve_merging(merging):
     """``None`` or a strategy object (returned as is)."""
-    if merging is None or isinstance(merging, (ToMe, FastVGGT)):
+    if merging is None or all(callable(getattr(merging, m, None)) for m in ("check", "start", "describe")):
         return merging
-    raise ValueError(f"merging must be None, ToMe(...) or FastVGGT(...), got {merging!r}")
+    raise ValueError(f"merging must be None, ToMe(...), FastVGGT(...) or another strategy with check(), start() "
+                     f"and describe(), got {merging!r}")
 
 
 def check_merging(spec: FlowSpec) -> None:
@@ -216,12 +235,7 @@ def check_merging(spec: FlowSpec) -> None:
     mg = spec.merging
     if not isinstance(spec.method, (Layer, Euler)):
         raise ValueError(f"merging runs layer by layer: method must be 'layer' or 'euler', got {spec.method.name!r}")
-    if isinstance(mg, FastVGGT):
-        if spec.weights is not None:
-            raise ValueError("FastVGGT merging does not track masses: give weights=None")
-        mg.plan(spec.N)
-    else:
-        mg.schedule(spec.N, spec.n_steps)
+    mg.check(spec)
 
 
 def _tome_advance(engine, kernel, mobility, state, schedule, start, n, h):
@@ -256,71 +270,108 @@ def alive_queries(alive: np.ndarray, n_query: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
+class _ToMeRun:
+    """A ToMe run between chunks: tokens, sizes (masses) and owners, merged in place each layer."""
+
+    def __init__(self, mg: ToMe, spec: FlowSpec, x, euler: bool):
+        N, dtype = spec.N, spec.dtype
+        self.schedule = mg.schedule(N, spec.n_steps)
+        self._engine = ToMeLayer(jnp.asarray(protected_mask("ToMe", N, mg.protected)), mg.proportional, euler)
+        sizes = jnp.ones((N,), dtype) if spec.weights is None else jnp.asarray(spec.weights, dtype)
+        self._state = MergeState(x, sizes, jnp.arange(N, dtype=jnp.int32))
+        self._schedule = jnp.asarray(self.schedule)
+        self._proportional, self._dtype = mg.proportional, dtype
+
+    @property
+    def x(self):
+        return self._state.x
+
+    def advance(self, kernel, mobility, done: int, k, h) -> None:
+        self._state = _tome_advance_jit(self._engine, kernel, mobility, self._state, self._schedule,
+                                        jnp.asarray(done, jnp.int32), k, h)
+
+    def record_inputs(self):
+        """``(sizes, attention weights, n_tokens)`` of the diagnostics (``None``: counted from the weights)."""
+        sizes = np.asarray(self._state.sizes)
+        w = self._state.sizes if self._proportional else jnp.asarray(sizes > 0, self._dtype)
+        return sizes, w, None
+
+    def weights(self):
+        return np.asarray(self._state.sizes)
+
+    def extra(self) -> dict:
+        return {"sizes": np.asarray(self._state.sizes), "owner": np.asarray(self._state.owner)}
+
+
+class _FastVGGTRun:
+    """A FastVGGT run between chunks: the tokens only (each layer merges, attends and unmerges)."""
+
+    def __init__(self, mg: FastVGGT, spec: FlowSpec, x, euler: bool):
+        r, dst, prot = mg.plan(spec.N)
+        self._engine = MergeAttendUnmerge(jnp.asarray(np.flatnonzero(~dst & ~prot), jnp.int32),
+                                          jnp.asarray(np.flatnonzero(dst), jnp.int32), euler=euler)
+        self.schedule = np.full(spec.n_steps, r, np.int32)
+        self.x, self._r, self._r_dev, self._N, self._dtype = x, r, jnp.asarray(r, jnp.int32), spec.N, spec.dtype
+
+    def advance(self, kernel, mobility, done: int, k, h) -> None:
+        self.x = _fast_advance_jit(self._engine, kernel, mobility, self.x, self._r_dev, k, h)
+
+    def record_inputs(self):
+        sizes = np.ones(self._N)
+        return sizes, jnp.asarray(sizes > 0, self._dtype), self._N - self._r
+
+    def weights(self):
+        return None
+
+    def extra(self) -> dict:
+        return {}
+
+
 def run_merged(spec: FlowSpec) -> FlowSolution:
-    """Runner of a flow with token merging (``spec.merging``): one jitted chunk of layers at a time."""
+    """Runner of a flow with token merging (``spec.merging``): one jitted chunk of layers at a time.
+
+    The strategy's ``start(spec, x, euler)`` gives the run's state (``_ToMeRun``, ``_FastVGGTRun``):
+    ``advance`` by a chunk of layers, the current tokens ``x``, what the diagnostics need
+    (``record_inputs``), the final ``weights`` and the strategy's ``extra`` results."""
     t_start = time.perf_counter()
     mg, kernel, dtype = spec.merging, spec.kernel, spec.dtype
-    euler = isinstance(spec.method, Euler)
     mob, h = jnp.asarray(spec.mobility, dtype), jnp.asarray(spec.dt, dtype)
-    x = initial_tokens(spec)
     N = spec.N
-    if isinstance(mg, FastVGGT):
-        r, dst, prot = mg.plan(N)
-        engine = MergeAttendUnmerge(jnp.asarray(np.flatnonzero(~dst & ~prot), jnp.int32),
-                                    jnp.asarray(np.flatnonzero(dst), jnp.int32), euler=euler)
-        schedule = np.full(spec.n_steps, r, np.int32)
-        sizes = jnp.ones((N,), dtype)
-        r_dev = jnp.asarray(r, jnp.int32)
-    else:
-        schedule = mg.schedule(N, spec.n_steps)
-        engine = ToMeLayer(jnp.asarray(protected_mask("ToMe", N, mg.protected)), mg.proportional, euler)
-        sizes = jnp.ones((N,), dtype) if spec.weights is None else jnp.asarray(spec.weights, dtype)
-        state = MergeState(x, sizes, jnp.arange(N, dtype=jnp.int32))
-        sched_dev = jnp.asarray(schedule)
+    run = mg.start(spec, initial_tokens(spec), isinstance(spec.method, Euler))
 
     def record():
-        s = np.asarray(state.sizes) if not isinstance(mg, FastVGGT) else np.ones(N)
-        alive = s > 0
-        w = state.sizes if (not isinstance(mg, FastVGGT) and mg.proportional) else jnp.asarray(alive, dtype)
-        q = jnp.asarray(alive_queries(alive, spec.n_query, spec.seed))
-        xx = x if isinstance(mg, FastVGGT) else state.x
-        out = fetch(_diagnostics_jit, kernel, xx, q, w, jnp.asarray(s, dtype), mob)
-        if isinstance(mg, FastVGGT):
-            out["n_tokens"] = np.asarray(N - r, np.asarray(out["n_tokens"]).dtype)
+        sizes, w, n_tokens = run.record_inputs()
+        q = jnp.asarray(alive_queries(sizes > 0, spec.n_query, spec.seed))
+        out = fetch(_diagnostics_jit, kernel, run.x, q, w, jnp.asarray(sizes, dtype), mob)
+        if n_tokens is not None:
+            out["n_tokens"] = np.asarray(n_tokens, np.asarray(out["n_tokens"]).dtype)
         sv = np.asarray(out["attention_singular_values"])  # fewer rows once fewer tokens survive: pad with 0
         out["attention_singular_values"] = np.pad(sv, (0, min(spec.n_query, N) - sv.size))
         return out
 
     records = [record()]
-    snaps = [np.asarray(x)] if spec.save_tokens else None
+    snaps = [np.asarray(run.x)] if spec.save_tokens else None
     bar = make_progress(spec.progress)
     bar.init(spec.n_steps, desc=f"{kernel.name}/{mg.name} N={N} d={spec.d}")
     done = 0
     try:
         for k, save in chunks(spec.save_steps, spec.n_steps):
-            k_dev = jnp.asarray(k, jnp.int32)
-            if isinstance(mg, FastVGGT):
-                x = _fast_advance_jit(engine, kernel, mob, x, r_dev, k_dev, h)
-            else:
-                state = _tome_advance_jit(engine, kernel, mob, state, sched_dev, jnp.asarray(done, jnp.int32), k_dev, h)
+            run.advance(kernel, mob, done, jnp.asarray(k, jnp.int32), h)
             done += k
             bar.step(k)
             if save is not None:
                 records.append(record())
                 if snaps is not None:
-                    snaps.append(np.asarray(x if isinstance(mg, FastVGGT) else state.x))
+                    snaps.append(np.asarray(run.x))
     finally:
         bar.close()
 
     diags = stack_records(records)
     check_finite(diags, spec)
-    final = x if isinstance(mg, FastVGGT) else state.x
-    extra = {"strategy": mg.describe(), "schedule": schedule}
-    if not isinstance(mg, FastVGGT):
-        extra.update(sizes=np.asarray(state.sizes), owner=np.asarray(state.owner))
+    extra = {"strategy": mg.describe(), "schedule": run.schedule, **run.extra()}
     return FlowSolution(
-        t=spec.save_steps * spec.dt, layers=spec.save_steps.copy(), x=np.asarray(final), diagnostics=diags,
+        t=spec.save_steps * spec.dt, layers=spec.save_steps.copy(), x=np.asarray(run.x), diagnostics=diags,
         params=spec.params(), query_indices=None, snapshots=None if snaps is None else np.stack(snaps),
         stats={"field_evaluations": spec.n_steps, "wall_time": time.perf_counter() - t_start},
-        weights=None if isinstance(mg, FastVGGT) else np.asarray(state.sizes), merging=extra,
+        weights=run.weights(), merging=extra,
     )
