@@ -31,19 +31,19 @@ import _harness as hx  # noqa: E402
 import meanfield as mf  # noqa: E402
 
 CASES = {
-    "linear": dict(N=1_000_000, d=4, kernel="linear", alpha=0.25, layers=12),
-    "softmax": dict(N=16_384, d=64, kernel="softmax", alpha=1.0, layers=4),
+    "linear": dict(N=1_000_000, d=4, kernel=mf.Linear(0.25), layers=12),
+    "softmax": dict(N=16_384, d=64, kernel=mf.Softmax(1.0), layers=4),
 }
 QUICK = {"linear": dict(N=100_000, layers=6), "softmax": dict(N=4096, d=16, layers=3)}
 
 
-CONFIGS = {"default": {}, "exact": {"diagnostics": "exact"}, "end_only": "end"}
+CONFIGS = {"default": {}, "exact": {"diagnostics": "exact"}, "end_only": "end"}  # SaveAt options
 
 
 def prepare(case, over):
     kw = dict(case)
     N, d, layers = kw.pop("N"), kw.pop("d"), kw.pop("layers")
-    kw.update({"save_every": layers} if over == "end" else over)
+    kw["save"] = mf.SaveAt(every=layers) if over == "end" else mf.SaveAt(**over)
     init = mf.Uniform(d)
     mf.solve_flow(init, N=N, layers=layers, key=1, **kw)  # compile every shape of this configuration
 

@@ -80,12 +80,19 @@ def section_t1(cfg):
         case = dict(cfg[name])
         N, d, layers = case.pop("N"), case.pop("d"), case.pop("layers")
 
-        def run(**over):
-            kw = dict(case, dtype="float32", check_memory=False, **over)
-            mf.solve_flow(mf.Uniform(d), N=N, layers=layers, key=1, **kw)  # compile these shapes
-            return mf.solve_flow(mf.Uniform(d), N=N, layers=layers, key=0, **kw).stats["wall_time"]
+        from meanfield.flow import resolve_kernel
 
-        t_default, t_end = run(), run(save_every=layers)
+        kernel = resolve_kernel(case.pop("kernel"), case.pop("alpha"))
+
+        def run(save=None):
+            def once(key):
+                spec = mf.make_spec(mf.Uniform(d), N=N, kernel=kernel, layers=layers, key=key, dtype="float32", save=save)
+                return mf.run(spec, check_memory=False)
+
+            once(1)  # compile these shapes
+            return once(0).stats["wall_time"]
+
+        t_default, t_end = run(), run(mf.SaveAt(every=layers))
         out[name] = {"N": N, "d": d, "layers": layers, "default_s": t_default, "end_only_s": t_end,
                      "ratio": t_default / t_end}
         hx.log(f"  {name}: every layer {t_default:.3f} s, end only {t_end:.3f} s, ratio {t_default / t_end:.2f}")

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import meanfield as mf
 
 OK, EXIT2, VALUE, EXISTS = "ok", "exit 2", "ValueError", "FileExistsError"
 SIM = ["--N", "50", "--layers", "2", "--no-progress", "--no-plot"]  # small valid base for CLI cases
@@ -136,15 +137,15 @@ def cases():
         (py, "solve_flow(Uniform(4)) without N", lambda: mf.solve_flow(u4), VALUE),
         (py, "tokens with NaN", lambda: mf.solve_flow(np.full((5, 3), np.nan)), VALUE),
         (py, "tokens 1-D", lambda: mf.solve_flow(np.ones(5)), VALUE),
-        (py, "negative weights", lambda: mf.solve_flow(u4, N=3, weights=[1, -1, 1]), VALUE),
-        (py, "weights of the wrong length", lambda: mf.solve_flow(u4, N=3, weights=[1, 1]), VALUE),
+        (py, "negative weights", lambda: mf.solve_flow(mf.Weighted(u4, [1, -1, 1]), N=3), VALUE),
+        (py, "weights of the wrong length", lambda: mf.solve_flow(mf.Weighted(u4, [1, 1]), N=3), VALUE),
         (py, "kernel='cos'", lambda: mf.solve_flow(u4, N=3, kernel="cos"), VALUE),
         (py, "method='zonal' with a token array", lambda: mf.solve_flow(np.eye(4), method="zonal"), VALUE),
         (py, "dtype='float16'", lambda: mf.solve_flow(u4, N=3, dtype="float16"), VALUE),
         (py, "t1=0.5 with dt=1", lambda: mf.solve_flow(u4, N=3, t1=0.5), VALUE),
         (py, "N=10**10", lambda: mf.solve_flow(u4, N=10**10), VALUE),
         (py, "Checkpoint(path, every=0)", lambda: mf.Checkpoint("c.h5", every=0), VALUE),
-        (py, "resume= a checkpoint of another run", lambda: mf.solve_flow(u4, N=20, layers=4, resume="run.ckpt.h5"),
+        (py, "resume= a checkpoint of another run", lambda: mf.solve_flow(u4, N=20, layers=4, checkpoint=mf.Checkpoint(resume="run.ckpt.h5")),
          VALUE),
         (py, "load_results(a CSV file)", lambda: mf.load_results("good.csv"), VALUE),
         (py, "load_results(truncated file)", lambda: mf.load_results("truncated.h5"), VALUE),

@@ -78,7 +78,7 @@ for D in DS:
     rho0 = (1 + 2 * EPS * np.sin(h / 2) / (h / 2) * np.cos(th)) / (2 * math.pi)
     _, diags = rollout(solver, jnp.asarray(rho0), 0.25, 16)
     sol = mf.solve_flow(stratified_circle(N_PART, EPS), kernel=Linear(0.0), method=SphereSDE(math.sqrt(2 * D)),
-                        dt=0.05, layers=80, save_every=5, dtype=jnp.float64, key=1)
+                        dt=0.05, layers=80, save=mf.SaveAt(every=5), dtype=jnp.float64, key=1)
     kuramoto[D] = (0.25 * np.arange(17), np.asarray(diags["order_parameter"]), sol.t,
                    sol.diagnostics["order_parameter"])
 

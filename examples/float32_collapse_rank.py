@@ -19,6 +19,6 @@ import meanfield as mf  # noqa: E402
 N, LAYERS = (256, 12) if args.smoke else (2048, 24)
 for dt in ("float32", "float64"):
     _common.progress(f"{dt}: N = {N}, {LAYERS} layers")
-    sol = mf.solve_flow(mf.Uniform(16), N=N, kernel="softmax", alpha=1.0, layers=LAYERS, dtype=dt)
+    sol = mf.solve_flow(mf.Uniform(16), N=N, kernel=mf.Softmax(1.0), layers=LAYERS, dtype=dt)
     r = sol.diagnostics["effective_rank"]
     print(dt, f"layers 10..{LAYERS}:", " ".join(f"{v:.4f}" for v in r[10:]))

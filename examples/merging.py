@@ -74,6 +74,7 @@ RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
 SEEDS = (0, 1, 2)
 DT = 0.5                     # time per layer; the Layer scheme's tau'/tau -> M only as dt -> 0
 ALPHA = {"softmax": 1.0, "linear": 0.25}
+KERNEL = {"softmax": mf.Softmax, "linear": mf.Linear}
 CONFIGS = [("softmax", 4096, 4), ("linear", 4096, 4), ("linear", 4096, 64), ("linear", 16384, 4),
            ("softmax", 4096, 64), ("linear", 16384, 64)]  # in the order they run
 RANK_DEFINITION = {"softmax": "ratio", "linear": "excess"}  # linear starts near rank 2: r0/e is below 1
@@ -100,9 +101,9 @@ def _t1(t):
 
 # --- Setup / Solve ----------------------------------------------------------------------------
 def run_one(kernel, N, d, seed, variant, m, t1):
-    kw = dict(N=N, kernel=kernel, alpha=ALPHA[kernel], dt=DT, t1=t1, key=seed, n_query=256, save_every=2)
+    kw = dict(N=N, kernel=KERNEL[kernel](ALPHA[kernel]), dt=DT, t1=t1, key=seed, save=mf.SaveAt(every=2, n_query=256))
     if variant == "mobility":
-        kw["fusion"] = m
+        kw["merge"] = mf.Fusion(m)
     elif variant != "none":
         kw["merging"] = strategy(variant, m)
     t0 = time.perf_counter()

@@ -32,7 +32,8 @@ init = mf.Uniform(D)
 runs = {}
 for label, fusion in (("M = 1", 0.0), (f"fusion m = {FUSION} (M = {1 / (1 - FUSION):g})", FUSION)):
     _common.progress(f"solving {label}: N = {N}, d = {D}, {LAYERS} layers")
-    runs[label] = mf.solve_flow(init, N=N, alpha=ALPHA, layers=LAYERS, key=0, **({"fusion": fusion} if fusion else {}))
+    runs[label] = mf.solve_flow(init, N=N, kernel=mf.Linear(ALPHA), layers=LAYERS, key=0,
+                                merge=mf.Fusion(fusion) if fusion else None)
 
 # --- Analysis ---------------------------------------------------------------------------------
 for label, sol in runs.items():

@@ -1,7 +1,8 @@
 """meanfield: the mean-field spherical token flow of attention collapse, in JAX.
 
 Public names (stable): distributions ``Uniform``, ``VonMisesFisher``, ``VonMisesFisherMixture``;
-the driver ``solve_flow`` and its result ``FlowSolution``; kernel objects ``Linear``, ``Softmax``,
+the driver ``solve_flow``, its option objects ``SaveAt``, ``Fusion``, ``Weighted``,
+``Checkpoint``, ``Progress``, its two halves ``make_spec``/``run``, and its result ``FlowSolution``; kernel objects ``Linear``, ``Softmax``,
 ``USA``; method objects ``Layer``, ``Euler``, ``Heun``, ``Adaptive`` (particles) and
 ``Characteristics``, ``Zonal``, ``Circle`` (densities); ``methods()`` and ``kernels()`` list the
 names accepted as shorthand; ``simulate_batch`` for vmapped batches;
@@ -26,8 +27,10 @@ _FROM = {
     "FitResult": ".fit", "fit_entropy_curve": ".fit", "fit_rank_curve": ".fit",
     "Uniform": ".distributions", "VonMisesFisher": ".distributions", "VonMisesFisherMixture": ".distributions",
     "Characteristics": ".density", "Circle": ".density", "Zonal": ".density",
-    "Checkpoint": ".checkpoint",
+    "Checkpoint": ".checkpoint", "Weighted": ".distributions", "Fusion": ".options", "SaveAt": ".options",
+    "Progress": ".progress",
     "FlowSolution": ".flow", "kernels": ".flow", "methods": ".flow", "solve_flow": ".flow",
+    "make_spec": ".flow", "run": ".flow",
     "load_results": ".io", "save_results": ".io",
     "FastVGGT": ".merging", "ToMe": ".merging",
     "PAPER_CITATION": ".paper", "paper_table": ".paper",
@@ -53,6 +56,12 @@ def __dir__():
 
 __all__ = [
     "Checkpoint",
+    "Fusion",
+    "Progress",
+    "SaveAt",
+    "Weighted",
+    "make_spec",
+    "run",
     "__version__",
     "Bilinear",
     "NGPT",

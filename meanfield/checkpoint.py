@@ -3,19 +3,18 @@
 ``solve_flow(..., checkpoint=Checkpoint("run.ckpt.h5", every=K))`` writes the complete state of
 the run (tokens or grid values, the diagnostics recorded so far, counters) to one HDF5 file after
 every ``K``-th save, atomically (``meanfield.atomic``: a kill during the write leaves the previous
-checkpoint). ``solve_flow(..., resume="run.ckpt.h5")`` (CLI ``--resume FILE``) continues from it:
-the run must be the same (a fingerprint of its parameters, starting tokens and masses is
-compared), and because every runner advances in the same chunks whether resumed or not, the final
-state equals an uninterrupted run's bit for bit.
+checkpoint). ``Checkpoint("run.ckpt.h5", every=K, resume="run.ckpt.h5")`` (CLI ``--resume FILE``)
+continues from it and goes on checkpointing; ``Checkpoint(resume=FILE)`` only continues. The run
+must be the same (a fingerprint of its parameters, starting tokens and masses is compared), and
+because every runner advances in the same chunks whether resumed or not, the final state equals an
+uninterrupted run's bit for bit.
 
-Runners ask :func:`current` for the session of the run in progress; it is set by :func:`session`
-(``meanfield.flow.run``), so method objects keep their ``run(spec)`` signature.
+The runners receive the run's :class:`Session` as an argument (``meanfield.flow.run`` opens it):
+``run_particles(spec, session)``, ``method.run(spec, session)``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import hashlib
 import json
@@ -28,22 +27,40 @@ from .atomic import atomic_path
 
 FORMAT = "meanfield-checkpoint"
 FORMAT_VERSION = 1
-_CURRENT = contextvars.ContextVar("meanfield_checkpoint", default=None)
 
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """Where and how often to checkpoint: ``path`` (HDF5), ``every`` saves (>= 1)."""
+    """Where and how often to checkpoint, and where to resume from.
 
-    path: str
+    ``path`` -- the checkpoint file (HDF5) written after every ``every``-th save (>= 1) [None: no
+    checkpoints]; ``resume`` -- a checkpoint of this same run to continue from [None: a fresh run].
+    At least one of the two.
+    """
+
+    path: str | None = None
     every: int = 1
+    resume: str | None = None
 
     def __post_init__(self):
         from ._validate import integer
 
         integer("checkpoint every", self.every, 1)
-        if not str(self.path).strip():
-            raise ValueError("checkpoint path is empty; expected a file name")
+        for name in ("path", "resume"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (str, Path)) or not str(v).strip()):
+                raise ValueError(f"checkpoint {name} must be a file name, got {v!r}")
+        if self.path is None and self.resume is None:
+            raise ValueError("Checkpoint needs a path to write, a file to resume from, or both")
+
+    @classmethod
+    def of(cls, value) -> "Checkpoint | None":
+        """A ``solve_flow(checkpoint=...)`` value as a Checkpoint: None, a path (``every=1``) or one."""
+        if value is None or isinstance(value, Checkpoint):
+            return value
+        if isinstance(value, (str, Path)):
+            return cls(str(value))
+        raise ValueError(f"checkpoint must be a meanfield.Checkpoint(...) or a file name, got {value!r}")
 
 
 def _fingerprint_params(spec) -> dict:
@@ -77,9 +94,12 @@ def fingerprint(spec) -> str:
 class Session:
     """The checkpoint policy and the resumed state (if any) of one run."""
 
-    def __init__(self, spec, checkpoint: Checkpoint | None, resume=None):
-        self.spec, self.checkpoint = spec, checkpoint
+    def __init__(self, spec, checkpoint: Checkpoint | None = None):
+        checkpoint = Checkpoint.of(checkpoint)
+        self.spec = spec
+        self.checkpoint = None if checkpoint is None or checkpoint.path is None else checkpoint
         self.fingerprint = fingerprint(spec)
+        resume = None if checkpoint is None else checkpoint.resume
         self.state = None if resume is None else load(resume, self.fingerprint)
         self.written = 0
 
@@ -137,22 +157,3 @@ def load(path, fp: str | None = None) -> dict:
             return state
     except (OSError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:  # damaged file
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-
-
-@contextlib.contextmanager
-def session(spec, checkpoint: Checkpoint | None = None, resume=None):
-    """Make the checkpoint session of ``spec`` current for the runners inside the block."""
-    if isinstance(checkpoint, (str, Path)):
-        checkpoint = Checkpoint(str(checkpoint))
-    s = Session(spec, checkpoint, resume)
-    token = _CURRENT.set(s)
-    try:
-        yield s
-    finally:
-        _CURRENT.reset(token)
-
-
-def current(spec) -> Session:
-    """The session of the run in progress (a no-op session when none was opened)."""
-    s = _CURRENT.get()
-    return s if s is not None and s.spec is spec else Session(spec, None)

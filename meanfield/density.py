@@ -3,7 +3,7 @@
 docs/theory.md "Density solvers"; the engines live in ``solvers.zonal``, ``solvers.circle`` and
 ``solvers.characteristics``, the schemes and their limits are described in ``docs/density.md``.
 Each method is a small frozen object carrying its own options (``Zonal(cells=1024, cfl=0.3)``);
-``solve_flow(init, method=Zonal(...))`` calls its ``run(spec)`` with the validated
+``solve_flow(init, method=Zonal(...))`` calls its ``run(spec, session)`` with the validated
 ``meanfield.solution.FlowSpec``. The strings ``"zonal"``, ``"circle"`` and ``"characteristics"``
 stand for the default-configured objects.
 
@@ -81,9 +81,9 @@ def _subgrid_warning(diags, spec, threshold, log_cell_measure, density) -> list[
             f"(H >= {floor:.6g}, one cell at the pole) and under-report the collapse"]
 
 
-def _run_grid(spec, method, solver, u0, grid, params):
+def _run_grid(spec, session, method, solver, u0, grid, params):
     t0 = time.perf_counter()
-    us, diags = _rollout_checkpointed(spec, method, solver, u0)
+    us, diags = _rollout_checkpointed(spec, checkpoint.Session(spec) if session is None else session, method, solver, u0)
     jax.block_until_ready(us)
     elapsed = time.perf_counter() - t0
     us = np.asarray(us)
@@ -99,9 +99,8 @@ def _run_grid(spec, method, solver, u0, grid, params):
                      warnings)
 
 
-def _rollout_checkpointed(spec, method, solver, u0):
+def _rollout_checkpointed(spec, ck, method, solver, u0):
     """``rollout`` in one piece, or save interval by save interval with checkpoints (and resume)."""
-    ck = checkpoint.current(spec)
     if ck.checkpoint is None and ck.state is None:
         return rollout(solver, u0, float(spec.dt), int(spec.n_steps), cfl=method.cfl)
     steps = np.asarray(spec.save_steps, dtype=int)
@@ -186,7 +185,7 @@ class Zonal(_GridMethod):
     def describe(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self)}
 
-    def run(self, spec: FlowSpec) -> FlowSolution:
+    def run(self, spec: FlowSpec, session=None) -> FlowSolution:
         _check_grid_start(spec, "zonal")
         if spec.d < 3:
             raise ValueError(f"method='zonal' needs d >= 3, got d={spec.d}; use method='circle' for d=2")
@@ -202,7 +201,7 @@ class Zonal(_GridMethod):
                 # per cell, the smallest entropy the grid's H formula can give (mass in that one cell)
                 "entropy_floor": np.asarray(log_sphere_area(int(spec.d) - 1) + (int(spec.d) - 2) * np.asarray(solver.log_sin_avg, np.float64)
                                             + np.log(float(solver.h)))}
-        return _run_grid(spec, self, solver, jnp.asarray(F0, solver.centers.dtype), grid, {"n_phi": self.n_phi})
+        return _run_grid(spec, session, self, solver, jnp.asarray(F0, solver.centers.dtype), grid, {"n_phi": self.n_phi})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +223,7 @@ class Circle(_GridMethod):
     def describe(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self)}
 
-    def run(self, spec: FlowSpec) -> FlowSolution:
+    def run(self, spec: FlowSpec, session=None) -> FlowSolution:
         _check_grid_start(spec, "circle")
         if spec.d != 2:
             raise ValueError(f"method='circle' needs d=2, got d={spec.d}; use method='zonal' or 'characteristics'")
@@ -240,7 +239,7 @@ class Circle(_GridMethod):
         h = 2 * math.pi / n
         grid = {"theta": np.asarray(solver.centers), "theta_edges": -math.pi + h * np.arange(n + 1),
                 "log_cell_measure": np.full(n, math.log(h))}
-        return _run_grid(spec, self, solver, jnp.asarray(rho0, solver.centers.dtype), grid, {})
+        return _run_grid(spec, session, self, solver, jnp.asarray(rho0, solver.centers.dtype), grid, {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +259,7 @@ class Characteristics:
     def describe(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self)}
 
-    def run(self, spec: FlowSpec) -> FlowSolution:
+    def run(self, spec: FlowSpec, session=None) -> FlowSolution:
         if spec.init is None or not hasattr(spec.init, "log_density"):
             raise ValueError("method='characteristics' needs an init distribution with a known log_density, "
                              "not a token array")
@@ -278,7 +277,7 @@ class Characteristics:
         def record(x):
             return fetch(simulation_diagnostics_jit, field, x, q_dev, None, 1.0, key_idx)
 
-        ck = checkpoint.current(spec)
+        ck = checkpoint.Session(spec) if session is None else session
         if ck.state is None:
             layer_diags, saved, snaps = [], [record(x)], [x]
         else:

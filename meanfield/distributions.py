@@ -105,6 +105,23 @@ def wood_sample(key, kappa, mu, d: int, dtype):
     return _householder_to(y, mu)
 
 
+class Weighted:
+    """An initial measure with token masses: ``solve_flow(Weighted(init, weights), ...)``.
+
+    ``init`` is a distribution or an ``(N, d)`` token array; ``weights`` the masses ``w_j >= 0``,
+    shape ``(N,)`` (checked by ``solve_flow`` against N). The flow is that of the weighted measure
+    ``sum_j w_j delta_{x_j} / sum_j w_j`` (softmax with proportional attention).
+    """
+
+    def __init__(self, init, weights):
+        if isinstance(init, Weighted):
+            raise ValueError("Weighted(init, weights): init already carries weights")
+        self.init, self.weights = init, weights
+
+    def __repr__(self):
+        return f"Weighted({self.init!r}, weights=<{np.shape(self.weights)}>)"
+
+
 class Uniform:
     """The uniform (normalised surface) measure on S^{d-1}; the flow's unstable steady state."""
 

@@ -18,6 +18,7 @@ from solvers.ensembles import random_weights
 
 from . import _validate
 from .flow import solve_flow
+from .options import SaveAt
 from .solution import FlowSolution
 
 
@@ -43,7 +44,7 @@ def redrawn_flow(x0, *, alpha: float = 1.0, kq: str = "goe", v: str = "identity"
     for p in range(periods):
         B, V = random_weights(jax.random.fold_in(base, p), x.shape[1], kq, v, heads, dtype=dtype)
         kernel = Bilinear(alpha, B=B, V=V, causal=causal)
-        sol = solve_flow(x, kernel=kernel, method=method, dt=dt, t1=tau, save_every=save_every,
+        sol = solve_flow(x, kernel=kernel, method=method, dt=dt, t1=tau, save=SaveAt(every=save_every),
                          key=jax.random.fold_in(base, 10_000 + p), dtype=dtype)
         sols.append(sol)
         x = sol.x

@@ -5,7 +5,7 @@ before anything is traced), builds a :class:`~meanfield.solution.FlowSpec`, and 
 method: a particle scheme (a ``solvers.AbstractIntegrator``: :class:`Layer`, :class:`Euler`,
 :class:`Heun`, :class:`Adaptive`) runs in :func:`meanfield.particles.run_particles`; a density
 method (:class:`~meanfield.density.Characteristics`, :class:`~meanfield.density.Zonal`,
-:class:`~meanfield.density.Circle`) runs itself (``method.run(spec)``). Kernels are objects too
+:class:`~meanfield.density.Circle`) runs itself (``method.run(spec, session)``, the checkpoint session an argument). Kernels are objects too
 (:class:`Linear`, :class:`Softmax`, :class:`USA`). Names are accepted as shorthand for the
 default-configured objects; :func:`method_table` is the explicit table behind them (the
 integrator registry and :data:`~meanfield.density.DENSITY_METHODS`; nothing registers itself as a
@@ -26,10 +26,12 @@ from solvers.precision import check_matmul_precision
 
 from . import _resources, _validate, checkpoint as _checkpoint
 from .density import DENSITY_METHODS
-from .diagnostics import DEFAULT_KEY_SAMPLE, DEFAULT_N_QUERY, DIAGNOSTIC_MODES
-from .distributions import as_key
+from .diagnostics import DIAGNOSTIC_MODES
+from .distributions import Weighted, as_key
 from .merging import check_merging, resolve_merging, run_merged
+from .options import Fusion, SaveAt
 from .particles import run_particles
+from .progress import split_progress
 from .solution import FlowSolution, FlowSpec
 
 TIME_MAPS = ("unit", "paper")
@@ -128,20 +130,82 @@ def _save_steps(n_steps, save_every):
     return steps if steps[-1] == n_steps else np.append(steps, n_steps)
 
 
-def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
-              layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
-              n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
-              key_sample=DEFAULT_KEY_SAMPLE, merging=None, matmul_precision=None, estimate=None) -> FlowSpec:
+# keyword -> how it is spelled now (solve_flow had 26 flat parameters before the option objects)
+_MOVED = {
+    "alpha": "kernel=mf.Linear(alpha) (or mf.Softmax(alpha), mf.USA(alpha)); a kernel name runs alpha = 0.25",
+    "matmul_precision": 'the kernel object: kernel=mf.Softmax(alpha, matmul_precision="tf32")',
+    "weights": "init=mf.Weighted(init, weights)",
+    "fusion": "merge=mf.Fusion(m)",
+    "time_map": 'dt="paper" (t = layer/N)',
+    "save_every": "save=mf.SaveAt(every=...)",
+    "save_tokens": "save=mf.SaveAt(tokens=True)",
+    "n_query": "save=mf.SaveAt(n_query=...)",
+    "diagnostics": "save=mf.SaveAt(diagnostics=...)",
+    "key_sample": "save=mf.SaveAt(key_sample=...)",
+    "resume": "checkpoint=mf.Checkpoint(path, every=K, resume=FILE) (or mf.Checkpoint(resume=FILE))",
+    "estimate": "progress=mf.Progress(bar=..., estimate=...)",
+    "check_memory": "mf.run(mf.make_spec(...), check_memory=False)",
+}
+
+
+def _explain_moved(fn):
+    """Turn an old keyword (``solve_flow(alpha=...)``) into one ``ValueError`` naming its new spelling."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for name in kwargs:
+            if name in _MOVED:
+                raise ValueError(f"{fn.__name__}({name}=...) is now spelled {_MOVED[name]}")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _resolve_init(init):
+    """``(init, weights)`` of a ``solve_flow(init=...)`` value (``meanfield.Weighted`` carries masses)."""
+    if isinstance(init, Weighted):
+        return init.init, init.weights
+    return init, None
+
+
+def _resolve_merge(merge):
+    """``(M, fusion)`` of ``merge=``: None (M = 1), a factor ``M >= 1``, or ``Fusion(m)``."""
+    if isinstance(merge, Fusion):
+        return _validate.merge_factor(fusion=merge.m), float(merge.m)
+    return _validate.merge_factor(merge), None
+
+
+def _resolve_dt(dt):
+    """``(dt, time_map)``: a step length (or None: 1.0), or ``"paper"`` (dt = 1/N, t = layer/N)."""
+    if isinstance(dt, str):
+        _validate.choice("dt", dt, ("paper",))
+        return None, "paper"
+    return dt, "unit"
+
+
+def _resolve_save(save):
+    if save is None:
+        return SaveAt()
+    if not isinstance(save, SaveAt):
+        raise ValueError(f"save must be a meanfield.SaveAt(...), got {save!r}")
+    _validate.choice("diagnostics", save.diagnostics, DIAGNOSTIC_MODES)
+    return save
+
+
+@_explain_moved
+def make_spec(init, *, N=None, kernel="linear", method="layer", merge=None, t1=None, layers=None, dt=None,
+              save=None, key=0, dtype=None, merging=None, progress=False) -> FlowSpec:
     """Validate :func:`solve_flow`'s options (static checks only) and build the run's spec."""
-    _validate.choice("diagnostics", diagnostics, DIAGNOSTIC_MODES)
-    if estimate not in (None, True, False):
-        raise ValueError(f"estimate must be None, True or False, got {estimate!r}")
-    key_sample = _validate.integer("key_sample", key_sample, 1)
-    kernel = resolve_kernel(kernel, alpha, matmul_precision)
+    save = _resolve_save(save)
+    bar, estimate = split_progress(progress)
+    key_sample = _validate.integer("key_sample", save.key_sample, 1)
+    kernel = resolve_kernel(kernel, None)
     method = resolve_method(method)
-    _validate.choice("time_map", time_map, TIME_MAPS)
-    M = _validate.merge_factor(merge, fusion)
-    n_query = _validate.integer("n_query", n_query, 1)
+    dt, time_map = _resolve_dt(dt)
+    M, fusion = _resolve_merge(merge)
+    n_query = _validate.integer("n_query", save.n_query, 1)
+    init, weights = _resolve_init(init)
     x0 = None
     if hasattr(init, "sample") and hasattr(init, "d"):
         d = init.d
@@ -164,17 +228,17 @@ def make_spec(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=
         seed = int(jax.random.randint(jax.random.fold_in(key, 7), (), 0, 2**31 - 1))
     spec = FlowSpec(
         init=init, x0=x0, weights=w, N=N, d=d, kernel=kernel, method=method, merge=M, fusion=fusion,
-        n_steps=n_steps, dt=h, time_map=time_map, save_steps=_save_steps(n_steps, save_every), key=as_key(key),
-        seed=seed, dtype=dtype, n_query=n_query, progress=progress, save_tokens=bool(save_tokens),
-        diagnostics=diagnostics, key_sample=key_sample, merging=resolve_merging(merging), estimate=estimate,
+        n_steps=n_steps, dt=h, time_map=time_map, save_steps=_save_steps(n_steps, save.every), key=as_key(key),
+        seed=seed, dtype=dtype, n_query=n_query, progress=bar, save_tokens=bool(save.tokens),
+        diagnostics=save.diagnostics, key_sample=key_sample, merging=resolve_merging(merging), estimate=estimate,
     )
     if spec.merging is not None:
         check_merging(spec)
     return spec
 
 
-def run(spec: FlowSpec, *, checkpoint=None, resume=None, check_memory: bool = True) -> FlowSolution:
-    """Run a validated spec with its method (``checkpoint``, ``resume``: see :func:`solve_flow`).
+def run(spec: FlowSpec, *, checkpoint=None, check_memory: bool = True) -> FlowSolution:
+    """Run a validated spec with its method (``checkpoint``: see :func:`solve_flow`).
 
     ``check_memory``: refuse (``ValueError``) before allocating when the run's estimated peak
     memory (``meanfield._resources.estimate_memory``) exceeds the memory the system has available.
@@ -182,80 +246,64 @@ def run(spec: FlowSpec, *, checkpoint=None, resume=None, check_memory: bool = Tr
     if check_memory:
         _resources.check_memory(spec)
     if spec.merging is not None:
-        if checkpoint is not None or resume is not None:
+        if checkpoint is not None:
             raise ValueError("checkpoint/resume are not available for runs with token merging (merging=...)")
         return run_merged(spec)
-    with _checkpoint.session(spec, checkpoint, resume):
-        if isinstance(spec.method, AbstractIntegrator):
-            return run_particles(spec)
-        return spec.method.run(spec)
+    session = _checkpoint.Session(spec, checkpoint)
+    if isinstance(spec.method, AbstractIntegrator):
+        return run_particles(spec, session)
+    return spec.method.run(spec, session)
 
 
-def solve_flow(init, *, N=None, weights=None, kernel="linear", alpha=None, merge=None, fusion=None, t1=None,
-               layers=None, dt=None, time_map="unit", method="layer", save_every=None, key=0,
-               n_query=DEFAULT_N_QUERY, dtype=None, progress=False, save_tokens=False, diagnostics="sampled",
-               key_sample=DEFAULT_KEY_SAMPLE, merging=None, matmul_precision=None, checkpoint=None, resume=None,
-               check_memory=True, estimate=None) -> FlowSolution:
+@_explain_moved
+def solve_flow(init, *, N=None, kernel="linear", method="layer", merge=None, t1=None, layers=None, dt=None,
+               save=None, key=0, dtype=None, merging=None, checkpoint=None, progress=False) -> FlowSolution:
     """Solve the mean-field token flow ``dx_i/dt = (1/M) P_{x_i} sum_j A_ij x_j`` on S^{d-1}.
 
     Parameters (keyword-only after ``init``; defaults in brackets)
     --------------------------------------------------------------
-    init : a distribution (``Uniform``, ``VonMisesFisher``, ``VonMisesFisherMixture``) or an
-        ``(N, d)`` array of tokens (rows are normalised onto the sphere).
+    init : a distribution (``Uniform``, ``VonMisesFisher``, ``VonMisesFisherMixture``), an
+        ``(N, d)`` array of tokens (rows are normalised onto the sphere), or either with token
+        masses, ``Weighted(init, weights)``: ``w_j >= 0``, shape ``(N,)``; the flow is that of the
+        weighted measure ``sum_j w_j delta_{x_j} / sum_j w_j`` (softmax with proportional attention).
     N : number of tokens (required with a distribution).
-    weights : token masses ``w_j >= 0``, shape ``(N,)``; the flow is that of the weighted measure
-        ``sum_j w_j delta_{x_j} / sum_j w_j`` (softmax with proportional attention) [unit masses].
-    kernel : a kernel object (``Linear(alpha)``, ``Softmax(alpha, key_block=...)``, ``USA(alpha)``)
-        or its name ``"linear"`` (paper Eq. 3), ``"softmax"``, ``"usa"`` [linear].
-    alpha : inverse temperature for a kernel given by name, finite and >= 0
-        [0.25; keeps every Eq. 3 weight positive].
-    merge, fusion : mobility factor ``M >= 1``, or the paper's fusion strength ``m in [0, 1)`` with
-        ``M = 1/(1-m)``; not both [M = 1].
-    layers, t1 : number of steps, or final time (a whole number of steps); not both [24 layers].
-    dt : time per layer/step [1.0]. ``time_map="paper"`` instead sets ``dt = 1/N`` (t = l/N, §3.2).
+    kernel : a kernel object (``Linear(alpha)``, ``Softmax(alpha, key_block=...,
+        matmul_precision=...)``, ``USA(alpha)``) or its name ``"linear"`` (paper Eq. 3),
+        ``"softmax"``, ``"usa"``, which runs alpha = 0.25 (keeps every Eq. 3 weight positive)
+        [linear]. ``matmul_precision`` on a kernel object: ``"highest"`` (float32 means float32 on
+        every device, also on GPUs whose default is TF32), or the opt-in fast modes ``"tf32"`` /
+        ``"bf16"`` (errors measured in docs/precision.md) [highest].
     method : a method object -- particles ``Layer()`` (literal transformer layer), ``Euler()``,
         ``Heun()``, ``Adaptive(rtol=, atol=)``; densities ``Characteristics(substeps=)``,
         ``Zonal(cells=, cfl=, n_phi=)``, ``Circle(cells=, cfl=)`` -- or its name [layer].
-    save_every : steps between saved diagnostics [every step up to 100 steps, else ~100 saves;
-        per save the attention statistics cost O(n_query N d) for linear and
-        O(n_query^2 N + n_query N d) for softmax/usa].
+    merge : mobility factor ``M >= 1``, or ``Fusion(m)``, the paper's fusion strength
+        ``m in [0, 1)`` with ``M = 1/(1-m)`` [M = 1].
+    layers, t1 : number of steps, or final time (a whole number of steps); not both [24 layers].
+    dt : time per layer/step [1.0], or ``"paper"``: ``dt = 1/N`` (t = l/N, the paper's §3.2 time map).
+    save : a ``SaveAt(every=, tokens=, n_query=, diagnostics=, key_sample=)``: what is recorded
+        and how often (see :class:`meanfield.SaveAt`) [``SaveAt()``: every step up to 100 steps,
+        else ~100 saves; sampled attention statistics over 512 queries].
     key : int seed or PRNG key, for the initial samples and the query subset [0].
-    n_query : query tokens for the attention statistics [512; all tokens when N <= 512].
     dtype : float32 or float64 [float32, or float64 when 64-bit JAX is enabled].
-    matmul_precision : precision of the kernel's products for a kernel given by name:
-        ``"highest"`` (float32 means float32 on every device, also on GPUs whose default is TF32),
-        or the opt-in fast modes ``"tf32"`` / ``"bf16"`` (rounded inputs, float32 accumulation;
-        errors measured in docs/precision.md). A kernel object carries its own [highest].
-    progress : ``True`` for a tqdm bar, or an object with init/step/close [False].
-    save_tokens : keep the tokens at every save in ``sol.snapshots`` [False].
-    diagnostics : ``"sampled"`` -- when ``N > key_sample`` the attention statistics at each save
-        are estimated from the query rows over a fixed, seeded subsample of ``key_sample`` keys;
-        ``"exact"`` -- rows over all N keys [sampled; exact anyway when N <= key_sample]. The
-        token statistics and the entropy rate are exact either way. ``params["diagnostics"]``
-        records which.
-    key_sample : keys in the subsample of sampled diagnostics [4096].
     merging : real token merging, a strategy object ``ToMe(ratio=m, proportional=...)`` or
         ``FastVGGT(ratio=m, protected_fraction=...)`` (``meanfield.merging``, docs/merging.md);
-        distinct from the mobility model ``merge``/``fusion`` [None].
-    checkpoint : ``meanfield.Checkpoint(path, every=K)`` (or a path, K = 1): write the run's state
-        atomically after every K-th save [None]. Every particle method and density method.
-    resume : path of a checkpoint of this same run: continue from it; the final state equals an
-        uninterrupted run's bit for bit [None].
-    check_memory : refuse a run whose estimated peak memory exceeds the available memory [True].
-    estimate : print a run-time estimate (``meanfield.eta``) to stderr, measured on the run's first
-        chunks after compilation: ``None`` -- when ``progress`` is on and the estimate is >= 10 s;
-        ``True`` -- always; ``False`` -- never [None]. Particle methods only (not the density
-        methods, not runs with ``merging``). Results are unchanged bit for bit.
+        distinct from the mobility model ``merge`` [None].
+    checkpoint : ``Checkpoint(path, every=K, resume=FILE)`` (or a path, K = 1): write the run's
+        state atomically after every K-th save, and/or continue from the checkpoint ``resume`` of
+        this same run; the final state equals an uninterrupted run's bit for bit [None]. Every
+        particle method and density method.
+    progress : ``True`` for a tqdm bar, an object with init/step/close, or
+        ``Progress(bar=, estimate=)`` for the bar and the run-time estimate [False].
 
-    Returns a :class:`FlowSolution`. Raises ``ValueError`` (one line) on bad input.
+    ``make_spec`` takes the same options but ``checkpoint`` and returns the validated spec;
+    ``run(spec, checkpoint=, check_memory=)`` runs it (``check_memory=False``: run even when the
+    estimated peak memory exceeds the available memory). Returns a :class:`FlowSolution`. Raises
+    ``ValueError`` (one line) on bad input.
     """
-    return run(make_spec(
-        init, N=N, weights=weights, kernel=kernel, alpha=alpha, merge=merge, fusion=fusion, t1=t1, layers=layers,
-        dt=dt, time_map=time_map, method=method, save_every=save_every, key=key, n_query=n_query, dtype=dtype,
-        progress=progress, save_tokens=save_tokens, diagnostics=diagnostics, key_sample=key_sample,
-        merging=merging, matmul_precision=matmul_precision, estimate=estimate,
-    ), checkpoint=checkpoint, resume=resume, check_memory=check_memory)
+    return run(make_spec(init, N=N, kernel=kernel, method=method, merge=merge, t1=t1, layers=layers, dt=dt,
+                         save=save, key=key, dtype=dtype, merging=merging, progress=progress),
+               checkpoint=checkpoint)
 
 
-__all__ = ["FlowSolution", "FlowSpec", "kernels", "make_spec", "method_table", "methods", "resolve_kernel", "resolve_method",
+__all__ = ["FlowSolution", "FlowSpec", "Fusion", "SaveAt", "Weighted", "kernels", "make_spec", "method_table", "methods", "resolve_kernel", "resolve_method",
            "run", "solve_flow"]

@@ -115,6 +115,7 @@ def replay_own_weights(dump, model, curves: dict) -> dict:
 
     from .replay import STATS, explained_fraction, replay_tokens
     from .flow import solve_flow
+    from .options import SaveAt
 
     x0 = replay_tokens(dump, first=int(np.asarray(curves["layer"])[0]))
     raw = np.asarray(dump.sample[list(np.asarray(dump.sample_layers)).index(int(np.asarray(dump.layers)[0]))])
@@ -133,8 +134,8 @@ def replay_own_weights(dump, model, curves: dict) -> dict:
     x = x0.astype(np.float32)
     pred = {name: [] for name, _ in STATS}
     for layer in range(layers[0], layers[-1] + 1):
-        sol = solve_flow(x, kernel=kernels[layer], method="layer", dt=1.0, layers=1, save_every=1,
-                         n_query=len(dump.query_indices), dtype=jnp.float32)  # fmt: skip
+        sol = solve_flow(x, kernel=kernels[layer], method="layer", dt=1.0, layers=1,
+                         save=SaveAt(every=1, n_query=len(dump.query_indices)), dtype=jnp.float32)  # fmt: skip
         if layer in layers:
             for name, _ in STATS:
                 pred[name].append(float(sol.diagnostics[name][0]))

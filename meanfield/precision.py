@@ -62,19 +62,25 @@ def flow_errors(*, N: int = 1024, d: int = 64, alpha: float = 5.0, layers: int =
                 shift: float = 0.3, modes=MATMUL_PRECISIONS, seed: int = 0) -> list[dict]:
     """``|m|`` and effective rank after ``layers`` softmax layers, each mode (float32) vs float64,
     from :func:`sphere_points` with ``shift`` (a cap that clusters within the run)."""
-    from .flow import solve_flow
+    from solvers import Softmax
+
+    from .flow import make_spec, run
+    from .options import SaveAt
 
     x = sphere_points(N, d, seed, shift)
 
     def last(sol):
         return float(sol.diagnostics["order_parameter"][-1]), float(sol.diagnostics["effective_rank"][-1])
 
-    opts = dict(kernel="softmax", alpha=alpha, layers=layers, dt=dt, save_every=layers, diagnostics="exact",
-                check_memory=False)
-    m64, r64 = last(solve_flow(x, dtype="float64", **opts))
+    opts = dict(layers=layers, dt=dt, save=SaveAt(every=layers, diagnostics="exact"))
+
+    def solve(x, dtype, mode="highest"):
+        return run(make_spec(x, kernel=Softmax(alpha, matmul_precision=mode), dtype=dtype, **opts), check_memory=False)
+
+    m64, r64 = last(solve(x, "float64"))
     out = []
     for mode in modes:
-        m, r = last(solve_flow(x.astype(np.float32), dtype="float32", matmul_precision=mode, **opts))
+        m, r = last(solve(x.astype(np.float32), "float32", mode))
         out.append({"mode": mode, "alpha": alpha, "layers": layers, "m": m, "m_float64": m64,
                     "m_abs_err": abs(m - m64), "eff_rank": r, "eff_rank_float64": r64,
                     "eff_rank_rel_err": abs(r - r64) / r64})

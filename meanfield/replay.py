@@ -126,7 +126,9 @@ def explained_fraction(pred, meas) -> float:
 def replay(dump, curves, *, alpha=None, dt=None, pca=None, alphas=ALPHA_GRID, dts=DT_GRID) -> dict:
     """Run the flow from the dumped tokens of the first recorded block; predicted curves, errors, explained
     fractions."""
-    from meanfield import solve_flow
+    from solvers import Softmax
+
+    from meanfield import SaveAt, solve_flow
 
     layers = curves["layer"]
     steps = (layers - layers[0]).astype(int)
@@ -139,8 +141,8 @@ def replay(dump, curves, *, alpha=None, dt=None, pca=None, alphas=ALPHA_GRID, dt
         alpha, dt, loss = fit_replay(x0, steps, curves["order_parameter"], a_grid, d_grid)
         note = "alpha and dt fitted to the measured |m| curve (grid search)"
         warning = grid_edge_warning(alpha, dt, a_grid, d_grid)
-    sol = solve_flow(x0, kernel="softmax", alpha=alpha, dt=dt, layers=max(int(steps[-1]), 1),
-                     save_every=1, n_query=len(dump.query_indices))  # fmt: skip
+    sol = solve_flow(x0, kernel=Softmax(alpha), dt=dt, layers=max(int(steps[-1]), 1),
+                     save=SaveAt(every=1, n_query=len(dump.query_indices)))  # fmt: skip
     saved = list(np.asarray(sol.layers))
     pick = [saved.index(s) for s in steps]
     out = {"alpha": float(alpha), "dt": float(dt), "pca": pca, "n_tokens": int(x0.shape[0]),

@@ -157,7 +157,9 @@ def _main(args, worker) -> int:
         jax.config.update("jax_enable_x64", True)  # entry point, not library import
     from . import distributions
     from .atomic import check_writable
-    from .flow import make_spec, method_table, run
+    from .flow import make_spec, method_table, resolve_kernel, run
+    from .options import Fusion, SaveAt
+    from .progress import Progress
     from .io import save_results
     from . import _resources
 
@@ -200,13 +202,19 @@ def _main(args, worker) -> int:
     from .merging import cli_strategy
 
     merging = cli_strategy(args.merging, args.merge_ratio, args.protected_fraction)
+    if args.merge is not None and args.fusion is not None:
+        raise ValueError("give --merge or --fusion, not both (M = 1/(1 - fusion))")
+    choice("time_map", args.time_map, ("unit", "paper"))
+    if args.time_map == "paper" and args.dt is not None:
+        raise ValueError("give --dt or --time-map paper (which sets dt = 1/N), not both")
+    kernel = resolve_kernel(kernel, alpha, None if args.matmul_precision == "highest" else args.matmul_precision)
+    save = SaveAt(every=args.save_every, tokens=args.save_tokens, n_query=args.n_query,
+                  diagnostics=args.diagnostics, key_sample=args.key_sample)
     spec = make_spec(
-        init, N=args.N, kernel=kernel, alpha=alpha, merge=args.merge, fusion=args.fusion,
-        t1=args.t1, layers=args.layers, dt=args.dt, time_map=args.time_map, method=method,
-        save_every=args.save_every, key=args.seed, n_query=args.n_query, dtype=args.precision,
-        progress=not args.no_progress, save_tokens=args.save_tokens, diagnostics=args.diagnostics,
-        key_sample=args.key_sample, merging=merging, estimate=True,
-        matmul_precision=None if args.matmul_precision == "highest" else args.matmul_precision,
+        init, N=args.N, kernel=kernel, merge=args.merge if args.fusion is None else Fusion(args.fusion),
+        t1=args.t1, layers=args.layers, dt="paper" if args.time_map == "paper" else args.dt, method=method,
+        save=save, key=args.seed, dtype=args.precision, merging=merging,
+        progress=Progress(bar=not args.no_progress, estimate=True),
     )
     out = check_writable(output_path(args.out, "meanfield_results.h5", ".h5"), args.overwrite,
                          nbytes=_resources.results_size(spec), suffixes=(".h5", ".hdf5"))
@@ -230,7 +238,7 @@ def _main(args, worker) -> int:
     if args.weights_kq is not None:
         sol = _ensemble_run(args, spec, ckpt)
     else:
-        sol = run(spec, checkpoint=ckpt, resume=args.resume, check_memory=False)
+        sol = run(spec, checkpoint=ckpt, check_memory=False)
     print(format_table(sol))
     save_results(out, sol, overwrite=args.overwrite)
     written = [str(out)]
@@ -291,11 +299,11 @@ def _checkpoint_option(args, out, spec):
     if args.checkpoint_every is None:
         if args.checkpoint is not None:
             raise ValueError("--checkpoint needs --checkpoint-every K")
-        return None
+        return None if args.resume is None else Checkpoint(resume=args.resume)
     path = args.checkpoint or str(out.with_suffix(".ckpt.h5"))
     if args.resume is None or Path(path).resolve() != Path(args.resume).resolve():
         check_writable(path, overwrite=True, suffixes=(".h5", ".hdf5"))
-    return Checkpoint(path, every=args.checkpoint_every)
+    return Checkpoint(path, every=args.checkpoint_every, resume=args.resume)
 
 
 def _ensemble_run(args, spec, ckpt):
@@ -308,7 +316,7 @@ def _ensemble_run(args, spec, ckpt):
 
     choice("weights_kq", args.weights_kq, KQ_OPTIONS)
     choice("weights_v", args.weights_v, V_OPTIONS)
-    if ckpt is not None or args.resume is not None or args.kernel != "linear" or args.merging is not None:
+    if ckpt is not None or args.kernel != "linear" or args.merging is not None:
         raise ValueError("--weights-kq runs its own bilinear kernel without checkpoints, --kernel or --merging")
     x0 = initial_tokens(spec)
     return redrawn_flow(x0, alpha=float(spec.kernel.alpha), kq=args.weights_kq, v=args.weights_v, tau=args.tau,

@@ -247,4 +247,50 @@ def step_with_moments(integrator, field, xt: Float[Array, "d N"], h, native: boo
     return xn, (mc[0], mc[1], norm_drift(xt)), evaluations(integrator)
 
 
-__all__ = ["SCHEMES", "advance", "evaluations", "moments", "norm_drift", "normalize", "step_with_moments"]
+def start_carry(integrator, field, xt: Float[Array, "d N"], native: bool | None = None) -> tuple:
+    """What a run carries from step to step beside the state: on the native path the shifted sums
+    ``(s1, s2, c)`` of ``xt`` that the next step needs (each native step returns those of its
+    result); ``()`` on the XLA path, whose steps take their moments from the state."""
+    if _native_ok(integrator, field, xt, native):
+        return tuple(_native.linear_moments(xt)[:3])
+    return ()
+
+
+def advance_carry(integrator, field, xt: Float[Array, "d N"], carry: tuple, n_steps, h, native: bool | None = None):
+    """:func:`advance` with the carry of :func:`start_carry`: ``(xt, carry, evals)``.
+
+    The moments computed by a chunk's last step go to the next chunk instead of being recomputed,
+    so the steps do not depend on how a run is cut into chunks: ``advance_carry`` over ``a + b``
+    steps equals ``b`` steps after ``a`` bit for bit (``tests/solvers/test_feature_major.py``)."""
+    h = jnp.asarray(h, xt.dtype)
+    if carry:
+        n = xt.shape[-1]
+
+        def body(_, state):
+            return _native_step(integrator, field, state[0], h, _finish(state[1:], n))
+
+        out = lax.fori_loop(0, n_steps, body, (xt, *carry))
+        return out[0], tuple(out[1:]), evaluations(integrator) * n_steps
+    xt = lax.fori_loop(0, n_steps, lambda _, y: _step(integrator, field, y, h), xt)
+    return xt, (), evaluations(integrator) * n_steps
+
+
+def step_with_moments_carry(integrator, field, xt: Float[Array, "d N"], carry: tuple, h, native: bool | None = None):
+    """:func:`step_with_moments` with the carry: ``(xt_new, carry, (m, Sigma, norm_drift), evals)``;
+    the statistics of the starting state come from the carried sums on the native path."""
+    if not carry:
+        xn, stats, evals = step_with_moments(integrator, field, xt, h, native)
+        return xn, (), stats, evals
+    mc = _finish(carry, xt.shape[-1])
+    y, *sums = _native_step(integrator, field, xt, jnp.asarray(h, xt.dtype), mc)
+    return y, tuple(sums), (mc[0], mc[1], norm_drift(xt)), evaluations(integrator)
+
+
+def moments_carry(field, xt: Float[Array, "d N"], carry: tuple):
+    """``(m, Sigma, norm_drift)`` of ``xt``, from the carried sums when there are any."""
+    mc = _finish(carry, xt.shape[-1]) if carry else moments(xt, field.weights)
+    return mc[0], mc[1], norm_drift(xt)
+
+
+__all__ = ["SCHEMES", "advance", "advance_carry", "evaluations", "moments", "moments_carry", "norm_drift", "normalize",
+           "start_carry", "step_with_moments", "step_with_moments_carry"]

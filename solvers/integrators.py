@@ -83,6 +83,9 @@ class AbstractIntegrator(eqx.Module):
     name: ClassVar[str]
     order: ClassVar[int]
     fused_divergence: ClassVar[bool] = False  # step_with_divergence reads div off the step's own evaluation
+    # advance(x, a + b) equals advance(advance(x, a), b) bit for bit (a fixed, deterministic step), so a
+    # runner may cut the steps between two saves into chunks of any length
+    chunk_invariant: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -131,6 +134,7 @@ class Layer(AbstractIntegrator):
     order: ClassVar[int] = 1
     name: ClassVar[str] = "layer"
     fused_divergence: ClassVar[bool] = True
+    chunk_invariant: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
         if uses_feature_major(self, field):
@@ -149,6 +153,7 @@ class Euler(AbstractIntegrator):
     order: ClassVar[int] = 1
     name: ClassVar[str] = "euler"
     fused_divergence: ClassVar[bool] = True
+    chunk_invariant: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
         if uses_feature_major(self, field):
@@ -169,6 +174,7 @@ class Heun(AbstractIntegrator):
     order: ClassVar[int] = 2
     name: ClassVar[str] = "heun"
     fused_divergence: ClassVar[bool] = True
+    chunk_invariant: ClassVar[bool] = True
 
     def advance(self, field, x, n_steps, h):
         if uses_feature_major(self, field):

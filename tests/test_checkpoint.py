@@ -12,7 +12,8 @@ import pytest
 import meanfield as mf
 from meanfield import checkpoint, distributions
 
-KW = dict(N=120, layers=8, save_every=2, kernel="softmax", alpha=2.0)
+KW = dict(N=120, layers=8, save=mf.SaveAt(every=2), kernel=mf.Softmax(2.0))
+KW_TOKENS = dict(KW, save=mf.SaveAt(every=2, tokens=True))
 
 
 def _equal(a, b):
@@ -27,12 +28,12 @@ def _equal(a, b):
 @pytest.mark.parametrize("method", ["layer", "euler", "heun", mf.Adaptive(rtol=1e-4, atol=1e-6)])
 def test_particle_methods_resume_bit_for_bit(method, tmp_path):
     init = distributions.Uniform(4)
-    ref = mf.solve_flow(init, method=method, save_tokens=True, **KW)
+    ref = mf.solve_flow(init, method=method, **KW_TOKENS)
     ck = tmp_path / "run.ckpt.h5"
-    full = mf.solve_flow(init, method=method, save_tokens=True, checkpoint=mf.Checkpoint(ck, every=3), **KW)
+    full = mf.solve_flow(init, method=method, checkpoint=mf.Checkpoint(ck, every=3), **KW_TOKENS)
     _equal(ref, full)  # checkpointing does not change the run
     assert checkpoint.load(ck)["save_index"] == 3  # saves 0..4; checkpoints after saves 3 (not the last)
-    resumed = mf.solve_flow(init, method=method, save_tokens=True, resume=ck, **KW)
+    resumed = mf.solve_flow(init, method=method, checkpoint=mf.Checkpoint(resume=ck), **KW_TOKENS)
     _equal(ref, resumed)
     assert resumed.stats["field_evaluations"] == ref.stats["field_evaluations"]
 
@@ -46,7 +47,7 @@ def test_density_methods_resume_bit_for_bit(method, init, tmp_path):
     ref = mf.solve_flow(init, method=method, **KW)
     ck = tmp_path / "run.ckpt.h5"
     _equal(ref, mf.solve_flow(init, method=method, checkpoint=mf.Checkpoint(ck, every=1), **KW))
-    _equal(ref, mf.solve_flow(init, method=method, resume=ck, **KW))
+    _equal(ref, mf.solve_flow(init, method=method, checkpoint=mf.Checkpoint(resume=ck), **KW))
 
 
 def test_resume_refuses_another_run_and_damaged_files(tmp_path):
@@ -54,12 +55,12 @@ def test_resume_refuses_another_run_and_damaged_files(tmp_path):
     ck = tmp_path / "c.h5"
     mf.solve_flow(init, N=50, layers=4, checkpoint=mf.Checkpoint(ck, every=1))
     with pytest.raises(ValueError, match="different run"):
-        mf.solve_flow(init, N=50, layers=4, alpha=0.3, resume=ck)
+        mf.solve_flow(init, N=50, layers=4, kernel=mf.Linear(0.3), checkpoint=mf.Checkpoint(resume=ck))
     with pytest.raises(ValueError, match="different run"):
-        mf.solve_flow(init, N=50, layers=4, key=1, resume=ck)
+        mf.solve_flow(init, N=50, layers=4, key=1, checkpoint=mf.Checkpoint(resume=ck))
     bad = tmp_path / "bad.h5"
     bad.write_bytes(ck.read_bytes()[:300])
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        mf.solve_flow(init, N=50, layers=4, resume=bad)
+        mf.solve_flow(init, N=50, layers=4, checkpoint=mf.Checkpoint(resume=bad))
     with pytest.raises(ValueError, match="every must be an integer >= 1"):
         mf.Checkpoint(ck, every=0)

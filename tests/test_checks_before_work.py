@@ -141,7 +141,8 @@ def test_dump_rejects_non_utf8_text_file(tmp_path, capsys):
 
 
 def test_usa_fixed_step_at_large_alpha_warns():
-    kw = dict(N=8, layers=1, kernel="usa", dtype="float64")
-    assert any("adaptive" in w for w in mf.solve_flow(distributions.Uniform(3), alpha=8.0, method="heun", **kw).warnings)
-    assert not mf.solve_flow(distributions.Uniform(3), alpha=7.9, method="heun", **kw).warnings
-    assert not mf.solve_flow(distributions.Uniform(3), alpha=8.0, method="adaptive", **kw).warnings
+    kw = dict(N=8, layers=1, dtype="float64")
+    u3 = distributions.Uniform(3)
+    assert any("adaptive" in w for w in mf.solve_flow(u3, kernel=mf.USA(8.0), method="heun", **kw).warnings)
+    assert not mf.solve_flow(u3, kernel=mf.USA(7.9), method="heun", **kw).warnings
+    assert not mf.solve_flow(u3, kernel=mf.USA(8.0), method="adaptive", **kw).warnings

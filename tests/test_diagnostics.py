@@ -50,6 +50,6 @@ def test_query_subset_is_seeded_and_complete_for_small_n():
 
 
 def test_solution_records_query_subset():
-    sol = mf.solve_flow(mf.Uniform(3), N=2000, layers=2, n_query=64, key=5)
+    sol = mf.solve_flow(mf.Uniform(3), N=2000, layers=2, save=mf.SaveAt(n_query=64), key=5)
     np.testing.assert_array_equal(sol.query_indices, dg.query_subset(2000, 64, 5))
     assert sol.diagnostics["attention_singular_values"].shape == (3, 64)

@@ -17,6 +17,7 @@ from meanfield import solve_flow
 from meanfield.flow import method_table
 from meanfield.simulate import cli
 from solvers import Bilinear, Linear, PreLN, SphereSDE
+import meanfield as mf
 
 
 def _stratified_circle(n, eps):
@@ -39,7 +40,7 @@ def test_particle_sde_noisy_kuramoto(D):
     0.2405 for D = 0.25). Tolerance 0.05 (measured errors 0.005-0.018 over seeds 1-3)."""
     x0 = _stratified_circle(50_000, 0.15)
     sol = solve_flow(x0, kernel=Linear(0.0), method=SphereSDE(math.sqrt(2 * D)), dt=0.025, layers=80,
-                     save_every=20, dtype=jnp.float64, key=3, save_tokens=True)
+                     save=mf.SaveAt(every=20, tokens=True), dtype=jnp.float64, key=3)
     mode = sol.snapshots[:, :, 0].mean(axis=1)
     rate = np.polyfit(sol.t, np.log(mode), 1)[0]
     assert abs(rate - (0.5 - D)) <= 0.05, (rate, mode)
@@ -68,7 +69,7 @@ def test_methods_registered_and_pre_ln_tokens_are_unit():
     for name in ("post_ln", "pre_ln", "peri_ln", "ngpt", "sde"):
         assert name in method_table()
     x0 = np.random.default_rng(1).normal(size=(30, 4))
-    sol = solve_flow(x0, kernel="softmax", alpha=1.0, method=PreLN(), dt=0.5, layers=6, dtype=jnp.float64)
+    sol = solve_flow(x0, kernel=mf.Softmax(1.0), method=PreLN(), dt=0.5, layers=6, dtype=jnp.float64)
     assert np.max(np.abs(np.linalg.norm(sol.x, axis=1) - 1)) <= 1e-14
     assert sol.diagnostics["norm_drift"].max() <= 1e-14  # diagnostics see the unit tokens
     assert sol.diagnostics["order_parameter"][-1] > sol.diagnostics["order_parameter"][0]
@@ -115,7 +116,7 @@ def test_density_methods_take_sigma(method):
     d = 2 if method == "circle" else 4
     D = 0.2
     m = (Circle if method == "circle" else Zonal)(cells=128, sigma=math.sqrt(2 * D))
-    sol = solve_flow(VonMisesFisher(d, 0.01), N=1000, kernel="linear", alpha=0.0, method=m, dt=0.5, layers=8,
+    sol = solve_flow(VonMisesFisher(d, 0.01), N=1000, kernel=mf.Linear(0.0), method=m, dt=0.5, layers=8,
                      dtype=jnp.float64)
     r = sol.diagnostics["order_parameter"]
     rate = np.polyfit(sol.t, np.log(r), 1)[0]

@@ -14,6 +14,7 @@ import pytest
 from meanfield import solve_flow
 from meanfield.ensembles import redrawn_flow
 from solvers.ensembles import random_weights
+import meanfield as mf
 
 
 def test_ensemble_moments():
@@ -38,7 +39,7 @@ def test_ensemble_moments():
 def test_identity_ensemble_is_the_isotropic_flow():
     x0 = np.random.default_rng(0).normal(size=(50, 3))
     sol = redrawn_flow(x0, alpha=2.0, kq="identity", v="identity", tau=0.5, t1=1.5, dt=0.1, dtype=jnp.float64)
-    ref = solve_flow(x0, kernel="softmax", alpha=2.0, dt=0.1, layers=15, dtype=jnp.float64)
+    ref = solve_flow(x0, kernel=mf.Softmax(2.0), dt=0.1, layers=15, dtype=jnp.float64)
     assert np.max(np.abs(sol.x - ref.x)) <= 1e-12
     assert np.allclose(sol.t, ref.t) and np.max(np.abs(sol.diagnostics["order_parameter"]
                                                        - ref.diagnostics["order_parameter"])) <= 1e-12

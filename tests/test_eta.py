@@ -74,11 +74,11 @@ def test_printer_threshold_and_progress_write(capsys):
 
 
 def test_estimate_prints_and_leaves_results_unchanged(capsys):
-    kw = dict(N=300, kernel="softmax", alpha=2.0, layers=6, key=3)
-    with_est = mf.solve_flow(mf.Uniform(4), estimate=True, **kw)
+    kw = dict(N=300, kernel=mf.Softmax(2.0), layers=6, key=3)
+    with_est = mf.solve_flow(mf.Uniform(4), progress=mf.Progress(bar=False, estimate=True), **kw)
     line = capsys.readouterr().err
     assert re.search(r"estimated run time: [0-9.]+ (us|ms|s|min)", line)
-    without = mf.solve_flow(mf.Uniform(4), estimate=False, **kw)
+    without = mf.solve_flow(mf.Uniform(4), progress=mf.Progress(bar=False, estimate=False), **kw)
     assert "estimated run time" not in capsys.readouterr().err
     np.testing.assert_array_equal(with_est.x, without.x)
     for name, val in with_est.diagnostics.items():
@@ -87,4 +87,4 @@ def test_estimate_prints_and_leaves_results_unchanged(capsys):
 
 def test_estimate_option_is_validated():
     with pytest.raises(ValueError, match="estimate must be None, True or False"):
-        mf.solve_flow(mf.Uniform(3), N=10, layers=1, estimate="yes")
+        mf.solve_flow(mf.Uniform(3), N=10, layers=1, progress=mf.Progress(bar=False, estimate="yes"))

@@ -1,6 +1,7 @@
 """solve_flow: the public contract, the semi-analytic alpha = 0 solution, inputs, batches."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,8 +14,8 @@ def test_tracks_semi_analytic_alpha0_solution():
     # N unit vectors, so its fluctuation is <= N^{-1/2}; Heun at dt = 0.05 adds ~1e-4. Allow 4 N^{-1/2}.
     N = 20_000
     init = mf.VonMisesFisher(d=3, kappa=1.0)
-    sol = mf.solve_flow(init, N=N, kernel="linear", alpha=0.0, t1=3.0, dt=0.05, method="heun", key=0,
-                        n_query=32, save_every=5)
+    sol = mf.solve_flow(init, N=N, kernel=mf.Linear(0.0), t1=3.0, dt=0.05, method="heun", key=0,
+                        save=mf.SaveAt(n_query=32, every=5))
     exact = zonal_alpha0_solution(init, sol.t)["mean_cos"]
     err = np.abs(sol.diagnostics["order_parameter"] - exact)
     assert err.max() < 4 / np.sqrt(N), err.max()
@@ -23,7 +24,7 @@ def test_tracks_semi_analytic_alpha0_solution():
 
 def test_public_contract_names():
     init = mf.VonMisesFisher(d=3, kappa=1.0)
-    sol = mf.solve_flow(init, N=2000, kernel="linear", alpha=0.0, t1=0.3, dt=0.01, key=0)
+    sol = mf.solve_flow(init, N=2000, kernel=mf.Linear(0.0), t1=0.3, dt=0.01, key=0)
     assert sol.t.shape == sol.layers.shape == (31,)
     np.testing.assert_allclose(sol.t, 0.01 * sol.layers, rtol=1e-12)
     for name in ("order_parameter", "effective_rank", "normalized_entropy", "entropy_rate"):
@@ -32,12 +33,12 @@ def test_public_contract_names():
     np.testing.assert_allclose(np.linalg.norm(sol.x, axis=1), 1.0, atol=1e-12)
     # an explicit array is accepted (rows normalised) and gives the same run as the samples it holds
     x0 = np.asarray(init.sample(jax.random.fold_in(jax.random.PRNGKey(0), 0), 2000)) * 3.0
-    sol2 = mf.solve_flow(x0, kernel="linear", alpha=0.0, t1=0.3, dt=0.01, key=0)
+    sol2 = mf.solve_flow(x0, kernel=mf.Linear(0.0), t1=0.3, dt=0.01, key=0)
     np.testing.assert_allclose(sol2.x, sol.x, atol=1e-13)
 
 
 def test_paper_time_map_and_defaults():
-    sol = mf.solve_flow(mf.Uniform(4), N=500, time_map="paper", layers=10)
+    sol = mf.solve_flow(mf.Uniform(4), N=500, dt="paper", layers=10)
     np.testing.assert_allclose(sol.t[-1], 10 / 500)
     assert sol.params["time_map"] == "paper" and sol.params["dt"] == pytest.approx(1 / 500)
     default = mf.solve_flow(mf.Uniform(4), N=300)
@@ -53,16 +54,25 @@ def test_float32_stays_float32():
     "kwargs,match",
     [
         (dict(N=0), r"N must be an integer >= 1, got 0"),
-        (dict(N=10, alpha=-1.0), r"alpha must be a finite number >= 0, got -1.0"),
-        (dict(N=10, alpha=float("nan")), r"alpha must be a finite number, got nan"),
+        (dict(N=10, kernel=mf.Linear(-1.0)), r"alpha must be a finite number >= 0, got -1.0"),
+        (dict(N=10, kernel=mf.Softmax(float("nan"))), r"alpha must be a finite number, got nan"),
         (dict(N=10, merge=0.5), r"merge must be a finite number >= 1, got 0.5"),
-        (dict(N=10, fusion=1.0), r"fusion must be a finite number in \[0, 1\), got 1.0"),
-        (dict(N=10, merge=2.0, fusion=0.5), r"give merge or fusion, not both"),
+        (dict(N=10, merge=mf.Fusion(1.0)), r"fusion must be a finite number in \[0, 1\), got 1.0"),
         (dict(N=10, kernel="gauss"), r"unknown kernel 'gauss'; expected one of: linear, softmax, usa"),
         (dict(N=10, method="rk9"), r"unknown method 'rk9'; expected one of: layer, euler, heun, adaptive"),
         (dict(N=10, t1=1.0, dt=0.3), r"t1 = 1.0 is not a whole number"),
         (dict(N=10, t1=1.0, layers=3), r"give t1 or layers, not both"),
-        (dict(N=10, time_map="paper", dt=0.1), r"give dt or time_map='paper'"),
+        (dict(N=10, dt="papers"), r"unknown dt 'papers'; expected one of: paper"),
+        (dict(N=10, save=dict(every=2)), r"save must be a meanfield.SaveAt\(...\), got \{'every': 2\}"),
+        (dict(N=10, save=mf.SaveAt(every=0)), r"save_every must be an integer >= 1, got 0"),
+        (dict(N=10, save=mf.SaveAt(diagnostics="all")), r"unknown diagnostics 'all'"),
+        (dict(N=10, checkpoint=3), r"checkpoint must be a meanfield.Checkpoint\(...\) or a file name, got 3"),
+        (dict(N=10, progress="yes"), r"progress must be True, False, a Progress\(...\)"),
+        # the flat options of the 26-parameter driver name their new spelling in one line
+        (dict(N=10, alpha=0.5), r"solve_flow\(alpha=...\) is now spelled kernel=mf.Linear\(alpha\)"),
+        (dict(N=10, save_every=2), r"solve_flow\(save_every=...\) is now spelled save=mf.SaveAt\(every=...\)"),
+        (dict(N=10, resume="x.h5"), r"solve_flow\(resume=...\) is now spelled checkpoint=mf.Checkpoint"),
+        (dict(N=10, weights=[1.0] * 10), r"solve_flow\(weights=...\) is now spelled init=mf.Weighted\(init, weights\)"),
     ],
 )
 def test_bad_options_raise_one_line(kwargs, match):
@@ -101,6 +111,42 @@ def test_batch_equals_individual_runs():
     alphas = np.array([0.0, 1.0, 4.0])
     out = mf.simulate_batch(xs, kernel="softmax", alpha=alphas, dt=0.2, layers=15)
     for i in range(3):
-        sol = mf.solve_flow(xs[i], kernel="softmax", alpha=float(alphas[i]), dt=0.2, layers=15)
+        sol = mf.solve_flow(xs[i], kernel=mf.Softmax(float(alphas[i])), dt=0.2, layers=15)
         np.testing.assert_allclose(out["x"][i], sol.x, atol=1e-12)
         np.testing.assert_allclose(out["order_parameter"][i], sol.diagnostics["order_parameter"], atol=1e-12)
+
+
+class _Bar:
+    """A progress object: with it the runner advances in chunks of ~1% of the run."""
+
+    def __init__(self):
+        self.steps = []
+
+    def init(self, total, desc=""):
+        pass
+
+    def step(self, n):
+        self.steps.append(n)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("method", ["layer", "heun"])
+@pytest.mark.parametrize("kernel", [mf.Linear(0.25), mf.Softmax(1.0)], ids=["linear", "softmax"])
+def test_chunking_and_donation_change_nothing(method, kernel):
+    # Without a bar a fixed-step scheme goes from save to save in one donated call; with one it takes
+    # chunks of ceil(300/100) = 3 steps. The same arithmetic either way: equal bit for bit.
+    x0 = jnp.asarray(mf.Uniform(4).sample(jax.random.key(3), 200))
+    keep = np.array(x0)
+    kw = dict(kernel=kernel, method=method, layers=300, dt=0.01, save=mf.SaveAt(every=150, tokens=True))
+    quiet = mf.solve_flow(x0, **kw)
+    bar = _Bar()
+    chunked = mf.solve_flow(x0, progress=bar, **kw)
+    assert bar.steps[1:] == [3] * 100  # the first call reports the start (0 steps)
+    np.testing.assert_array_equal(quiet.x, chunked.x)
+    np.testing.assert_array_equal(quiet.snapshots, chunked.snapshots)
+    for name, val in quiet.diagnostics.items():
+        np.testing.assert_array_equal(val, chunked.diagnostics[name], err_msg=name)
+    np.testing.assert_array_equal(np.asarray(x0), keep)  # the caller's array is never donated
+    assert not np.array_equal(quiet.snapshots[0], quiet.snapshots[-1])  # snapshots are copies, not views

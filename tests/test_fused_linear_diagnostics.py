@@ -50,8 +50,9 @@ def test_fused_equals_exact_functions(dtype, tol, sampled, weighted):
 @pytest.mark.parametrize("diagnostics", ["sampled", "exact"])
 def test_runner_records_the_exact_definitions(method, diagnostics):
     w = np.random.default_rng(1).uniform(0.5, 2.0, N)
-    sol = mf.solve_flow(mf.VonMisesFisher(D, 1.0), N=N, weights=w, alpha=0.3, layers=4, dt=0.5, method=method,
-                        merge=1.5, save_tokens=True, diagnostics=diagnostics, key_sample=700, dtype=jnp.float64)
+    sol = mf.solve_flow(mf.Weighted(mf.VonMisesFisher(D, 1.0), w), N=N, kernel=mf.Linear(0.3), layers=4, dt=0.5,
+                        method=method, merge=1.5,
+                        save=mf.SaveAt(tokens=True, diagnostics=diagnostics, key_sample=700), dtype=jnp.float64)
     assert sol.params["diagnostics"] == diagnostics
     field = AttentionField(Linear(0.3), 1 / 1.5, jnp.asarray(w))
     q = jnp.asarray(sol.query_indices)

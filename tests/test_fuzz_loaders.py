@@ -35,7 +35,7 @@ atexit.register(shutil.rmtree, WORK, True)
 def _valid_results() -> bytes:
     path = WORK / "valid_results.h5"
     if not path.exists():
-        sol = mf.solve_flow(mf.Uniform(3), N=16, layers=3, dtype="float64", save_tokens=True)
+        sol = mf.solve_flow(mf.Uniform(3), N=16, layers=3, dtype="float64", save=mf.SaveAt(tokens=True))
         mf.save_results(path, sol)
     return path.read_bytes()
 

@@ -9,7 +9,7 @@ import meanfield as mf
 
 @pytest.fixture(scope="module")
 def sol():
-    return mf.solve_flow(mf.VonMisesFisher(3, 2.0), N=300, layers=5, kernel="softmax", alpha=2.0, save_tokens=True)
+    return mf.solve_flow(mf.VonMisesFisher(3, 2.0), N=300, layers=5, kernel=mf.Softmax(2.0), save=mf.SaveAt(tokens=True))
 
 
 def test_round_trip(tmp_path, sol):

@@ -15,7 +15,8 @@ from meanfield.merging import FastVGGT, ToMe
 from meanfield.simulate import cli
 
 TOL = 1e-12
-KW = dict(layers=6, dt=0.3, n_query=20, dtype="float64")
+KW = dict(layers=6, dt=0.3, save=mf.SaveAt(n_query=20), dtype="float64")
+KERNELS = pytest.mark.parametrize("kernel", [mf.Softmax(2.0), mf.Linear(0.3)], ids=["softmax-2.0", "linear-0.3"])
 VARIANTS = [ToMe(ratio=0.0), ToMe(ratio=0.0, proportional=False), FastVGGT(ratio=0.0, protected_fraction=0.1)]
 
 
@@ -24,12 +25,12 @@ def _x(n, d, seed):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kernel,alpha", [("softmax", 2.0), ("linear", 0.3)])
+@KERNELS
 @pytest.mark.parametrize("merging", VARIANTS, ids=lambda s: s.name)
-def test_ratio_zero_reproduces_the_unmerged_run(kernel, alpha, merging):
+def test_ratio_zero_reproduces_the_unmerged_run(kernel, merging):
     x0 = _x(48, 4, 0)
-    a = mf.solve_flow(x0, kernel=kernel, alpha=alpha, **KW)
-    b = mf.solve_flow(x0, kernel=kernel, alpha=alpha, merging=merging, **KW)
+    a = mf.solve_flow(x0, kernel=kernel, **KW)
+    b = mf.solve_flow(x0, kernel=kernel, merging=merging, **KW)
     np.testing.assert_allclose(b.x, a.x, atol=TOL, rtol=0)
     for name in ("order_parameter", "effective_rank", "entropy_rate", "covariance_effective_rank"):
         np.testing.assert_allclose(b.diagnostics[name], a.diagnostics[name], atol=TOL, rtol=0, err_msg=name)
@@ -37,7 +38,7 @@ def test_ratio_zero_reproduces_the_unmerged_run(kernel, alpha, merging):
 
 
 def test_tome_conserves_mass_and_reports_the_weighted_measure():
-    sol = mf.solve_flow(_x(64, 3, 1), kernel="softmax", alpha=1.0, merging=ToMe(ratio=0.7), **KW)
+    sol = mf.solve_flow(_x(64, 3, 1), kernel=mf.Softmax(1.0), merging=ToMe(ratio=0.7), **KW)
     sizes, owner = sol.merging["sizes"], sol.merging["owner"]
     assert sizes.sum() == 64.0 and np.count_nonzero(sizes) == 64 - round(0.7 * 64)
     assert np.all(sizes[owner] > 0) and np.all(np.bincount(owner, minlength=64) == sizes)
@@ -47,11 +48,11 @@ def test_tome_conserves_mass_and_reports_the_weighted_measure():
     np.testing.assert_array_equal(sol.diagnostics["n_tokens"][[0, 1, 2, -1]], [64, 32, 19, 19])
 
 
-@pytest.mark.parametrize("kernel,alpha", [("softmax", 2.0), ("linear", 0.3)])
-def test_merging_identical_tokens_with_proportional_attention_changes_nothing(kernel, alpha):
+@KERNELS
+def test_merging_identical_tokens_with_proportional_attention_changes_nothing(kernel):
     x0 = _x(31, 4, 2)
     x0[1] = x0[0]  # rows 0 (set A) and 1 (set B) are identical: cosine 1, the best edge
-    kw = dict(kernel=kernel, alpha=alpha, **KW)
+    kw = dict(kernel=kernel, **KW)
     plain = mf.solve_flow(x0, **kw)
     prop = mf.solve_flow(x0, merging=ToMe(r=(1,)), **kw)
     assert prop.merging["owner"][0] == 1 and prop.weights[1] == 2.0 and prop.weights[0] == 0.0
@@ -64,7 +65,7 @@ def test_merging_identical_tokens_with_proportional_attention_changes_nothing(ke
 
 def test_fastvggt_protected_rows_and_float32():
     prot = (0, 1, 2, 3)
-    sol = mf.solve_flow(_x(80, 4, 3), kernel="softmax", alpha=1.0, layers=3, dt=0.3, n_query=20,
+    sol = mf.solve_flow(_x(80, 4, 3), kernel=mf.Softmax(1.0), layers=3, dt=0.3, save=mf.SaveAt(n_query=20),
                         dtype="float32", merging=FastVGGT(ratio=0.5, protected=prot, protected_fraction=0.1))
     assert sol.x.dtype == np.float32 and sol.diagnostics["order_parameter"].dtype == np.float32
     assert np.all(sol.diagnostics["n_tokens"] == 40) and sol.x.shape == (80, 4)
@@ -90,7 +91,7 @@ BAD = [
     (lambda: mf.solve_flow(_x(60, 3, 0), layers=2, method="heun", merging=ToMe(ratio=0.1)),
      "method must be 'layer' or 'euler', got 'heun'"),
     (lambda: mf.solve_flow(_x(60, 3, 0), layers=2, merging="tome"), "merging must be None, ToMe"),
-    (lambda: mf.solve_flow(_x(60, 3, 0), layers=2, weights=np.ones(60), merging=FastVGGT(ratio=0.1)),
+    (lambda: mf.solve_flow(mf.Weighted(_x(60, 3, 0), np.ones(60)), layers=2, merging=FastVGGT(ratio=0.1)),
      "FastVGGT merging does not track masses"),
 ]
 
@@ -122,7 +123,7 @@ def test_study_helpers_compact_the_merged_tokens():
         xm, w, seconds = merged_tokens(strat, x, repeats=1)
         assert xm.shape == (n_left, 4) and float(w.sum()) == mass and seconds >= 0
         np.testing.assert_allclose(np.linalg.norm(xm, axis=1), 1.0, atol=1e-15)
-    sol = mf.solve_flow(x, kernel="softmax", alpha=1.0, layers=30, dt=1.0, n_query=20, dtype="float64")
+    sol = mf.solve_flow(x, kernel=mf.Softmax(1.0), layers=30, dt=1.0, save=mf.SaveAt(n_query=20), dtype="float64")
     tau = collapse_times(sol)
     i = int(np.argmax(sol.diagnostics["order_parameter"] >= 0.99))
     assert sol.t[i - 1] <= tau["order"] <= sol.t[i] and 0 < tau["rank"] < tau["order"]

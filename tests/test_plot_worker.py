@@ -14,12 +14,13 @@ from meanfield import Uniform, solve_flow
 from meanfield._plot_worker import PlotWorker
 from meanfield.io import save_results
 from meanfield.plots import plot_solution
+import meanfield as mf
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("worker")
-    sol = solve_flow(Uniform(d=3), N=128, layers=4, n_query=32, key=1)
+    sol = solve_flow(Uniform(d=3), N=128, layers=4, save=mf.SaveAt(n_query=32), key=1)
     save_results(folder / "r.h5", sol)
     return sol, folder
 

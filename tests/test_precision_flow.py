@@ -6,13 +6,15 @@ import pytest
 import meanfield
 from meanfield.io import load_results, save_results
 from meanfield.precision import drive_errors
+from meanfield.flow import resolve_kernel
 from solvers import Bilinear, Softmax
+import meanfield as mf
 
 
 def test_solve_flow_records_the_policy(tmp_path):
     x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
-    sols = {m: meanfield.solve_flow(x, kernel="softmax", alpha=2.0, layers=2, save_every=2, dtype="float32",
-                                    matmul_precision=m)
+    sols = {m: meanfield.solve_flow(x, kernel=mf.Softmax(2.0, matmul_precision=m), layers=2,
+                                    save=mf.SaveAt(every=2), dtype="float32")
             for m in ("highest", "bf16")}
     assert sols["highest"].params["matmul_precision"] == "highest"
     assert sols["bf16"].params["matmul_precision"] == "bf16"
@@ -27,11 +29,13 @@ def test_solve_flow_records_the_policy(tmp_path):
 def test_solve_flow_bad_values():
     x = np.eye(4)
     with pytest.raises(ValueError, match="unknown matmul_precision 'half'"):
-        meanfield.solve_flow(x, kernel="softmax", matmul_precision="half", layers=1)
+        meanfield.solve_flow(x, kernel=mf.Softmax(0.25, matmul_precision="half"), layers=1)
+    # a kernel name with a precision (the CLI's --kernel/--matmul-precision) goes through resolve_kernel
     with pytest.raises(ValueError, match="set matmul_precision on it"):
-        meanfield.solve_flow(x, kernel=Softmax(1.0), matmul_precision="bf16", layers=1)
+        resolve_kernel(Softmax(1.0), None, "bf16")
     with pytest.raises(ValueError, match="no matmul_precision option"):
-        meanfield.solve_flow(x, kernel="bilinear", matmul_precision="bf16", layers=1)
+        resolve_kernel("bilinear", None, "bf16")
+    assert resolve_kernel("softmax", 2.0, "tf32") == Softmax(2.0, matmul_precision="tf32")
     assert Bilinear(1.0).name == "bilinear"
 
 
@@ -65,12 +69,12 @@ def test_checkpoint_fingerprint_keeps_older_checkpoints():
     from meanfield.flow import make_spec
 
     x = np.random.default_rng(0).standard_normal((16, 4))
-    spec = make_spec(x, kernel="softmax", alpha=1.0, layers=2)
+    spec = make_spec(x, kernel=mf.Softmax(1.0), layers=2)
     old = {k: v for k, v in spec.params().items() if k not in ("meanfield_version", "matmul_precision", "attention")}
     old["kernel_options"] = {k: v for k, v in old["kernel_options"].items() if k not in ("matmul_precision", "attention")}
     h = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode())
     h.update(np.asarray(spec.save_steps, np.int64).tobytes())
     h.update(np.ascontiguousarray(spec.x0).tobytes())
     assert fingerprint(spec) == h.hexdigest()
-    fast = make_spec(x, kernel="softmax", alpha=1.0, layers=2, matmul_precision="bf16")
+    fast = make_spec(x, kernel=mf.Softmax(1.0, matmul_precision="bf16"), layers=2)
     assert fingerprint(fast) != fingerprint(spec)

@@ -23,8 +23,8 @@ K = 4096
 @pytest.mark.parametrize("method", ["layer", "euler", "heun", "adaptive"])
 def test_entropy_rate_of_the_runner_is_exact(method):
     x0 = np.asarray(mf.VonMisesFisher(4, 1.0).sample(0, 600, dtype=jnp.float64))
-    sol = mf.solve_flow(x0, kernel="softmax", alpha=2.0, layers=6, dt=0.2, method=method, save_every=2,
-                        save_tokens=True, merge=1.5)
+    sol = mf.solve_flow(x0, kernel=mf.Softmax(2.0), layers=6, dt=0.2, method=method,
+                        save=mf.SaveAt(every=2, tokens=True), merge=1.5)
     ref = [float(entropy_rate(mf.Softmax(2.0), jnp.asarray(s), mobility=1 / 1.5)) for s in sol.snapshots]
     np.testing.assert_allclose(sol.diagnostics["entropy_rate"], ref, atol=1e-13, rtol=0)
     fused = method != "adaptive"
@@ -51,10 +51,10 @@ def test_sampled_attention_statistics_estimate_the_exact_ones(name, alpha):
 def test_the_mode_is_recorded_and_small_runs_are_exact():
     small = mf.solve_flow(mf.Uniform(3), N=300, layers=2)
     assert small.params["diagnostics"] == "exact"  # N <= key_sample: nothing is estimated
-    big = mf.solve_flow(mf.Uniform(3), N=5000, layers=2, n_query=64)
-    exact = mf.solve_flow(mf.Uniform(3), N=5000, layers=2, n_query=64, diagnostics="exact")
+    big = mf.solve_flow(mf.Uniform(3), N=5000, layers=2, save=mf.SaveAt(n_query=64))
+    exact = mf.solve_flow(mf.Uniform(3), N=5000, layers=2, save=mf.SaveAt(n_query=64, diagnostics="exact"))
     assert big.params["diagnostics"] == "sampled" and exact.params["diagnostics"] == "exact"
     assert big.params["key_sample"] == K
     np.testing.assert_array_equal(big.x, exact.x)  # the flow itself is untouched
     with pytest.raises(ValueError, match="unknown diagnostics 'fast'; expected one of: sampled, exact"):
-        mf.solve_flow(mf.Uniform(3), N=10, layers=1, diagnostics="fast")
+        mf.solve_flow(mf.Uniform(3), N=10, layers=1, save=mf.SaveAt(diagnostics="fast"))

@@ -1,4 +1,4 @@
-"""``solve_flow(..., weights=...)``: token masses through the particle driver and its diagnostics.
+"""``solve_flow(Weighted(init, weights), ...)``: token masses through the particle driver and its diagnostics.
 
 Tolerance 1e-12 (float64): the runs are the same arithmetic up to summation order, over 10 steps
 of O(1) quantities (docs/theory.md "Token masses").
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
+from meanfield.flow import resolve_kernel
 
 TOL = 1e-12
 ALPHA = {"linear": 0.3, "softmax": 2.0, "usa": 1.0}
@@ -21,9 +22,10 @@ def _tokens(n, d, seed):
 @pytest.mark.parametrize("kernel", sorted(ALPHA))
 def test_unit_weights_equal_unweighted_run(kernel):
     x0 = _tokens(50, 4, 0)
-    kw = dict(kernel=kernel, alpha=ALPHA[kernel], layers=10, dt=0.2, method="heun", n_query=20)
+    kw = dict(kernel=resolve_kernel(kernel, ALPHA[kernel]), layers=10, dt=0.2, method="heun",
+              save=mf.SaveAt(n_query=20))
     a = mf.solve_flow(x0, **kw)
-    b = mf.solve_flow(x0, weights=np.ones(50), **kw)
+    b = mf.solve_flow(mf.Weighted(x0, np.ones(50)), **kw)
     np.testing.assert_allclose(b.x, a.x, atol=TOL, rtol=0)
     for name, val in a.diagnostics.items():
         if name == "row_entropy" and kernel == "linear":
@@ -39,8 +41,9 @@ def test_unit_weights_equal_unweighted_run(kernel):
 def test_mass_two_token_moves_others_as_two_tokens(kernel, method):
     x = _tokens(41, 3, 1)
     others, star = x[:-1], x[-1:]
-    kw = dict(kernel=kernel, alpha=ALPHA[kernel], layers=10, dt=0.25, method=method, n_query=40)
-    merged = mf.solve_flow(np.concatenate([others, star]), weights=np.r_[np.ones(40), 2.0], **kw)
+    kw = dict(kernel=resolve_kernel(kernel, ALPHA[kernel]), layers=10, dt=0.25, method=method,
+              save=mf.SaveAt(n_query=40))
+    merged = mf.solve_flow(mf.Weighted(np.concatenate([others, star]), np.r_[np.ones(40), 2.0]), **kw)
     split = mf.solve_flow(np.concatenate([others, star, star]), **kw)
     np.testing.assert_allclose(merged.x[:40], split.x[:40], atol=TOL, rtol=0)
     np.testing.assert_allclose(merged.x[40], split.x[40], atol=TOL, rtol=0)
@@ -65,13 +68,13 @@ def test_mass_two_token_moves_others_as_two_tokens(kernel, method):
 )
 def test_bad_weights(weights, match):
     with pytest.raises(ValueError, match=match):
-        mf.solve_flow(_tokens(5, 3, 2), weights=weights, layers=1)
+        mf.solve_flow(mf.Weighted(_tokens(5, 3, 2), weights), layers=1)
 
 
 def test_weights_round_trip_and_grid_refusal(tmp_path):
     w = np.arange(1.0, 21.0)
-    sol = mf.solve_flow(_tokens(20, 3, 3), weights=w, layers=2)
+    sol = mf.solve_flow(mf.Weighted(_tokens(20, 3, 3), w), layers=2)
     back = mf.load_results(mf.save_results(tmp_path / "w.h5", sol))
     np.testing.assert_array_equal(back.weights, w)
     with pytest.raises(ValueError, match="token weights apply to particle methods only"):
-        mf.solve_flow(mf.VonMisesFisher(3, 1.0), N=20, weights=w, method="zonal", layers=1)
+        mf.solve_flow(mf.Weighted(mf.VonMisesFisher(3, 1.0), w), N=20, method="zonal", layers=1)

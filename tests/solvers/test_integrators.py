@@ -20,7 +20,7 @@ def x0():
 def reference(x0):
     # Independent reference: adaptive Tsit5 at rtol = atol = 1e-12 (error ~1e-11, far below the
     # smallest fixed-step error measured here, ~3e-4).
-    return mf.solve_flow(x0, alpha=ALPHA, t1=T, method=mf.Adaptive(rtol=1e-12, atol=1e-12), save_every=10**6).x
+    return mf.solve_flow(x0, kernel=mf.Linear(ALPHA), t1=T, method=mf.Adaptive(rtol=1e-12, atol=1e-12), save=mf.SaveAt(every=10**6)).x
 
 
 @pytest.mark.parametrize("method", ["layer", "euler", "heun"])
@@ -35,7 +35,7 @@ def test_tokens_stay_on_sphere(method):
 @pytest.mark.parametrize("method,order", [("layer", 1), ("euler", 1), ("heun", 2)])
 def test_convergence_order(x0, reference, method, order):
     dts = [0.2, 0.1, 0.05]
-    errs = [np.abs(mf.solve_flow(x0, alpha=ALPHA, t1=T, dt=h, method=method, save_every=10**6).x - reference).max()
+    errs = [np.abs(mf.solve_flow(x0, kernel=mf.Linear(ALPHA), t1=T, dt=h, method=method, save=mf.SaveAt(every=10**6)).x - reference).max()
             for h in dts]
     slopes = np.diff(np.log(errs)) / np.diff(np.log(dts))
     print(f"{method}: max |x - x_ref| at dt = {dts}: {errs}; observed orders {slopes}")  # pytest -s shows it
@@ -45,7 +45,7 @@ def test_convergence_order(x0, reference, method, order):
 
 
 def test_adaptive_meets_tolerance_and_reports_drift(x0, reference):
-    sol = mf.solve_flow(x0, alpha=ALPHA, t1=T, method=mf.Adaptive(rtol=1e-6, atol=1e-8), save_every=10**6)
+    sol = mf.solve_flow(x0, kernel=mf.Linear(ALPHA), t1=T, method=mf.Adaptive(rtol=1e-6, atol=1e-8), save=mf.SaveAt(every=10**6))
     err = np.abs(sol.x - reference).max()
     drift = sol.diagnostics["norm_drift"][-1]
     # local tolerances 1e-6 accumulate over O(10) steps; the drift off the sphere is of that size too
@@ -56,8 +56,8 @@ def test_adaptive_meets_tolerance_and_reports_drift(x0, reference):
 def test_merge_is_a_time_change_step_for_step(x0):
     # M = 2.5 with dt = 0.25 performs the same arithmetic as M = 1 with dt = 0.1 (h/M = 0.1):
     # agreement to float64 round-off accumulated over 20 steps.
-    a = mf.solve_flow(x0, alpha=ALPHA, layers=20, dt=0.1, method="heun")
-    b = mf.solve_flow(x0, alpha=ALPHA, layers=20, dt=0.25, merge=2.5, method="heun")
+    a = mf.solve_flow(x0, kernel=mf.Linear(ALPHA), layers=20, dt=0.1, method="heun")
+    b = mf.solve_flow(x0, kernel=mf.Linear(ALPHA), layers=20, dt=0.25, merge=2.5, method="heun")
     np.testing.assert_allclose(a.x, b.x, atol=1e-12)
     np.testing.assert_allclose(a.diagnostics["order_parameter"], b.diagnostics["order_parameter"], atol=1e-12)
     np.testing.assert_allclose(b.t, 2.5 * a.t, rtol=1e-12)
@@ -67,8 +67,8 @@ def test_merge_is_a_time_change_step_for_step(x0):
 
 def test_merge_identity_of_the_ode(x0):
     # rho^(M)(t) = rho^(1)(t/M), checked with the adaptive solver at tight tolerance (1e-10 local).
-    a = mf.solve_flow(x0, alpha=ALPHA, t1=1.0, method=mf.Adaptive(rtol=1e-11, atol=1e-11), save_every=10**6)
-    b = mf.solve_flow(x0, alpha=ALPHA, t1=3.0, fusion=2.0 / 3.0, method=mf.Adaptive(rtol=1e-11, atol=1e-11),
-                      save_every=10**6)
+    a = mf.solve_flow(x0, kernel=mf.Linear(ALPHA), t1=1.0, method=mf.Adaptive(rtol=1e-11, atol=1e-11), save=mf.SaveAt(every=10**6))
+    b = mf.solve_flow(x0, kernel=mf.Linear(ALPHA), t1=3.0, merge=mf.Fusion(2.0 / 3.0),
+                      method=mf.Adaptive(rtol=1e-11, atol=1e-11), save=mf.SaveAt(every=10**6))
     assert b.params["merge"] == pytest.approx(3.0)
     np.testing.assert_allclose(a.x, b.x, atol=1e-8)
