@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -65,7 +64,7 @@ struct Sums {
   T lo, hi;
 };
 
-// Per-call constants of the step and the moment accumulators (register-resident for fixed D).
+// Moment accumulators of single columns (the N mod L columns after the last group), and lane_sum.
 template <typename T, typename W, int D>
 struct Columns {
   static constexpr int DM = D > 0 ? D : 64;  // run-time d: arrays sized for d <= 64 (checked)

@@ -94,7 +94,7 @@ struct PhaseGroup {
   void layer_any(T h, const SaveTo<T>* save) {
     std::fill(acc.begin(), acc.end(), V{});
     std::fill(rs.begin(), rs.end(), V{});
-    if (STATS) stats_begin(*save);
+    if (STATS) stats_begin();
     for (int i = 0; i < n; ++i) {
       const V* xi = &x[i * d];
       V* ai = &acc[i * d];
@@ -131,7 +131,7 @@ struct PhaseGroup {
   template <int D, bool STATS>
   void layer_w(T h, const SaveTo<T>* save) {
     static_assert(D > 0, "compile-time d only");
-    if (STATS) stats_begin(*save);
+    if (STATS) stats_begin();
     for (int i = 0; i < n; ++i) {
       const V* xi = &x[i * D];
       V xr[D];
@@ -190,7 +190,7 @@ struct PhaseGroup {
 
   // The statistics of the current state x, written to save (the last save, or one that no step follows).
   void statistics(const SaveTo<T>& save) {
-    stats_begin(save);
+    stats_begin();
     for (int i = 0; i < n; ++i) {
       const V* xi = &x[i * d];
       for (int j = i + 1; j < n; ++j) {
@@ -206,7 +206,7 @@ struct PhaseGroup {
   // The statistics in three parts, so that a step can take the pairs from its own dot products:
   // stats_begin(); stats_pair(i, j, <x_i, x_j>) for every i < j; stats_end() (which also takes the
   // order parameter of x and writes all three).
-  void stats_begin(const SaveTo<T>& save) {
+  void stats_begin() {
     np = I{};
     for (int l = 0; l < L; ++l) {
       comps[l] = n;
