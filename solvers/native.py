@@ -1,25 +1,28 @@
-"""Hand-fused CPU kernels (``solvers/_native/meanfield_cpu.cc``), compiled on first use.
+"""Hand-fused CPU kernels (``solvers/_native/``), compiled on first use.
 
 Two workloads run far below this CPU's speed as XLA programs (issue 11; the measurements are in
 ``benchmarks/README.md``): rollouts of many small systems for phase diagrams (``n x n`` products of
 ``n = 32`` are too small for a GEMM kernel, and a float64 ``exp`` per pair dominates) and the
 linear kernel's step at small ``d`` (XLA:CPU makes three passes over the state per step). The C++
-file implements both as XLA FFI custom calls:
+sources implement both as XLA FFI custom calls, one file per kernel over a shared header
+(``simd.h``: the vector types, ``exp``, ``1/sqrt``, the thread helper), built into one library:
 
-* ``phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold)``: every (beta,
-  system) pair rolled out for all its steps with its state in L1, the statistics of
-  :func:`solvers.dense.gram_statistics` (connected components) at the save points;
-* ``linear_step(xt, K, b, h, scheme)`` / ``linear_moments(xt)``: one pass per step over the
-  feature-major state ``(d, N)`` that writes the new state and accumulates its key moments.
+* ``phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold)``
+  (``phase_softmax.cc``): every (beta, system) pair rolled out for all its steps with its state in
+  L1, the statistics of :func:`solvers.dense.gram_statistics` (connected components) at the save
+  points;
+* ``linear_step(xt, K, b, h, scheme)`` / ``linear_moments(xt)`` (``linear.cc``): one pass per step
+  over the feature-major state ``(d, N)`` that writes the new state and accumulates its key moments.
 
 They compute the same quantities as the JAX code they stand in for, in another order of
 floating-point operations (agreement to round-off: ``tests/solvers/test_native.py``).
 
-The source is compiled with the system's C++ compiler (``$CXX``, else ``g++``, else ``c++``,
-``-O3 -march=native``) against the XLA FFI headers that ship with jaxlib, into
-``$MEANFIELD_CACHE_DIR/native`` (default ``~/.cache/meanfield/native``), keyed by the hash of the
-source, the compiler, the flags (``$MEANFIELD_NATIVE_CXXFLAGS`` are appended), jaxlib's version and
-this machine's CPU flags; the library is
+The sources are compiled with the system's C++ compiler (``$CXX``, else ``g++``, else ``c++``,
+``-O3 -march=native``) against the XLA FFI headers that ship with jaxlib, into one library in
+``$MEANFIELD_CACHE_DIR/native`` (default ``~/.cache/meanfield/native``), keyed by the hash of every
+source and header (``SOURCES``, ``HEADERS``), the compiler, the flags
+(``$MEANFIELD_NATIVE_CXXFLAGS`` are appended), jaxlib's version and this machine's CPU flags; the
+library is
 written to a temporary name and renamed, so concurrent first uses (pytest workers) are safe.
 Compilation takes 10-20 s once per machine and says so in one line on stderr. Where
 there is no compiler, or it fails, or
@@ -47,7 +50,9 @@ import numpy as np
 
 from ._cache import UnsafeCache, private_dir
 
-SOURCE = Path(__file__).resolve().parent / "_native" / "meanfield_cpu.cc"
+NATIVE_DIR = Path(__file__).resolve().parent / "_native"
+SOURCES = (NATIVE_DIR / "phase_softmax.cc", NATIVE_DIR / "linear.cc")  # compiled together into one library
+HEADERS = (NATIVE_DIR / "simd.h",)  # included by the sources; part of the cache key
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
 
 _lock = threading.Lock()
@@ -87,7 +92,10 @@ def _build() -> tuple[object | None, str, Path | None]:
 
     flags = (*FLAGS, *os.environ.get("MEANFIELD_NATIVE_CXXFLAGS", "").split())  # e.g. -mno-avx512f
     include = ffi.include_dir()
-    src = SOURCE.read_bytes()
+    try:
+        src = _source_digest()
+    except OSError as exc:
+        return None, f"the C++ sources are missing: {exc}", None
     key = hashlib.sha256(b"\0".join([src, cxx.encode(), " ".join(flags).encode(), jax.__version__.encode(),
                                      _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
     try:
@@ -99,7 +107,7 @@ def _build() -> tuple[object | None, str, Path | None]:
             print(f"compiling the native CPU kernels once (about 20 s) into {out.parent}", file=sys.stderr, flush=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
             os.close(fd)
-            proc = subprocess.run([cxx, *flags, f"-I{include}", str(SOURCE), "-o", tmp],
+            proc = subprocess.run([cxx, *flags, f"-I{include}", *map(str, SOURCES), "-o", tmp],
                                   capture_output=True, text=True, timeout=300)
             if proc.returncode != 0:
                 os.unlink(tmp)
@@ -118,6 +126,14 @@ def _build() -> tuple[object | None, str, Path | None]:
     except (OSError, AttributeError, ValueError) as exc:
         return None, f"loading {out} failed: {exc}", None
     return lib, f"built: {out}", out
+
+
+def _source_digest() -> bytes:
+    """The hash of every source and header, with its name: an edit to any of them rebuilds."""
+    h = hashlib.sha256()
+    for path in (*SOURCES, *HEADERS):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.digest()
 
 
 def _jaxlib_version() -> str:
@@ -216,6 +232,8 @@ def linear_moments(xt, threads: int | None = None):
         xt, threads=np.int32(threads))
 
 
+# The values of LinearStep's "scheme" attribute: linear.cc's enum class Scheme (kLayer, kEuler;
+# tests/solvers/test_native_source.py checks that the two agree).
 SCHEME_CODES = {"layer": 0, "euler": 1}
 
 

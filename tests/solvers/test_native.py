@@ -1,4 +1,4 @@
-"""The hand-fused CPU kernels (solvers.native, solvers/_native/meanfield_cpu.cc) against the JAX
+"""The hand-fused CPU kernels (solvers.native, solvers/_native/*.cc) against the JAX
 programs they stand in for and against float64 NumPy references.
 
 Tolerances. The kernels do the same arithmetic in another order, with their own ``exp`` (relative
