@@ -230,3 +230,28 @@ def test_a_new_dump_adapter_needs_only_its_class(toy_adapter, tmp_path, capsys):
     assert list(dump.layers) == [0, 1] and dump.attention["effective_rank"].shape == (2,)
     assert dump.meta["extra"]["self_check_max_abs_diff"] == 0.0
     assert cli(["toy", "--out", str(out)]) == 2  # the shared options and checks: exists, no --overwrite
+
+
+def test_a_merging_strategy_tells_the_study_helpers_what_it_does():
+    """merge_study.merged_tokens asks the strategy (merger) instead of switching on ToMe/FastVGGT."""
+    import dataclasses
+
+    from meanfield.merge_study import merged_tokens
+    from meanfield.merging import ToMe
+
+    @dataclasses.dataclass(frozen=True)
+    class DropHalf:
+        """Keeps every other token with twice the mass: a strategy that is none of the built-ins."""
+
+        name = "drop-half"
+
+        def merger(self, x):
+            sizes = jnp.asarray(np.arange(x.shape[0]) % 2 == 0, x.dtype) * 2
+            return lambda: (x, sizes, sizes)
+
+    x = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))[0][:, :3].repeat(5, axis=0)  # (20, 3)
+    xm, w, seconds = merged_tokens(DropHalf(), x, repeats=1)
+    assert xm.shape == (10, 3) and float(w.sum()) == 20.0 and seconds >= 0
+    assert ToMe(ratio=0.5).unmerge is False and ToMe(ratio=0.5).removed_per_layer(20, 4).sum() == 10
+    with pytest.raises(ValueError, match="merger"):
+        merged_tokens(object(), x)
