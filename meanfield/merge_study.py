@@ -15,9 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solvers.merging import alternate_split, bipartite_soft_matching, bipartite_soft_matching_sets, merge
-
-from .merging import FastVGGT, ToMe, protected_mask
 from .theory import collapse_time, rank_collapse_time
 
 
@@ -40,51 +37,21 @@ def collapse_times(sol, threshold: float = 0.99, rank: str = "ratio") -> dict:
     return {"order": c.time if c.reached else float("nan"), "rank": r.time if r.reached else float("nan")}
 
 
-@jax.jit
-def _tome_round(x, sizes, protected, r):
-    src, dst = alternate_split((sizes > 0) & ~protected)
-    x, sizes = merge(x, sizes, bipartite_soft_matching(x, src, dst, r))
-    return x, sizes
-
-
-@jax.jit
-def _fast_round(x, src_idx, dst_idx, r):
-    match = bipartite_soft_matching_sets(x, src_idx, dst_idx, r)
-    xm, counts = merge(x, jnp.ones(x.shape[:1], x.dtype), match)
-    return xm, counts
-
-
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def merged_tokens(strategy, x, repeats: int = 3, clock: str = "wall"):
     """The tokens that attend after ``strategy``'s merges of ``x`` (N, d), compacted:
     ``(x' (N', d), masses (N',), matching seconds)``. ToMe: all rounds of its ratio schedule, masses
-    the sizes if proportional else ones; FastVGGT: one merge, unit masses. The matching time is the
+    the sizes if proportional else ones; FastVGGT: one merge, unit masses (the strategy's
+    ``merger(x)``, so another strategy needs no edit here). The matching time is the
     shortest of ``repeats`` runs after a warm-up (compilation excluded), on ``clock`` (see
     :func:`attention_seconds`)."""
     x = jnp.asarray(x)
-    N = x.shape[0]
-    if isinstance(strategy, FastVGGT):
-        r, dst, prot = strategy.plan(N)
-        args = (x, jnp.asarray(np.flatnonzero(~dst & ~prot), jnp.int32), jnp.asarray(np.flatnonzero(dst), jnp.int32),
-                jnp.asarray(r, jnp.int32))
-
-        def go():
-            xm, counts = jax.block_until_ready(_fast_round(*args))
-            return xm, counts, (counts > 0).astype(x.dtype)
-    elif isinstance(strategy, ToMe):
-        prot = jnp.asarray(protected_mask("ToMe", N, strategy.protected))
-        rounds = [int(r) for r in strategy.schedule(N, 64) if r]
-
-        def go():
-            xm, sizes = x, jnp.ones((N,), x.dtype)
-            for r in rounds:
-                xm, sizes = _tome_round(xm, sizes, prot, jnp.asarray(r, jnp.int32))
-            jax.block_until_ready(xm)
-            return xm, sizes, (sizes if strategy.proportional else (sizes > 0).astype(x.dtype))
-    else:
-        raise ValueError(f"strategy must be ToMe(...) or FastVGGT(...), got {strategy!r}")
+    if not callable(getattr(strategy, "merger", None)):
+        raise ValueError(f"strategy must be ToMe(...), FastVGGT(...) or another strategy with merger(x), "
+                         f"got {strategy!r}")
+    go = strategy.merger(x)
     go()
     tick, times = _CLOCKS[clock], []
     for _ in range(repeats):

@@ -33,7 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from solvers import Euler, Layer
-from solvers.merging import MergeAttendUnmerge, MergeState, ToMeLayer
+from solvers.merging import (
+    MergeAttendUnmerge,
+    MergeState,
+    ToMeLayer,
+    alternate_split,
+    bipartite_soft_matching,
+    bipartite_soft_matching_sets,
+    merge,
+)
 
 from . import _validate
 from ._threads import fetch
@@ -140,6 +148,34 @@ class ToMe:
         return {"name": self.name, "ratio": self.ratio, "r": self.r, "proportional": self.proportional,
                 "protected": list(self.protected)}
 
+    # What the experiments outside the flow ask of a strategy (meanfield.merge_study, dump.merging_vit).
+    unmerge = False
+    """Merged tokens are removed for the rest of the run (sizes carried), not restored after attention."""
+    reference_frame = False
+    """Every frame of a multi-frame input is merged (FastVGGT leaves the first one alone)."""
+
+    def removed_per_layer(self, N: int, n_layers: int) -> np.ndarray:
+        """Tokens merged away in each of ``n_layers`` layers from ``N`` (:meth:`schedule`)."""
+        return self.schedule(N, n_layers)
+
+    def merger(self, x):
+        """A function of no arguments returning ``(x' (N, d), sizes (N,), masses (N,))``: every round
+        of the ratio schedule (64 layers at most) applied to ``x`` (N, d) at once, rows merged away
+        of size 0; masses the sizes if proportional, else ones on the survivors. The schedule is
+        built here, so timing the function times the matching (``merge_study.merged_tokens``)."""
+        N = x.shape[0]
+        prot = jnp.asarray(protected_mask("ToMe", N, self.protected))
+        rounds = [int(r) for r in self.schedule(N, 64) if r]
+
+        def go():
+            xm, sizes = x, jnp.ones((N,), x.dtype)
+            for r in rounds:
+                xm, sizes = _tome_round(xm, sizes, prot, jnp.asarray(r, jnp.int32))
+            jax.block_until_ready(xm)
+            return xm, sizes, (sizes if self.proportional else (sizes > 0).astype(x.dtype))
+
+        return go
+
 
 @dataclasses.dataclass(frozen=True)
 class FastVGGT:
@@ -199,6 +235,44 @@ class FastVGGT:
     def describe(self) -> dict:
         return {"name": self.name, "ratio": self.ratio, "protected_fraction": self.protected_fraction,
                 "protected": list(self.protected), "dst_fraction": self.dst_fraction, "seed": self.seed}
+
+    # What the experiments outside the flow ask of a strategy (see ToMe).
+    unmerge = True
+    """Merge -> attend -> unmerge: the sequence is whole again after every layer; no sizes."""
+    reference_frame = True
+    """With several frames the first one is not merged at all (FastVGGT's reference frame)."""
+    proportional = False
+
+    def removed_per_layer(self, N: int, n_layers: int) -> np.ndarray:
+        """Zeros (nothing is removed for good); raises if the ratio cannot be met (:meth:`plan`)."""
+        self.plan(N)
+        return np.zeros(n_layers, np.int32)
+
+    def merger(self, x):
+        """As :meth:`ToMe.merger`: one merge of the plan applied to ``x`` (N, d), unit masses."""
+        r, dst, prot = self.plan(x.shape[0])
+        args = (x, jnp.asarray(np.flatnonzero(~dst & ~prot), jnp.int32), jnp.asarray(np.flatnonzero(dst), jnp.int32),
+                jnp.asarray(r, jnp.int32))
+
+        def go():
+            xm, counts = jax.block_until_ready(_fast_round(*args))
+            return xm, counts, (counts > 0).astype(x.dtype)
+
+        return go
+
+
+@jax.jit
+def _tome_round(x, sizes, protected, r):
+    src, dst = alternate_split((sizes > 0) & ~protected)
+    x, sizes = merge(x, sizes, bipartite_soft_matching(x, src, dst, r))
+    return x, sizes
+
+
+@jax.jit
+def _fast_round(x, src_idx, dst_idx, r):
+    match = bipartite_soft_matching_sets(x, src_idx, dst_idx, r)
+    xm, counts = merge(x, jnp.ones(x.shape[:1], x.dtype), match)
+    return xm, counts
 
 
 STRATEGIES = {

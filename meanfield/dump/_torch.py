@@ -6,53 +6,11 @@ Imported only by the adapters (``meanfield.dump.vggt``, ``.hf``, ``.timm``), nev
 
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
-import sys
-from importlib import metadata
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def library_versions() -> dict:
-    """Versions of the libraries that shaped the numbers (missing ones omitted)."""
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("meanfield", "torch", "transformers", "timm", "vggt", "jax", "numpy", "h5py"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def checkpoint_hash(source) -> str:
-    """``sha256:<hex>`` of a checkpoint file, of the weight files in a folder, or of a module's tensors.
-
-    For a module the hash runs over the state dict in its own order (names, dtypes, shapes and
-    bytes), so two processes that loaded the same weights agree.
-    """
-    h = hashlib.sha256()
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        files = [path]
-        if os.path.isdir(path):
-            ext = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(ext))
-            if not files:
-                raise ValueError(f"checkpoint folder {path} holds no weight file ({', '.join(ext)})")
-        for fn in files:
-            with open(fn, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-        return "sha256:" + h.hexdigest()
-    for name, t in source.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + h.hexdigest()
+from .adapter import checkpoint_hash, library_versions  # noqa: F401  (provenance: torch-free, shared)
 
 
 def flatten_tensors(obj) -> list:

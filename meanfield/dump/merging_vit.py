@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from ..merging import FastVGGT, ToMe
 from .merging_torch import fastvggt_assign, merge_rows, merged_attention, tome_assign
 from .onnx_convert import linears
 
@@ -68,14 +67,22 @@ class MergedRun:
     strategy: dict
 
 
+STRATEGY_API = ("unmerge", "reference_frame", "proportional", "removed_per_layer", "ratio", "protected", "describe")
+"""What :func:`merged_forward` asks of a merging strategy (``meanfield.merging.ToMe``/``FastVGGT``
+have them; a dataclass with these is a strategy here too): ``unmerge`` (merge -> attend -> unmerge
+in every block, FastVGGT-style, else ToMe-style removal with sizes), ``reference_frame`` (leave the
+first of several frames alone), ``proportional``, ``removed_per_layer(P, L)``, ``ratio``,
+``protected`` and ``describe()``."""
+
+
 def _strategy(strategy):
     """The strategy with the class token (row 0) protected; ValueError for anything else."""
     if strategy is None:
         return None
-    if not isinstance(strategy, (ToMe, FastVGGT)):
+    if not all(hasattr(strategy, a) for a in STRATEGY_API) or not dataclasses.is_dataclass(strategy):
         raise ValueError(f"strategy must be None, ToMe(...) or FastVGGT(...), got {strategy!r}")
-    if isinstance(strategy, ToMe) and strategy.ratio is None:
-        raise ValueError("ToMe inside the ViT takes ratio= (fraction merged in all), not r=")
+    if strategy.ratio is None:
+        raise ValueError(f"{type(strategy).__name__} inside the ViT takes ratio= (fraction merged in all), not r=")
     return dataclasses.replace(strategy, protected=tuple(sorted({0, *strategy.protected})))
 
 
@@ -83,11 +90,10 @@ def _frame(model, x: Float[torch.Tensor, "P C"], strategy, heads, scale, keep, c
     """One frame x (P, C) through the encoder; returns (hidden, sizes, per-block records)."""
     blocks = model.encoder.layer
     P, C = x.shape
-    tome = strategy if isinstance(strategy, ToMe) else None
-    fast = strategy if isinstance(strategy, FastVGGT) else None
-    schedule = tome.schedule(P, len(blocks)) if tome is not None else np.zeros(len(blocks), int)
-    if fast is not None:
-        fast.plan(P)  # raises before any work if the ratio cannot be met
+    fast = strategy if strategy is not None and strategy.unmerge else None  # merge -> attend -> unmerge
+    tome = strategy if strategy is not None and not strategy.unmerge else None  # merged tokens removed
+    # tokens removed after each block's attention; raises before any work if the ratio cannot be met
+    schedule = strategy.removed_per_layer(P, len(blocks)) if strategy is not None else np.zeros(len(blocks), int)
     sizes = torch.ones(P, dtype=x.dtype)
     origin = np.arange(P)  # original row of each surviving row (ToMe compacts the sequence)
     rec = {"assign": [], "n_attend": [], "match": [], "attn": [], "attention": {}}
@@ -156,7 +162,7 @@ def merged_forward(model, pixels: Float[torch.Tensor, "S 3 H W"] | Float[np.ndar
     with torch.no_grad():
         emb = model.embeddings(pixels.to(next(model.parameters()).dtype))
         for s in range(emb.shape[0]):
-            first = isinstance(strategy, FastVGGT) and s == 0 and emb.shape[0] > 1  # FastVGGT's reference frame
+            first = strategy is not None and strategy.reference_frame and s == 0 and emb.shape[0] > 1
             out.append(_frame(model, emb[s], None if first else strategy, heads, scale, keep, clock))
     recs = [r for _, _, r in out]
     return MergedRun(

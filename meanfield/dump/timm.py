@@ -11,12 +11,12 @@ ones. Works on any module with that structure; timm itself is not required.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
-import torch
 
-from . import _torch
+from . import adapter
 from .stats import Recorder, build_dump
 
 TOKEN_TYPES = ["cls", "register", "patch"]
@@ -29,8 +29,11 @@ def token_layout(indices, num_prefix_tokens: int, has_class_token: bool = True):
     return np.where(p == first, 0, np.where(p < num_prefix_tokens, 1, 2)).astype(np.int8)
 
 
-def attach(model, recorder: Recorder, *, layers=None, check: bool = True) -> _torch.QKVCapture:
-    """Hook ``model.blocks[l]`` and ``model.blocks[l].attn`` for ``l`` in ``layers`` (default all)."""
+def attach(model, recorder: Recorder, *, layers=None, check: bool = True):
+    """Hook ``model.blocks[l]`` and ``model.blocks[l].attn`` for ``l`` in ``layers`` (default all):
+    a :class:`meanfield.dump._torch.QKVCapture`."""
+    from . import _torch
+
     return _torch.attach_blocks(model.blocks, recorder, layers=layers, check=check, owner="the model")
 
 
@@ -39,7 +42,11 @@ def dump_timm(model, image, *, n_query: int = 512, seed: int = 0, layers=None, s
               checkpoint=None, image_name: str = "image", stats_dtype=None,
               capture_tolerance: float = 1e-4):  # fmt: skip
     """Run ``model`` on one image (1, 3, H, W) (its ``forward_features`` if present) and return a Dump."""
+    import torch
+
     from meanfield.diagnostics import query_subset
+
+    from . import _torch
 
     model.eval()
     if image.ndim == 3:
@@ -68,30 +75,78 @@ def dump_timm(model, image, *, n_query: int = 512, seed: int = 0, layers=None, s
             hooked = run(image)
         finally:
             cap.remove()
-    diff = _torch.outputs_equal(plain, hooked) if self_check else None
-    if self_check and diff != 0.0:
-        raise ValueError(f"self-check failed: hooked model outputs differ from plain ones by {diff:g}")
-    bad = {l: e for l, e in cap.errors.items() if e > capture_tolerance}
-    if bad:
-        raise ValueError(f"capture check failed: recomputed attention differs from the model's by {bad}")
+    diff = adapter.self_check(self_check, lambda: _torch.outputs_equal(plain, hooked))
+    adapter.capture_check(cap.errors, capture_tolerance)
     npre = int(getattr(model, "num_prefix_tokens", 1))
     has_cls = getattr(model, "cls_token", None) is not None
-    meta = {
-        "model_id": model_id or type(model).__name__,
-        "checkpoint_hash": _torch.checkpoint_hash(checkpoint if checkpoint is not None else model),
-        "adapter": "timm",
-        "library_versions": _torch.library_versions(),
-        "qk_dtype": rec.qk_dtype,
-        "softmax_scale": scale,
-        "S": 1, "P": N, "N": N, "patch_start_idx": npre,
-        "num_heads": heads, "head_dim": head_dim,
-        "d_model": int(attn0.qkv.in_features),
-        "query_seed": seed,
-        "merge": None,
-        "input_kind": "images",
-        "extra": {"seconds": time.perf_counter() - t0, "self_check_max_abs_diff": diff,
-                  "capture_max_rel_error": cap.errors, "image_size": list(image.shape[-2:])},
-    }  # fmt: skip
+    meta = adapter.metadata(
+        "timm", rec, model_id=model_id or type(model).__name__,
+        checkpoint=checkpoint if checkpoint is not None else model, scale=scale,
+        S=1, P=N, N=N, patch_start_idx=npre, num_heads=heads, head_dim=head_dim,
+        d_model=int(attn0.qkv.in_features), seed=seed, input_kind="images",
+        extra={"seconds": time.perf_counter() - t0, "self_check_max_abs_diff": diff,
+               "capture_max_rel_error": cap.errors, "image_size": list(image.shape[-2:])},
+    )  # fmt: skip
     kind = token_layout(idx, npre, has_cls)
     return build_dump(rec, meta, idx, np.zeros_like(idx), idx, kind, TOKEN_TYPES, sample_indices=smp,
                       input_images=[image_name])  # fmt: skip
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+class TimmAdapter(adapter.Adapter):
+    """``meanfield-dump timm MODEL --image PHOTO [--weights FILE]``: timm's pretrained weights or a
+    local checkpoint, the model's own timm transform; image and checkpoint checked before torch and
+    timm are imported."""
+
+    name = "timm"
+    help = "a timm vision transformer on a photograph"
+
+    @classmethod
+    def add_arguments(cls, s):
+        s.add_argument("model", help="timm model name, e.g. vit_small_patch16_224.augreg_in21k")
+        s.add_argument("--image", required=True, metavar="PATH",
+                       help="one image file, or skimage:NAME (as for dinov2); preprocessed by the model's own "
+                            "timm transform")  # fmt: skip
+        s.add_argument("--weights", default=None, metavar="FILE",
+                       help="local checkpoint: .safetensors, or .pt/.pth (loaded with weights_only=True) "
+                            "(default: timm's pretrained weights, downloaded from the Hugging Face Hub once)")
+
+    @staticmethod
+    def inputs(args):
+        """The image file and the checkpoint of a timm dump, checked before anything is imported."""
+        from .images import expand
+
+        frames = expand([args.image])
+        if len(frames) != 1:
+            raise ValueError(f"--image {args.image!r} holds {len(frames)} images; the timm dump takes one")
+        if args.weights is not None:
+            if not args.weights.endswith(WEIGHT_SUFFIXES):
+                raise ValueError(f"--weights must be a {', '.join(WEIGHT_SUFFIXES)} file, got {args.weights!r}")
+            if not os.path.isfile(args.weights):
+                raise ValueError(f"--weights {args.weights!r}: no such file")
+        return frames[0]
+
+    def run(self, args, common, text=None):
+        name, path = self.inputs(args)
+        adapter.require("timm", "torch", "timm")
+        import timm
+        import timm.data
+        import torch
+        from PIL import Image
+
+        model = timm.create_model(args.model, pretrained=args.weights is None)
+        if args.weights is not None:
+            if args.weights.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                state = load_file(args.weights)
+            else:
+                state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        model.eval()
+        transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+        with Image.open(path) as im:
+            image = transform(im.convert("RGB"))
+        return dump_timm(model, image, model_id=args.model, checkpoint=args.weights, image_name=name, **common)

@@ -21,12 +21,12 @@ against the real weights, which cannot be installed here (docs/dumps.md).
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 
 import numpy as np
-import torch
 
-from . import _torch
+from . import adapter
 from .stats import Recorder, build_dump
 
 TOKEN_TYPES = ["camera", "register", "patch"]
@@ -48,8 +48,11 @@ def token_layout(indices, P: int, patch_start_idx: int):
     return frame, pos, kind
 
 
-def attach(aggregator, recorder: Recorder, *, layers=None, check: bool = True) -> _torch.QKVCapture:
-    """Hook ``aggregator.global_blocks[l]`` (and its ``.attn``) for each ``l`` in ``layers`` (all)."""
+def attach(aggregator, recorder: Recorder, *, layers=None, check: bool = True):
+    """Hook ``aggregator.global_blocks[l]`` (and its ``.attn``) for each ``l`` in ``layers`` (all):
+    a :class:`meanfield.dump._torch.QKVCapture`."""
+    from . import _torch
+
     return _torch.attach_blocks(aggregator.global_blocks, recorder, layers=layers, check=check,
                                 owner="the aggregator's global stack")
 
@@ -68,7 +71,11 @@ def dump_vggt(model, images, *, n_query: int = 512, seed: int = 0, layers=None, 
     1e-4 in float32, 5e-2 under autocast). Statistics from the shared diagnostics
     (:mod:`meanfield.dump.stats`).
     """
+    import torch
+
     from meanfield.diagnostics import query_subset
+
+    from . import _torch
 
     agg = getattr(model, "aggregator", model)
     if images.ndim == 4:
@@ -101,32 +108,64 @@ def dump_vggt(model, images, *, n_query: int = 512, seed: int = 0, layers=None, 
         hooked = forward()
     finally:
         cap.remove()
-    diff = _torch.outputs_equal(plain, hooked) if self_check else None
-    if self_check and diff != 0.0:
-        raise ValueError(f"self-check failed: hooked aggregator outputs differ from plain ones by {diff:g}")
+    diff = adapter.self_check(self_check, lambda: _torch.outputs_equal(plain, hooked), "aggregator")
     if rec.n_tokens != N and merge is None:
         raise ValueError(f"global attention saw {rec.n_tokens} tokens, expected S*P = {S}*{P} = {N}")
     tol = capture_tolerance if capture_tolerance is not None else (1e-4 if amp_dtype is None else 5e-2)
-    bad = {l: e for l, e in cap.errors.items() if e > tol}
-    if bad:
-        raise ValueError(f"capture check failed: recomputed attention differs from the model's by {bad} > {tol}")
+    adapter.capture_check(cap.errors, tol, show_tolerance=True)
     frame, pos, kind = token_layout(idx, P, psi)
-    meta = {
-        "model_id": model_id,
-        "checkpoint_hash": _torch.checkpoint_hash(checkpoint if checkpoint is not None else agg),
-        "adapter": "vggt",
-        "library_versions": _torch.library_versions(),
-        "qk_dtype": rec.qk_dtype,
-        "softmax_scale": scale,
-        "S": S, "P": P, "N": N, "patch_start_idx": psi,
-        "num_heads": heads, "head_dim": head_dim,
-        "d_model": int(attn0.qkv.in_features),
-        "query_seed": seed,
-        "merge": merge,
-        "input_kind": "images",
-        "extra": {"image_size": [H, W], "patch_size": patch, "self_check_max_abs_diff": diff,
-                  "capture_max_rel_error": cap.errors, "seconds": time.perf_counter() - t0,
-                  "amp_dtype": str(amp_dtype), "device": str(device)},
-    }  # fmt: skip
+    meta = adapter.metadata(
+        "vggt", rec, model_id=model_id, checkpoint=checkpoint if checkpoint is not None else agg, scale=scale,
+        S=S, P=P, N=N, patch_start_idx=psi, num_heads=heads, head_dim=head_dim,
+        d_model=int(attn0.qkv.in_features), seed=seed, merge=merge, input_kind="images",
+        extra={"image_size": [H, W], "patch_size": patch, "self_check_max_abs_diff": diff,
+               "capture_max_rel_error": cap.errors, "seconds": time.perf_counter() - t0,
+               "amp_dtype": str(amp_dtype), "device": str(device)},
+    )  # fmt: skip
     names = list(image_names) if image_names is not None else [f"frame_{s}" for s in range(S)]
     return build_dump(rec, meta, idx, frame, pos, kind, TOKEN_TYPES, sample_indices=smp, input_images=names)
+
+
+class VGGTAdapter(adapter.Adapter):
+    """``meanfield-dump vggt --images ...``: VGGT (installed by the user) on a sequence of images."""
+
+    name = "vggt"
+    help = "VGGT on images"
+
+    @classmethod
+    def add_arguments(cls, s):
+        s.add_argument("--images", nargs="+", required=True, help="image files, in frame order")
+        s.add_argument("--weights", default="facebook/VGGT-1B", help="hub id or local checkpoint (.pt, loaded with weights_only=True)")
+        s.add_argument("--device", default="cuda", help="torch device (default: %(default)s)")
+        s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                       help="autocast dtype of the forward pass (default: %(default)s)")
+        s.add_argument("--merge", default=None, help="FastVGGT merge settings as JSON, recorded as given (default: none)")
+        s.add_argument(
+            "--no-capture-check",
+            action="store_true",
+            help="skip the check that recomputed q/k reproduce each block's output (FastVGGT)",
+        )
+
+    def run(self, args, common, text=None):
+        adapter.require("vggt", "torch")
+        import torch
+
+        try:
+            from vggt.models.vggt import VGGT
+            from vggt.utils.load_fn import load_and_preprocess_images
+        except ImportError:
+            raise ValueError("vggt is not installed: pip install git+https://github.com/facebookresearch/vggt") from None
+
+        if args.weights.endswith((".pt", ".pth")):
+            model = VGGT()
+            model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        else:
+            model = VGGT.from_pretrained(args.weights)
+        model = model.to(args.device).eval()
+        images = load_and_preprocess_images(args.images).to(args.device)
+        amp = None if args.dtype == "float32" else getattr(torch, args.dtype)
+        merge = json.loads(args.merge) if args.merge else None
+        return dump_vggt(model, images, amp_dtype=amp, model_id=args.weights, image_names=args.images, merge=merge,
+                         check_capture=not args.no_capture_check,
+                         checkpoint=args.weights if args.weights.endswith((".pt", ".pth")) else None,
+                         **common)  # fmt: skip
