@@ -8,6 +8,10 @@ every layer; for a grid of (alpha, system) pairs flatten the grid into the batch
     A, S = jnp.meshgrid(alphas, jnp.arange(n_systems), indexing="ij")
     out = simulate_batch(x0[S.ravel()], alpha=A.ravel(), ...)
     m = out["order_parameter"].reshape(len(alphas), n_systems, -1)
+
+With ``return_x=False`` small softmax batches of the ``layer`` scheme run instead on the C++ kernel of
+:func:`meanfield.phase.phase_diagram` (:mod:`solvers.native`, CPU), which returns |m| but not the
+tokens (``engine``; :func:`simulate_batch`). ``NATIVE_MAX_N`` (128) is a guess, not a measurement.
 """
 
 from __future__ import annotations
