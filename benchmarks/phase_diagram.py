@@ -20,6 +20,13 @@ recorded apart from run time; JAX runs are warmed up and end in ``block_until_re
 JAX statistics are checked against the PyTorch ones (``|m|`` to round-off; pair counts; clusters).
 Results go to ``benchmarks/results/phase_diagram.json`` with the machine description.
 
+``--drivers`` (issue 19, point 5) runs instead the public entry points on the same workload, side
+by side in rounds (the PyTorch |m| loop at each thread count, then ``simulate_batch(...,
+return_x=False)`` -- auto, the native kernel --, ``simulate_batch(..., engine="jax")`` and
+``phase_diagram``), with per-round ratios to the faster PyTorch run, into
+``benchmarks/results/phase_diagram-drivers.json``; ``--table FILE`` prints the README table of
+such a JSON.
+
 Run (about 3-5 minutes on 2 cores):  ``python benchmarks/phase_diagram.py``
 The issue's GPU workload (90 betas x 2048 x n = 32 x d = 128 x 300 steps, 200 saves):
 ``python benchmarks/phase_diagram.py --full`` (PyTorch on CUDA when available).
@@ -171,6 +178,113 @@ def run_sharded_child(x0, betas, at, block, repeats, m_ref, n_devices):
     return json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
 
 
+# ---------------------------------------------------------------- the public drivers side by side
+DRIVER_TARGETS = {"simulate_batch_auto": 5.0, "phase_diagram": 10.0}  # issue 19, point 5
+
+
+def run_drivers(a, torch):
+    """``--drivers``: the workload through the public entry points, in one process, against the
+    PyTorch |m| loop: ``simulate_batch`` (auto: the native kernel, |m| after every layer),
+    ``simulate_batch(engine="jax")`` (the vmapped rollout), ``phase_diagram`` (auto: native, the
+    statistics at ``n_saves``). Each call includes its host-side work (validation, planning)."""
+    from meanfield.batch import simulate_batch
+    from meanfield.phase import phase_diagram
+
+    B, n, d, nb, steps, ns = (256, 32, 8, 4, 20, 11) if a.quick else (2048, 32, 8, 10, 100, a.n_saves or 51)
+    betas = np.linspace(0.1, 9.0, nb)
+    res = {"benchmark": "phase_diagram_drivers", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": machine(), "torch": torch.__version__, "torch_default_threads": torch.get_num_threads(),
+           "native": native.status(), "native_threads": native.default_threads(),
+           "sizes": {"B": B, "n": n, "d": d, "n_betas": nb, "steps": steps, "n_saves": ns, "dt": H,
+                     "betas": [float(b) for b in betas]},
+           "targets_speedup_vs_torch_m": DRIVER_TARGETS, "command": " ".join(["python benchmarks/phase_diagram.py", *sys.argv[1:]])}
+    mc = res["machine"]
+    log(f"machine: {mc['cpu_model']}, {mc['usable_cores']} cores, simd {mc['simd']}, load {mc['loadavg_at_start'][0]:.1f}; "
+        f"native: {res['native']}")
+    log(f"workload: {nb} betas x {B} systems x n = {n} x d = {d}, {steps} steps, float64")
+    x0 = np.random.default_rng(0).standard_normal((B, n, d))
+    x0 /= np.linalg.norm(x0, axis=-1, keepdims=True)
+    xt = torch.from_numpy(x0)
+    A, S = np.meshgrid(betas, np.arange(B), indexing="ij")
+    xs, al = x0[S.ravel()], A.ravel()  # the grid flattened into the batch, as docs/python.md shows
+    out = {}
+
+    def sb(engine, return_x):
+        r = simulate_batch(xs, kernel="softmax", alpha=al, dt=H, layers=steps, engine=engine, return_x=return_x)
+        out[engine] = np.asarray(jax.block_until_ready(r["order_parameter"]))
+
+    runs = {
+        "simulate_batch_auto": lambda: sb("auto", False),
+        "simulate_batch_jax": lambda: sb("jax", True),
+        "phase_diagram": lambda: phase_diagram(betas, x0=x0, t1=steps * H, dt=H, n_saves=ns),
+    }
+    torch_loop(torch, xt[:8], betas[:1], 2)  # warm-up
+    for name, fn in runs.items():
+        fn()  # compile (and, for the native kernel, build) outside the timings
+    from meanfield.batch import _engine, batch_inputs
+
+    inp = batch_inputs(xs, kernel="softmax", alpha=al, dt=H, layers=steps)
+    res["engines"] = {"simulate_batch_auto": _engine("auto", inp, jnp.float64, False)[0],
+                      "phase_diagram": phase_diagram(betas[:1], x0=x0[:2], t1=H, dt=H, n_saves=2).params["method"]}
+    # rounds: torch (at each thread count) and every driver in turn, so a change of the machine's load
+    # hits all of them; the reference of a round is its faster torch run
+    default = torch.get_num_threads()
+    ths = a.torch_threads or ([default] + ([1] if default != 1 else []))
+    torch_runs = {f"torch_m_{t}": (lambda t: lambda: (torch.set_num_threads(t), torch_loop(torch, xt, betas, steps)))(t)
+                  for t in ths}
+    rec = {k: {"wall": [], "cpu": []} for k in (*torch_runs, *runs)}
+    for _ in range(a.repeats):
+        for name, fn in (*torch_runs.items(), *runs.items()):
+            r = timed(fn, 1)
+            rec[name]["wall"].append(r["median_s"])
+            rec[name]["cpu"].append(r["cpu_median_s"])
+        torch.set_num_threads(default)
+        log("    round: " + ", ".join(f"{k} {v['wall'][-1]:.2f} s" for k, v in rec.items()))
+    tw = np.min([rec[k]["wall"] for k in torch_runs], axis=0)
+    best = min(torch_runs, key=lambda k: np.median(rec[k]["wall"]))
+    rec = {"torch_m": {"wall": tw.tolist(), "cpu": rec[best]["cpu"]}, **rec}
+    res["torch_threads"] = {k: f"{k[len('torch_m_'):]}" for k in torch_runs}
+    res["torch_m_is_the_faster_of"] = list(torch_runs)
+    res["runs"] = {k: {"median_s": float(np.median(v["wall"])), "cpu_median_s": float(np.median(v["cpu"])),
+                       "all_s": v["wall"], "all_cpu_s": v["cpu"]} for k, v in rec.items()}
+    # per-round ratios: each driver against the faster torch loop of the same round
+    t0 = np.asarray(rec["torch_m"]["wall"])
+    c0 = np.asarray(rec[best]["cpu"])
+    res["speedup_vs_torch_m"] = {k: {"median": float(np.median(t0 / np.asarray(rec[k]["wall"]))),
+                                     "all": (t0 / np.asarray(rec[k]["wall"])).tolist(),
+                                     "cpu_median": float(np.median(c0 / np.asarray(rec[k]["cpu"])))} for k in runs}
+    res["max_abs_diff_m_auto_vs_jax"] = float(np.max(np.abs(out["auto"] - out["jax"])))
+    res["targets_met"] = {k: bool(res["speedup_vs_torch_m"][k]["median"] >= v) for k, v in DRIVER_TARGETS.items()}
+    res["loadavg_at_end"] = os.getloadavg()
+    path = a.out or ROOT / "benchmarks" / "results" / ("phase_diagram-drivers-quick.json" if a.quick
+                                                       else "phase_diagram-drivers.json")
+    write_json(path, res)
+    print(drivers_table(res))
+    log(f"wrote {path}")
+
+
+def drivers_table(res) -> str:
+    """The Markdown table of benchmarks/README.md from a ``--drivers`` JSON (``--table FILE``)."""
+    names = {"torch_m": "PyTorch loop over β, \\|m\\| every step (`torch_m`: per round the faster of {th} thread(s))",
+             "simulate_batch_auto": "`simulate_batch(..., return_x=False)` (auto: {eng}; \\|m\\| every layer)",
+             "simulate_batch_jax": "`simulate_batch(..., engine=\"jax\")` (vmapped rollout; \\|m\\| every layer, final tokens)",
+             "phase_diagram": "`phase_diagram(betas, x0=...)` (auto: {pd}; statistics at {ns} saves)"}
+    rows = ["| program (float64) | wall [s], median | CPU [s], median | vs `torch_m`, wall (median of rounds) | "
+            "vs `torch_m`, CPU | target |", "|---|---|---|---|---|---|"]
+    for k, r in res["runs"].items():
+        if k not in names:  # the torch runs at each thread count: in the JSON
+            continue
+        label = names[k].format(th=" and ".join(res["torch_threads"].values()), eng=res["engines"]["simulate_batch_auto"],
+                                pd=res["engines"]["phase_diagram"], ns=res["sizes"]["n_saves"])
+        sp = res["speedup_vs_torch_m"].get(k)
+        tgt = res["targets_speedup_vs_torch_m"].get(k)
+        rows.append(f"| {label} | {r['median_s']:.2f} | {r['cpu_median_s']:.2f} | "
+                    + (f"{sp['median']:.1f}x ({', '.join(f'{v:.1f}' for v in sp['all'])}) | {sp['cpu_median']:.1f}x | "
+                       if sp else "1 | 1 | ")
+                    + (f">= {tgt:g}x: {'met' if res['targets_met'][k] else 'MISSED'} |" if tgt else "-- |"))
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -186,11 +300,20 @@ def main(argv=None):
     p.add_argument("--cpu-devices", type=int, default=2,
                    help="also time the dense path sharded over this many forced CPU devices (child process; 0: skip)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--drivers", action="store_true",
+                   help="only the public drivers side by side (simulate_batch auto and jax, phase_diagram) against "
+                        "the PyTorch loop, --repeats rounds; writes results/phase_diagram-drivers.json")
+    p.add_argument("--table", type=Path, default=None, help="print the README table of a --drivers JSON and exit")
     p.add_argument("--child-sharded", type=str, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child_sharded:
         return child_sharded(a.child_sharded)
+    if a.table:
+        return print(drivers_table(json.loads(a.table.read_text())))
     import torch
+
+    if a.drivers:
+        return run_drivers(a, torch)
 
     if a.full:
         B, n, d, nb, steps, ns = 2048, 32, 128, 90, 300, a.n_saves or 200

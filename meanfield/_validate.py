@@ -106,3 +106,51 @@ def weights(w, n: int) -> np.ndarray:
     if not arr.sum() > 0:
         raise ValueError("weights must have a positive sum (at least one token with mass > 0)")
     return arr
+
+
+def batch_tokens(x, *, name: str = "x0", min_n: int = 1) -> np.ndarray:
+    """A (B, N, d) array of ``B`` systems of finite, non-zero token rows, ``N >= min_n``, ``d >= 2``
+    (the batch drivers: ``simulate_batch``, ``phase_diagram``, ``advance_ensemble``)."""
+    try:
+        arr = np.asarray(x)
+    except Exception:  # noqa: BLE001 - anything not array-like
+        raise ValueError(f"{name} must be a (B, N, d) array of numbers, got {type(x).__name__}") from None
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be a (B, N, d) array of real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < min_n or arr.shape[2] < 2:
+        raise ValueError(f"{name} must be a (B, N, d) array with B >= 1, N >= {min_n} and d >= 2, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        b, i = (int(v) for v in np.argwhere(bad)[0, :2])
+        raise ValueError(f"{name} contains NaN or Inf (first in system {b}, row {i})")
+    zero = ~np.any(arr != 0, axis=-1)
+    if zero.any():
+        b, i = (int(v) for v in np.argwhere(zero)[0])
+        raise ValueError(f"{name} contains {int(zero.sum())} zero row(s) (first: system {b}, row {i}); "
+                         "a zero vector has no direction on the sphere")
+    return arr
+
+
+def alphas(name: str, value, size: int | None = None) -> np.ndarray:
+    """Inverse temperatures ``>= 0`` as a float64 array: with ``size``, a number (broadcast) or a
+    ``(size,)`` array, one per system; without, a non-empty 1-D array (a grid such as ``betas``)."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if size is None:
+        want = "a non-empty 1-D array of finite numbers >= 0"
+        ok = arr is not None and arr.ndim <= 1 and arr.size > 0
+        arr = arr.reshape(-1) if ok else arr
+    else:
+        want = f"a finite number >= 0 or a ({size},) array of them"
+        ok = arr is not None and (arr.ndim == 0 or arr.shape == (size,))
+        arr = np.broadcast_to(arr, (size,)).copy() if ok else arr
+    if not ok:
+        got = f"shape {arr.shape}" if arr is not None else f"{type(value).__name__}"
+        raise ValueError(f"{name} must be {want}, got {got}")
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name} must be {want}, got {float(arr[i])!r} at index {i}")
+    return arr

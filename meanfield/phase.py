@@ -208,26 +208,14 @@ def _dtype(dtype):
 
 
 def _betas(betas) -> np.ndarray:
-    try:
-        b = np.asarray(betas, dtype=np.float64).reshape(-1) if np.ndim(betas) <= 1 else None
-    except (TypeError, ValueError):
-        b = None
-    if b is None or b.size == 0 or not np.all(np.isfinite(b)) or np.any(b < 0):
-        raise ValueError(f"betas must be a non-empty 1-D array of finite numbers >= 0, got {betas!r}")
-    return b
+    return _validate.alphas("betas", betas)
 
 
 def _x0(x0, n_systems, n, d, key, dtype):
     if x0 is None:
         key = jax.random.PRNGKey(key) if isinstance(key, int) else key
         return normalize(jax.random.normal(key, (n_systems, n, d), dtype))
-    arr = np.asarray(x0)
-    if arr.ndim != 3 or arr.shape[1] < 2 or arr.shape[2] < 2:
-        raise ValueError(f"x0 must be an (n_systems, n, d) array with n >= 2 and d >= 2, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("x0 contains NaN or Inf")
-    if np.any(np.all(arr == 0, axis=-1)):
-        raise ValueError("x0 contains a zero row; a zero vector has no direction on the sphere")
+    arr = _validate.batch_tokens(x0, name="x0", min_n=2)
     return normalize(jnp.asarray(arr, dtype))
 
 

@@ -150,13 +150,8 @@ def advance_ensemble(x, *, mesh: Mesh, kernel: str = "softmax", alpha=1.0, h: fl
     n_steps = _validate.integer("n_steps", n_steps, 0)
     h = _validate.real("h", h, minimum=0.0, open_min=True)
     merge = _validate.real("merge", merge, minimum=1.0)
+    a = _validate.alphas("alpha", alpha, _validate.batch_tokens(x, name="x").shape[0])
     x = jnp.asarray(x)
-    if x.ndim != 3 or x.shape[2] < 2:
-        raise ValueError(f"x must be a (B, N, d) array with d >= 2, got shape {x.shape}")
-    a = np.asarray(alpha, dtype=np.float64)
-    a = np.full(x.shape[0], float(a)) if a.ndim == 0 else a
-    if a.shape != (x.shape[0],) or not np.all(np.isfinite(a)) or np.any(a < 0):
-        raise ValueError(f"alpha must be a finite number >= 0 or a ({x.shape[0]},) array of them")
     xs = shard_batch(normalize(x), mesh, axis)
     al = shard_batch(jnp.asarray(a, x.dtype), mesh, axis)
     return _advance_batch(xs, al, jnp.asarray(1.0 / merge, x.dtype), jnp.asarray(h, x.dtype), kernel=kernel,

@@ -105,6 +105,46 @@ def test_distribution_input_errors():
         mf.solve_flow(mf.Uniform(3))
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(x0=np.ones((3, 3))), r"x0 must be a \(B, N, d\) array with B >= 1, N >= 1 and d >= 2, got shape \(3, 3\)"),
+    (dict(x0=np.ones((2, 3, 1))), r"d >= 2, got shape \(2, 3, 1\)"),
+    (dict(x0=np.where(np.arange(18).reshape(2, 3, 3) == 13, np.nan, 1.0)), r"x0 contains NaN or Inf \(first in system 1, row 1\)"),
+    (dict(x0=np.where(np.arange(3)[None, :, None] == 2, 0.0, np.ones((2, 3, 3)))),
+     r"x0 contains 2 zero row\(s\) \(first: system 0, row 2\)"),
+    (dict(alpha=[1.0, -2.0]), r"alpha must be a finite number >= 0 or a \(2,\) array of them, got -2.0 at index 1"),
+    (dict(alpha=[1.0, 2.0, 3.0]), r"alpha must be .* a \(2,\) array of them, got shape \(3,\)"),
+    (dict(merge=0.5), "merge must be a finite number >= 1, got 0.5"),
+    (dict(merge=2.0, fusion=0.5), "give merge or fusion, not both"),
+    (dict(layers=0), "layers must be an integer >= 1, got 0"),
+    (dict(dt=0.0), "dt must be a finite number > 0, got 0.0"),
+    (dict(method="adaptive"), "fixed-step schemes only"),
+    (dict(engine="gpu"), "unknown engine 'gpu'; expected one of: auto, jax, native"),
+    (dict(engine="native", method="euler", return_x=False), "engine='native' runs the layer scheme only, got 'euler'"),
+    (dict(engine="native", kernel="linear", return_x=False), "engine='native' runs the softmax kernel only"),
+    (dict(engine="native"), "engine='native' returns |m| only, not the final tokens: pass return_x=False"),
+])
+def test_batch_bad_input_one_line(kwargs, match):
+    """The one batch validation (meanfield.batch.batch_inputs): one line naming the bad value."""
+    kw = dict(x0=np.ones((2, 3, 3)), kernel="softmax", alpha=1.0, layers=2, dt=0.1)
+    kw.update(kwargs)
+    with pytest.raises(ValueError, match=match) as err:
+        mf.simulate_batch(kw.pop("x0"), **kw)
+    assert "\n" not in str(err.value)
+
+
+def test_batch_and_phase_diagram_share_the_checks():
+    from meanfield.phase import phase_diagram
+
+    bad = np.ones((2, 4, 3))
+    bad[1, 3] = np.inf
+    for run in (lambda: mf.simulate_batch(bad, kernel="softmax"), lambda: phase_diagram([1.0], x0=bad, t1=0.2, dt=0.1,
+                                                                                         n_saves=2)):
+        with pytest.raises(ValueError, match=r"^x0 contains NaN or Inf \(first in system 1, row 3\)$"):
+            run()
+    with pytest.raises(ValueError, match=r"^betas must be a non-empty 1-D array of finite numbers >= 0, got nan at index 1$"):
+        phase_diagram([1.0, np.nan], n=4, d=3, n_systems=2, t1=0.2, dt=0.1, n_saves=2)
+
+
 def test_batch_equals_individual_runs():
     # one vmapped program over (system, alpha) pairs == separate solve_flow runs (float64 round-off)
     xs = np.stack([np.asarray(mf.Uniform(3).sample(s, 200)) for s in range(3)])
