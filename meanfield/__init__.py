@@ -2,7 +2,8 @@
 
 Public names (stable): distributions ``Uniform``, ``VonMisesFisher``, ``VonMisesFisherMixture``;
 the driver ``solve_flow``, its option objects ``SaveAt``, ``Fusion``, ``Weighted``,
-``Checkpoint``, ``Progress``, its two halves ``make_spec``/``run``, and its result ``FlowSolution``; kernel objects ``Linear``, ``Softmax``,
+``Checkpoint``, ``Progress``, its two halves ``make_spec``/``run``, the public step ``Stepper``
+(``init``/``step`` on ``FlowState``), and its result ``FlowSolution``; kernel objects ``Linear``, ``Softmax``,
 ``USA``; method objects ``Layer``, ``Euler``, ``Heun``, ``Adaptive`` (particles) and
 ``Characteristics``, ``Zonal``, ``Circle`` (densities); ``methods()`` and ``kernels()`` list the
 names accepted as shorthand; ``simulate_batch`` for vmapped batches;
@@ -28,7 +29,7 @@ _FROM = {
     "Uniform": ".distributions", "VonMisesFisher": ".distributions", "VonMisesFisherMixture": ".distributions",
     "Characteristics": ".density", "Circle": ".density", "Zonal": ".density",
     "Checkpoint": ".checkpoint", "Weighted": ".distributions", "Fusion": ".options", "SaveAt": ".options",
-    "Progress": ".progress",
+    "Progress": ".progress", "Stepper": ".particles", "FlowState": ".particles",
     "FlowSolution": ".flow", "kernels": ".flow", "methods": ".flow", "solve_flow": ".flow",
     "make_spec": ".flow", "run": ".flow",
     "load_results": ".io", "save_results": ".io",
@@ -59,6 +60,8 @@ __all__ = [
     "Fusion",
     "Progress",
     "SaveAt",
+    "Stepper",
+    "FlowState",
     "Weighted",
     "make_spec",
     "run",

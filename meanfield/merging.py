@@ -46,7 +46,7 @@ from solvers.merging import (
 from . import _validate
 from ._threads import fetch
 from .diagnostics import query_subset, simulation_diagnostics, token_statistics
-from .particles import check_finite, chunks, initial_tokens, stack_records
+from .particles import Stepper, check_finite, chunks, stack_records
 from .progress import make_progress
 from .solution import FlowSolution, FlowSpec
 
@@ -411,7 +411,9 @@ def run_merged(spec: FlowSpec) -> FlowSolution:
     mg, kernel, dtype = spec.merging, spec.kernel, spec.dtype
     mob, h = jnp.asarray(spec.mobility, dtype), jnp.asarray(spec.dt, dtype)
     N = spec.N
-    run = mg.start(spec, initial_tokens(spec), isinstance(spec.method, Euler))
+    st = Stepper(spec)  # the public step; for a merged spec its state holds the strategy's run
+    state = st.init()
+    run = state.run
 
     def record():
         sizes, w, n_tokens = run.record_inputs()
@@ -430,7 +432,7 @@ def run_merged(spec: FlowSpec) -> FlowSolution:
     done = 0
     try:
         for k, save in chunks(spec.save_steps, spec.n_steps):
-            run.advance(kernel, mob, done, jnp.asarray(k, jnp.int32), h)
+            state = st.advance(state, k)
             done += k
             bar.step(k)
             if save is not None:

@@ -8,16 +8,19 @@ loop over particles or steps.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from solvers import AttentionField, feature_major, native
-from solvers.integrators import AbstractIntegrator, uses_feature_major
+from solvers.integrators import AbstractIntegrator, Euler, uses_feature_major
 
 from . import checkpoint, eta
 from ._threads import fetch
@@ -115,6 +118,131 @@ def _transpose(x):
     return x.T
 
 
+@dataclasses.dataclass(frozen=True)
+class FlowState:
+    """The state of a run between steps (:class:`Stepper`): ``layer`` steps taken, the scheme's
+    state ``x`` on the device (feature-major ``(d, N)`` on the linear kernel's fast path; a
+    pre-/peri-LN scheme's residual stream), what the native linear step carries to the next one
+    (``carry``: the moments of ``x``), the field evaluations so far, and a merging strategy's run
+    (``run``; ``None`` without merging). Read the tokens with :meth:`Stepper.tokens`."""
+
+    layer: int
+    x: Any
+    carry: tuple = ()
+    evals: int = 0
+    run: Any = None
+
+
+class Stepper:
+    """The step of a run, public: ``init``/``step`` as in jax-md (``init_fn, step_fn``), on which
+    :func:`meanfield.solve_flow` itself is built (``run_particles`` and ``run_merged`` advance
+    through :meth:`advance`).
+
+    ``st = Stepper(mf.make_spec(init, N=..., kernel=..., method=..., dt=..., merging=...))``;
+    ``state = st.init()``; ``state = st.step(state, n)`` takes ``n`` steps of length ``dt``;
+    ``st.tokens(state)`` gives the ``(N, d)`` tokens on the host, ``st.with_tokens(state, x)``
+    replaces them (an intervention between layers: perturb, re-weight, edit), and
+    ``st.diagnostics(state)`` the statistics one save of ``solve_flow`` records. A loop of
+    ``step`` calls equals ``solve_flow`` with the same spec bit for bit, whatever the saves
+    (``tests/test_stepper.py``). Particle schemes and merging strategies; the density methods
+    run whole (``solve_flow``). ``step`` never invalidates the state it is given.
+    """
+
+    def __init__(self, spec: FlowSpec):
+        if not isinstance(spec.method, AbstractIntegrator):
+            raise ValueError(f"Stepper runs particle schemes (and merging); the density method {spec.method.name!r} "
+                             "runs whole: use solve_flow")
+        self.spec = spec
+        self.field = attention_field(spec)
+        self.fm = spec.merging is None and uses_feature_major(spec.method, self.field)
+        self.h = jnp.asarray(spec.dt, spec.dtype)
+        self.stochastic = bool(getattr(spec.method, "stochastic", False))
+
+    def init(self, x=None) -> FlowState:
+        """The state at layer 0: the spec's starting tokens, or the ``(N, d)`` tokens ``x``."""
+        x = initial_tokens(self.spec) if x is None else self._tokens_in(x)
+        return self._state_of(x, layer=0, evals=0)
+
+    def _tokens_in(self, x):
+        x = jnp.asarray(x, self.spec.dtype)
+        if x.shape != (self.spec.N, self.spec.d):
+            raise ValueError(f"tokens must have shape ({self.spec.N}, {self.spec.d}), got {tuple(x.shape)}")
+        return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+    def _state_of(self, x, layer, evals):
+        s = self.spec
+        if s.merging is not None:
+            return FlowState(layer, x, (), evals, s.merging.start(s, x, isinstance(s.method, Euler)))
+        if self.fm:
+            xt = _transpose(x)
+            return FlowState(layer, xt, _start_carry(s.method, self.field, xt), evals)
+        return FlowState(layer, x, (), evals)
+
+    def with_tokens(self, state: FlowState, x) -> FlowState:
+        """``state`` with its tokens replaced by ``x`` (``(N, d)``, normalised onto the sphere); the
+        layer count stays. Without merging (a merging run's sizes and owners live in its run)."""
+        if self.spec.merging is not None:
+            raise ValueError("with_tokens: a merged run carries sizes and owners with its tokens; not available")
+        return self._state_of(self._tokens_in(x), state.layer, state.evals)
+
+    def step(self, state: FlowState, n: int = 1, key=None) -> FlowState:
+        """``n`` steps from ``state`` (a stochastic scheme needs a PRNG ``key``)."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n}")
+        return self.advance(self._copy(state), n, key)
+
+    def _copy(self, state):  # advance donates (or, for a merged run, rebinds) its input: step hands it a copy
+        if state.run is not None:  # a strategy's run rebinds its arrays on advance: a shallow copy suffices
+            return dataclasses.replace(state, run=copy.copy(state.run))
+        return dataclasses.replace(state, x=jnp.copy(state.x))
+
+    def step_recording(self, state: FlowState):
+        """One step that also returns what the diagnostics of the *starting* state need from the
+        step's own field evaluation (the divergence; on the linear fast path ``(m, Sigma, drift)``):
+        ``(state, div, evals)``; ``state.x`` stays valid (the runner records it). ``solve_flow`` takes
+        the first step after each save this way, so the entropy rate costs no extra pass."""
+        s = self.spec
+        if self.fm:
+            x, carry, div, nev = _step_with_moments(s.method, self.field, state.x, state.carry, self.h)
+            return FlowState(state.layer + 1, x, carry, state.evals + int(nev)), div, int(nev)
+        x, div, nev = _step_with_divergence(s.method, self.field, state.x, self.h)
+        return FlowState(state.layer + 1, x, (), state.evals + int(nev)), div, int(nev)
+
+    def advance(self, state: FlowState, n: int, key=None) -> FlowState:
+        """:meth:`step` that reuses the state's buffer (donated: ``state`` must not be used again)."""
+        s = self.spec
+        k = jnp.asarray(n, jnp.int32)
+        if state.run is not None:
+            state.run.advance(s.kernel, self.field.mobility, state.layer, k, self.h)
+            return dataclasses.replace(state, layer=state.layer + n, evals=state.evals + n)
+        if self.fm:
+            x, carry, nev = _advance_fm(s.method, self.field, state.x, state.carry, k, self.h)
+            return FlowState(state.layer + n, x, carry, state.evals + int(nev))
+        if self.stochastic and key is None:
+            raise ValueError(f"the {s.method.name} scheme is stochastic: pass key= to step")
+        x, nev = _advance(s.method, self.field, state.x, k, self.h, *(() if key is None else (key,)))
+        return FlowState(state.layer + n, x, (), state.evals + int(nev))
+
+    def tokens(self, state: FlowState) -> np.ndarray:
+        """The ``(N, d)`` unit tokens of ``state``, on the host (a copy)."""
+        if state.run is not None:
+            return np.array(state.run.x)
+        return np.asarray(_transpose(state.x)) if self.fm else np.array(_tokens(self.spec.method, state.x))
+
+    def diagnostics(self, state: FlowState) -> dict:
+        """What one save of ``solve_flow`` records at ``state``: attention and token statistics."""
+        if state.run is not None:
+            raise ValueError("diagnostics of a merged run: solve_flow records them (meanfield.merging)")
+        q_idx, key_idx = diagnostic_subsets(self.spec)
+        q_dev = jnp.asarray(q_idx)
+        if self.fm:
+            return jax.device_get(linear_diagnostics_jit(self.field, state.x, q_dev,
+                                                         _moments_fm(self.field, state.x, state.carry), key_idx))
+        x = _tokens(self.spec.method, state.x)
+        return fetch(simulation_diagnostics_jit, self.field, x, q_dev, None, 1.0, key_idx, _divergence(self.field, x))
+
+
 def chunks(save_steps: np.ndarray, n_steps: int, max_chunk: int | None = None):
     """Yield ``(steps_in_chunk, save_index_or_None)`` covering ``0..n_steps``."""
     max_chunk = max_chunk or max(1, math.ceil(n_steps / 100))
@@ -153,15 +281,12 @@ def run_particles(spec: FlowSpec, session: checkpoint.Session | None = None) -> 
     exactly the same steps as an uninterrupted one.
     """
     t_start = time.perf_counter()
-    field = attention_field(spec)
+    st = Stepper(spec)  # the public step: this runner is a loop over st.advance and st.step_recording
+    field, fm = st.field, st.fm
     q_idx, key_idx = diagnostic_subsets(spec)
     q_dev = jnp.asarray(q_idx)
-    h = jnp.asarray(spec.dt, spec.dtype)
     fused = spec.method.fused_divergence
-    # linear kernel with Layer/Euler/Heun: the state stays feature-major (d, N) for the whole run and
-    # each save's statistics come from the moments of the step's own key pass (solvers.feature_major)
-    fm = uses_feature_major(spec.method, field)
-    noise_key = jax.random.fold_in(spec.key, 2) if getattr(spec.method, "stochastic", False) else None
+    noise_key = jax.random.fold_in(spec.key, 2) if st.stochastic else None
 
     def record(x_saved, div):
         if fm:  # div is (m, Sigma, norm drift) of x_saved; only d x d and n_query x (d+1) LAPACK calls,
@@ -169,38 +294,29 @@ def run_particles(spec: FlowSpec, session: checkpoint.Session | None = None) -> 
             return jax.device_get(linear_diagnostics_jit(field, x_saved, q_dev, div, key_idx))
         return fetch(simulation_diagnostics_jit, field, x_saved, q_dev, None, 1.0, key_idx, div)
 
-    def tokens(state):  # (N, d) unit tokens of the state, on the host (a copy: the state is donated later)
-        return np.asarray(_transpose(state)) if fm else np.array(_tokens(spec.method, state))
-
-    def from_tokens(x_host):
-        x_dev = jnp.asarray(x_host, spec.dtype)
-        return _transpose(x_dev) if fm else x_dev
-
     ck = checkpoint.Session(spec) if session is None else session
     if ck.state is None:
-        x = initial_tokens(spec)
-        records, snaps, evals, extra = [], ([np.array(x)] if spec.save_tokens else None), 0, 0
-        x = _transpose(x) if fm else x
-        carry = _start_carry(spec.method, field, x) if fm else ()
+        state = st.init()
+        records, snaps, evals, extra = [], ([st.tokens(state)] if spec.save_tokens else None), 0, 0
         pending = None  # a saved state whose diagnostics wait for the divergence from the next step
     else:  # resumed: the state after save ck.start, then the same chunks as an uninterrupted run
         arrays = ck.state["arrays"]
-        x = from_tokens(arrays["x"])
+        state = st._state_of(jnp.asarray(arrays["x"], spec.dtype), int(spec.save_steps[ck.start]), 0)  # as saved
+        if state.carry and "carry_0" in arrays:  # the moments the next step takes (older checkpoints: recomputed)
+            state = dataclasses.replace(state, carry=tuple(jnp.asarray(arrays[f"carry_{j}"], spec.dtype)
+                                                           for j in range(len(state.carry))))
         records = ck.state["records"]["diagnostics"]
         snaps = list(arrays["snapshots"]) if spec.save_tokens else None
         evals, extra = int(arrays["evals"]), int(arrays["extra"])
-        pending = x if int(arrays["pending"]) else None
-        carry = _start_carry(spec.method, field, x) if fm else ()
-        if carry and "carry_0" in arrays:  # the moments the next step takes (older checkpoints: recomputed)
-            carry = tuple(jnp.asarray(arrays[f"carry_{j}"], spec.dtype) for j in range(len(carry)))
+        pending = state.x if int(arrays["pending"]) else None
 
     def save_state(state):
         nonlocal pending, extra
         if fused:
-            pending = state
+            pending = state.x
         else:
             t0 = clock()
-            xt = _tokens(spec.method, state)  # a pre-/peri-LN scheme's state is the residual stream
+            xt = _tokens(spec.method, state.x)  # a pre-/peri-LN scheme's state is the residual stream
             records.append(record(xt, _divergence(field, xt)))
             watch.save(clock() - t0)
             extra += 1
@@ -217,45 +333,40 @@ def run_particles(spec: FlowSpec, session: checkpoint.Session | None = None) -> 
     watch.setup(clock() - t_start)  # sampling, subsets: counted with the compilation
     try:
         if ck.state is None:
-            save_state(x)
+            save_state(state)
         for i, (k, save) in enumerate(chunks(spec.save_steps, spec.n_steps, spec.n_steps if quiet else None)):
             if reached < ck.start:  # skipping the chunks done before the checkpoint
                 reached = save if save is not None else reached
                 continue
-            key = () if noise_key is None else (jax.random.fold_in(noise_key, i),)  # fresh noise per chunk
+            key = None if noise_key is None else jax.random.fold_in(noise_key, i)  # fresh noise per chunk
             todo, t0, t_save = k, clock(), 0.0  # int(nev) and record() wait for the device: timing points
             if pending is not None:
-                x_saved = pending
-                if fm:
-                    x, carry, div, nev = _step_with_moments(spec.method, field, x, carry, h)
-                else:
-                    x, div, nev = _step_with_divergence(spec.method, field, x, h)
-                evals += int(nev)
+                x_saved = pending  # the step below does not donate: x_saved stays valid
+                state, div, nev = st.step_recording(state)
+                evals += nev
                 t1 = clock()
                 records.append(record(x_saved, div))
                 t_save = clock() - t1
                 watch.save(t_save)
                 pending, todo = None, todo - 1
             if todo > 0:
-                if fm:
-                    x, carry, nev = _advance_fm(spec.method, field, x, carry, jnp.asarray(todo, jnp.int32), h)
-                else:
-                    x, nev = _advance(spec.method, field, x, jnp.asarray(todo, jnp.int32), h, *key)
-                evals += int(nev)
+                before = state.evals
+                state = st.advance(state, todo, key)
+                evals += state.evals - before
             watch.steps(k, clock() - t0 - t_save)
             bar.step(k)
             if save is not None:
-                save_state(x)
+                save_state(state)
                 if snaps is not None:
-                    snaps.append(tokens(x))
+                    snaps.append(st.tokens(state))
                 if ck.due(save):
-                    arrays = {"x": tokens(x), "evals": evals, "extra": extra, "pending": int(pending is not None),
-                              **{f"carry_{j}": np.asarray(v) for j, v in enumerate(carry if fm else ())}}
+                    arrays = {"x": st.tokens(state), "evals": evals, "extra": extra, "pending": int(pending is not None),
+                              **{f"carry_{j}": np.asarray(v) for j, v in enumerate(state.carry)}}
                     if snaps is not None:
                         arrays["snapshots"] = np.stack(snaps)
                     ck.save(save, arrays, {"diagnostics": records})
         if pending is not None:
-            records.append(record(pending, _moments_fm(field, pending, carry) if fm else _divergence(field, pending)))
+            records.append(record(pending, _moments_fm(field, pending, state.carry) if fm else _divergence(field, pending)))
             extra += 1
     finally:
         bar.close()
@@ -265,7 +376,7 @@ def run_particles(spec: FlowSpec, session: checkpoint.Session | None = None) -> 
     return FlowSolution(
         t=spec.save_steps * spec.dt,
         layers=spec.save_steps.copy(),
-        x=tokens(x),
+        x=st.tokens(state),
         diagnostics=diags,
         params=spec.params(),
         query_indices=q_idx,
