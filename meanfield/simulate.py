@@ -206,7 +206,7 @@ def _main(args, worker) -> int:
         raise ValueError("give --merge or --fusion, not both (M = 1/(1 - fusion))")
     choice("time_map", args.time_map, ("unit", "paper"))
     if args.time_map == "paper" and args.dt is not None:
-        raise ValueError("give --dt or --time-map paper (which sets dt = 1/N), not both")
+        raise ValueError("give dt or time_map='paper' (which sets dt = 1/N), not both")
     kernel = resolve_kernel(kernel, alpha, None if args.matmul_precision == "highest" else args.matmul_precision)
     save = SaveAt(every=args.save_every, tokens=args.save_tokens, n_query=args.n_query,
                   diagnostics=args.diagnostics, key_sample=args.key_sample)
