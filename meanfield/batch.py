@@ -52,6 +52,10 @@ def _rollout_batch(x0, alpha, mobility, h, kernel, integ, *, layers):
 
 ENGINES = ("auto", "jax", "native")
 NATIVE_MAX_N = 128  # "auto" runs the native kernel up to this many tokens per system (its state stays in L1/L2)
+# "auto" runs the native kernel only for the dimensions compiled into it (phase_softmax.cc, layer_d):
+# its generic-d loop took 8.9x (B = 17) and 11x (B = 512) the vmapped program's time at n = 32,
+# d = 64, 6 layers, float32 (benchmarks/batch_engines.py; AVX2 machine, 2 cores, load ~2).
+NATIVE_D = (4, 8, 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +160,7 @@ def _engine(engine, inp: BatchInputs, dtype):
             raise ValueError(f"engine='native' {why}")
         _native.use_native(True)  # ValueError with the reason when the kernel is unavailable
         return "native", _native_plan(inp, dtype)
-    if why or inp.x.shape[1] > NATIVE_MAX_N or not _native.use_native(None):
+    if why or inp.x.shape[1] > NATIVE_MAX_N or inp.x.shape[2] not in NATIVE_D or not _native.use_native(None):
         return "jax", None
     plan = _native_plan(inp, dtype)
     if plan[3] > 2 * inp.x.shape[0]:  # padding would more than double the work: the vmapped program wins
@@ -178,7 +182,7 @@ def simulate_batch(x0, *, kernel="linear", alpha=None, merge=None, fusion=None, 
     ``engine``: ``"jax"`` the vmapped rollout; ``"native"`` the C++ kernel of ``phase_diagram``
     (:mod:`solvers.native`; softmax, ``layer``, float32/float64, CPU; ``merge`` enters as the step
     ``dt / M``); ``"auto"`` [default] the native kernel where it applies, ``N <= 128``
-    tokens, the kernel compiled, and the batch is a grid of (alpha, system) pairs or close to one,
+    tokens, ``d`` in 4, 8, 16, the kernel compiled, and the batch is a grid of (alpha, system) pairs or close to one,
     else the vmapped rollout. Both return the same keys (the native kernel returns the final tokens
     too) and agree to round-off (``tests/solvers/test_native.py``).
     """

@@ -289,7 +289,7 @@ def test_simulate_batch_auto_picks_native_only_where_it_applies(monkeypatch):
     real = native.phase_rollout
     monkeypatch.setattr(native, "phase_rollout", lambda *a, **k: calls.append(1) or real(*a, **k))
     batch._native_rollout.clear_cache()  # trace again: the patched wrapper sees every call
-    x = sphere((32, 16, 3), 2)
+    x = sphere((32, 16, 4), 2)
     kw = dict(kernel="softmax", alpha=[1.0, 2.0] * 16, dt=0.1, layers=3)
     assert set(batch.simulate_batch(x, return_x=False, **kw)) == {"order_parameter"} and calls  # native
     calls.clear()
@@ -300,8 +300,13 @@ def test_simulate_batch_auto_picks_native_only_where_it_applies(monkeypatch):
         out = batch.simulate_batch(x, **{**kw, **other})
         assert not calls and out["order_parameter"].shape == (32, 4)
     calls.clear()
-    batch.simulate_batch(sphere((32, 200, 3), 2), return_x=False, **kw)  # N > NATIVE_MAX_N: the vmapped program
+    batch.simulate_batch(sphere((32, 200, 4), 2), return_x=False, **kw)  # N > NATIVE_MAX_N: the vmapped program
     assert not calls
+    batch.simulate_batch(sphere((32, 16, 3), 2), **kw)  # d not compiled into the kernel (NATIVE_D)
+    assert not calls
+    assert set(batch.simulate_batch(sphere((32, 16, 3), 2), engine="native", **kw)) == {"x", "order_parameter"}
+    assert calls  # engine="native" still runs any d
+    calls.clear()
     # every system its own alpha: 32 padded calls of 8 lanes for 32 systems would be 8x the work
     batch.simulate_batch(x, return_x=False, **{**kw, "alpha": np.linspace(0.5, 2.0, 32)})
     assert not calls
