@@ -53,8 +53,8 @@ def _rollout_batch(x0, alpha, mobility, h, kernel, integ, *, layers):
 ENGINES = ("auto", "jax", "native")
 NATIVE_MAX_N = 128  # "auto" runs the native kernel up to this many tokens per system (its state stays in L1/L2)
 # "auto" runs the native kernel only for the dimensions compiled into it (phase_softmax.cc, layer_d):
-# its generic-d loop took 8.9x (B = 17) and 11x (B = 512) the vmapped program's time at n = 32,
-# d = 64, 6 layers, float32 (benchmarks/batch_engines.py; AVX2 machine, 2 cores, load ~2).
+# its generic-d loop took 4.7-11x the vmapped program's time at n = 32, d = 64, B = 17 and 512,
+# 6 layers, float32 (benchmarks/batch_engines.py and benchmarks/README.md; AVX2 machine, 2 cores, loaded).
 NATIVE_D = (4, 8, 16)
 
 
