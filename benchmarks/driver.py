@@ -10,7 +10,9 @@ diagnostics of ``benchmarks/diagnostics.py`` on top). The driver's time is ``sol
 ["wall_time"]`` (sampling included), after one compiling run of the same shapes; medians over
 ``--rounds``. Results: ``benchmarks/results/driver.json``; table in ``benchmarks/README.md``.
 
-Run (about 1 minute on 2 cores):  ``python benchmarks/driver.py``  (``--quick``: N = 10^5)
+Run (about 1 minute on 2 cores):  ``python benchmarks/driver.py``  (``--quick``: N = 10^5);
+``python benchmarks/driver.py --table results/driver.json [results/driver-before.json]`` prints the
+README table (the second file: the same measurement of an older checkout, for a before/after row).
 """
 
 from __future__ import annotations
@@ -58,12 +60,37 @@ def driver_time(n, save, rounds):
     return float(np.median(ts)) / LAYERS
 
 
+def table(now: dict, before: dict | None = None) -> str:
+    """The Markdown table of benchmarks/README.md from the JSON of one run (and optionally an older one)."""
+    lines = ["| N | step | `solve_flow`, save at the end | `solve_flow`, save every layer |", "|---|---|---|---|"]
+    old = {r["N"]: r for r in (before or {}).get("rows", [])}
+    for r in now["rows"]:
+        def cell(key, row=r):
+            return f"{row[key]:.2f} ms"
+        ratio = f"{r['end_only_over_step']:.2f}x"
+        if r["N"] in old:
+            ratio += f" (before: {old[r['N']]['end_only_over_step']:.2f}x)"
+        lines.append(f"| {r['N']:,} | {cell('step_ms')} | {cell('solve_flow_end_only_ms')}, {ratio} | "
+                     f"{cell('solve_flow_default_ms')}, {r['default_over_step']:.2f}x |")
+    load = now["machine"]["loadavg_at_start"]
+    lines.append(f"\nPer step, medians of {now['rounds']} runs; load average at the start {load[0]:.1f} "
+                 f"(1 min), native kernels {'built' if now['native'] else 'not built'}.")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="N = 10^5 only (seconds)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "driver.json")
+    ap.add_argument("--table", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="print the README table of a results file (and of an older one beside it) and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        import json
+
+        runs = [json.loads(p.read_text()) for p in args.table]
+        return print(table(runs[0], runs[1] if len(runs) > 1 else None))
     sizes = [100_000] if args.quick else [1_000_000, 10_000_000]
     rows = []
     for n in sizes:

@@ -21,8 +21,8 @@ JAX statistics are checked against the PyTorch ones (``|m|`` to round-off; pair 
 Results go to ``benchmarks/results/phase_diagram.json`` with the machine description.
 
 ``--drivers`` (issue 19, point 5) runs instead the public entry points on the same workload, side
-by side in rounds (the PyTorch |m| loop at each thread count, then ``simulate_batch(...,
-return_x=False)`` -- auto, the native kernel --, ``simulate_batch(..., engine="jax")`` and
+by side in rounds (the PyTorch |m| loop at each thread count, then ``simulate_batch(...)`` -- auto,
+the native kernel, final tokens included --, ``simulate_batch(..., engine="jax")`` and
 ``phase_diagram``), with per-round ratios to the faster PyTorch run, into
 ``benchmarks/results/phase_diagram-drivers.json``; ``--table FILE`` prints the README table of
 such a JSON.
@@ -214,7 +214,7 @@ def run_drivers(a, torch):
         out[engine] = np.asarray(jax.block_until_ready(r["order_parameter"]))
 
     runs = {
-        "simulate_batch_auto": lambda: sb("auto", False),
+        "simulate_batch_auto": lambda: sb("auto", True),
         "simulate_batch_jax": lambda: sb("jax", True),
         "phase_diagram": lambda: phase_diagram(betas, x0=x0, t1=steps * H, dt=H, n_saves=ns),
     }
@@ -224,7 +224,7 @@ def run_drivers(a, torch):
     from meanfield.batch import _engine, batch_inputs
 
     inp = batch_inputs(xs, kernel="softmax", alpha=al, dt=H, layers=steps)
-    res["engines"] = {"simulate_batch_auto": _engine("auto", inp, jnp.float64, False)[0],
+    res["engines"] = {"simulate_batch_auto": _engine("auto", inp, jnp.float64)[0],
                       "phase_diagram": phase_diagram(betas[:1], x0=x0[:2], t1=H, dt=H, n_saves=2).params["method"]}
     # rounds: torch (at each thread count) and every driver in turn, so a change of the machine's load
     # hits all of them; the reference of a round is its faster torch run
@@ -266,7 +266,7 @@ def run_drivers(a, torch):
 def drivers_table(res) -> str:
     """The Markdown table of benchmarks/README.md from a ``--drivers`` JSON (``--table FILE``)."""
     names = {"torch_m": "PyTorch loop over β, \\|m\\| every step (`torch_m`: per round the faster of {th} thread(s))",
-             "simulate_batch_auto": "`simulate_batch(..., return_x=False)` (auto: {eng}; \\|m\\| every layer)",
+             "simulate_batch_auto": "`simulate_batch(...)` (auto: {eng}; \\|m\\| every layer, final tokens)",
              "simulate_batch_jax": "`simulate_batch(..., engine=\"jax\")` (vmapped rollout; \\|m\\| every layer, final tokens)",
              "phase_diagram": "`phase_diagram(betas, x0=...)` (auto: {pd}; statistics at {ns} saves)"}
     rows = ["| program (float64) | wall [s], median | CPU [s], median | vs `torch_m`, wall (median of rounds) | "

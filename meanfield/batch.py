@@ -9,9 +9,10 @@ every layer; for a grid of (alpha, system) pairs flatten the grid into the batch
     out = simulate_batch(x0[S.ravel()], alpha=A.ravel(), ...)
     m = out["order_parameter"].reshape(len(alphas), n_systems, -1)
 
-With ``return_x=False`` small softmax batches of the ``layer`` scheme run instead on the C++ kernel of
-:func:`meanfield.phase.phase_diagram` (:mod:`solvers.native`, CPU), which returns |m| but not the
-tokens (``engine``; :func:`simulate_batch`). ``NATIVE_MAX_N`` (128) is a guess, not a measurement.
+Small softmax batches of the ``layer`` scheme run instead on the C++ kernel of
+:func:`meanfield.phase.phase_diagram` (:mod:`solvers.native`, CPU), which returns |m| after every
+layer and the final tokens (``engine``; :func:`simulate_batch`). ``NATIVE_MAX_N`` (128) is a guess,
+not a measurement.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def _rollout_batch(x0, alpha, mobility, h, kernel, integ, *, layers):
 
 ENGINES = ("auto", "jax", "native")
 NATIVE_MAX_N = 128  # "auto" runs the native kernel up to this many tokens per system (its state stays in L1/L2)
+# "auto" runs the native kernel only for the dimensions compiled into it (phase_softmax.cc, layer_d):
+# its generic-d loop took 4.7-11x the vmapped program's time at n = 32, d = 64, B = 17 and 512,
+# 6 layers, float32 (benchmarks/batch_engines.py and benchmarks/README.md; AVX2 machine, 2 cores, loaded).
+NATIVE_D = (4, 8, 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +121,9 @@ def _native_plan(inp: BatchInputs, dtype):
     return inp.x[idx], ua[:, None], gather, len(groups) * (-(-G // L) * L)
 
 
-def native_refusal(inp: BatchInputs, dtype, return_x: bool = True) -> str | None:
+def native_refusal(inp: BatchInputs, dtype) -> str | None:
     """Why the native kernel cannot run this batch (``None`` when it can): it runs the ``layer``
-    scheme of the plain ``softmax`` kernel in float32/float64 and returns ``|m|`` only."""
+    scheme of the plain ``softmax`` kernel in float32/float64."""
     if type(inp.kernel) is not Softmax:
         return f"runs the softmax kernel only, got {inp.kernel.name!r}"
     if not isinstance(inp.integ, Layer):
@@ -127,34 +132,35 @@ def native_refusal(inp: BatchInputs, dtype, return_x: bool = True) -> str | None
         return f"runs float32 or float64, got {jnp.dtype(dtype).name}"
     if inp.x.shape[1] < 2:
         return f"needs N >= 2 tokens per system, got N = {inp.x.shape[1]}"
-    if return_x:
-        return "returns |m| only, not the final tokens: pass return_x=False"
     return None
 
 
 @partial(jax.jit, static_argnames=("layers", "threads"))
 def _native_rollout(systems, betas, gather, h, *, layers, threads):
+    """``(x, m)``: the final tokens (B, N, d) and |m| (B, layers + 1) of the batch's systems."""
     seg = jnp.asarray([0] + [1] * layers, jnp.int32)  # save the start, then after every layer
+    shape = systems.shape[-2:]
 
     def grid(x, b):
-        return _native.phase_rollout(x, b, h, seg, 0.5, 0.5, threads=threads)[2].reshape(-1, layers + 1)
+        _, _, m, xf = _native.phase_rollout(x, b, h, seg, 0.5, 0.5, threads=threads)
+        return xf.reshape(-1, *shape), m.reshape(-1, layers + 1)
 
-    m = jax.vmap(grid)(systems, betas)  # one kernel call per grid, in turn
-    return m.reshape(-1, layers + 1)[gather]
+    xf, m = jax.vmap(grid)(systems, betas)  # one kernel call per grid, in turn
+    return xf.reshape(-1, *shape)[gather], m.reshape(-1, layers + 1)[gather]
 
 
-def _engine(engine, inp: BatchInputs, dtype, return_x: bool):
+def _engine(engine, inp: BatchInputs, dtype):
     """``("jax", None)`` or ``("native", plan)`` for :func:`simulate_batch`'s ``engine``."""
     _validate.choice("engine", engine, ENGINES)
     if engine == "jax":
         return "jax", None
-    why = native_refusal(inp, dtype, return_x)
+    why = native_refusal(inp, dtype)
     if engine == "native":
         if why:
             raise ValueError(f"engine='native' {why}")
         _native.use_native(True)  # ValueError with the reason when the kernel is unavailable
         return "native", _native_plan(inp, dtype)
-    if why or inp.x.shape[1] > NATIVE_MAX_N or not _native.use_native(None):
+    if why or inp.x.shape[1] > NATIVE_MAX_N or inp.x.shape[2] not in NATIVE_D or not _native.use_native(None):
         return "jax", None
     plan = _native_plan(inp, dtype)
     if plan[3] > 2 * inp.x.shape[0]:  # padding would more than double the work: the vmapped program wins
@@ -174,25 +180,26 @@ def simulate_batch(x0, *, kernel="linear", alpha=None, merge=None, fusion=None, 
     ``return_x=False`` leaves ``"x"`` out.
 
     ``engine``: ``"jax"`` the vmapped rollout; ``"native"`` the C++ kernel of ``phase_diagram``
-    (:mod:`solvers.native`; softmax, ``layer``, float32/float64, ``return_x=False``, CPU; ``merge`` enters
-    as the step ``dt / M``); ``"auto"`` [default] the native kernel where it applies, ``N <= 128``
-    tokens, the kernel compiled, and the batch is a grid of (alpha, system) pairs or close to one,
-    else the vmapped rollout.
+    (:mod:`solvers.native`; softmax, ``layer``, float32/float64, CPU; ``merge`` enters as the step
+    ``dt / M``); ``"auto"`` [default] the native kernel where it applies, ``N <= 128``
+    tokens, ``d`` in 4, 8, 16, the kernel compiled, and the batch is a grid of (alpha, system) pairs or close to one,
+    else the vmapped rollout. Both return the same keys (the native kernel returns the final tokens
+    too) and agree to round-off (``tests/solvers/test_native.py``).
     """
     inp = batch_inputs(x0, kernel=kernel, alpha=alpha, merge=merge, fusion=fusion, dt=dt, layers=layers,
                        method=method)
     x = jnp.asarray(inp.x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
-    which, plan = _engine(engine, inp, x.dtype, bool(return_x))
+    which, plan = _engine(engine, inp, x.dtype)
     if which == "native":
         systems, betas, gather, _ = plan
-        m = _native_rollout(normalize(jnp.asarray(systems, x.dtype)), jnp.asarray(betas, x.dtype), jnp.asarray(gather),
-                            jnp.asarray(inp.dt / inp.merge, x.dtype), layers=inp.layers,
-                            threads=_native.default_threads())
-        return {"order_parameter": m}
-    xf, m = _rollout_batch(
-        normalize(x), jnp.asarray(inp.alpha, x.dtype), jnp.asarray(1.0 / inp.merge, x.dtype),
-        jnp.asarray(inp.dt, x.dtype), inp.kernel, inp.integ, layers=inp.layers,
-    )
+        xf, m = _native_rollout(normalize(jnp.asarray(systems, x.dtype)), jnp.asarray(betas, x.dtype),
+                                jnp.asarray(gather), jnp.asarray(inp.dt / inp.merge, x.dtype), layers=inp.layers,
+                                threads=_native.default_threads())
+    else:
+        xf, m = _rollout_batch(
+            normalize(x), jnp.asarray(inp.alpha, x.dtype), jnp.asarray(1.0 / inp.merge, x.dtype),
+            jnp.asarray(inp.dt, x.dtype), inp.kernel, inp.integ, layers=inp.layers,
+        )
     return {"x": xf, "order_parameter": m} if return_x else {"order_parameter": m}

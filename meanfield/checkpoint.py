@@ -88,6 +88,11 @@ def fingerprint(spec) -> str:
     for arr in (spec.x0, spec.weights):
         if arr is not None:
             h.update(np.ascontiguousarray(arr).tobytes())
+    if spec.schedule is not None:  # the kernels' arrays (weights of each layer) decide the run too
+        import jax
+
+        for leaf in jax.tree_util.tree_leaves(spec.schedule):
+            h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     return h.hexdigest()
 
 

@@ -29,7 +29,7 @@ from .density import DENSITY_METHODS
 from .diagnostics import DIAGNOSTIC_MODES
 from .distributions import Weighted, as_key
 from .merging import check_merging, resolve_merging, run_merged
-from .options import Fusion, SaveAt
+from .options import Fusion, SaveAt, Schedule
 from .particles import run_particles
 from .progress import split_progress
 from .solution import FlowSolution, FlowSpec
@@ -184,6 +184,22 @@ def _resolve_dt(dt):
     return dt, "unit"
 
 
+def _resolve_schedule(kernel):
+    """``(kernel, kernels, every)``: a kernel (``kernels`` None), or a :class:`Schedule` / list of them."""
+    if isinstance(kernel, (list, tuple)):
+        kernel = Schedule(tuple(kernel))
+    if not isinstance(kernel, Schedule):
+        return resolve_kernel(kernel, None), None, 1
+    every = _validate.integer("Schedule every", kernel.every, 1)
+    if not isinstance(kernel.kernels, (list, tuple)) or not kernel.kernels:
+        raise ValueError(f"Schedule kernels must be a non-empty list of kernels, got {kernel.kernels!r}")
+    kernels = tuple(resolve_kernel(k, None) for k in kernel.kernels)
+    kinds = sorted({type(k).__name__ for k in kernels})
+    if len(kinds) > 1:
+        raise ValueError(f"Schedule kernels must be of one class, got {', '.join(kinds)}")
+    return kernels[0], kernels, every
+
+
 def _resolve_save(save):
     if save is None:
         return SaveAt()
@@ -200,8 +216,15 @@ def make_spec(init, *, N=None, kernel="linear", method="layer", merge=None, t1=N
     save = _resolve_save(save)
     bar, estimate = split_progress(progress)
     key_sample = _validate.integer("key_sample", save.key_sample, 1)
-    kernel = resolve_kernel(kernel, None)
+    kernel, schedule, every = _resolve_schedule(kernel)
     method = resolve_method(method)
+    if schedule is not None:
+        if not isinstance(method, AbstractIntegrator):
+            raise ValueError(f"a kernel Schedule runs particle schemes, not the density method {method.name!r}")
+        if merging is not None:
+            raise ValueError("a kernel Schedule runs without merging (merging=None)")
+        if layers is None and t1 is None:
+            layers = len(schedule) * every
     dt, time_map = _resolve_dt(dt)
     M, fusion = _resolve_merge(merge)
     n_query = _validate.integer("n_query", save.n_query, 1)
@@ -222,6 +245,9 @@ def make_spec(init, *, N=None, kernel="linear", method="layer", merge=None, t1=N
     w = None if weights is None else _validate.weights(weights, N)
     dtype = _resolve_dtype(dtype, x0)
     n_steps, h = _steps(t1, layers, dt, time_map, N)
+    if schedule is not None and n_steps != len(schedule) * every:
+        raise ValueError(f"a Schedule of {len(schedule)} kernels every {every} step(s) covers {len(schedule) * every} "
+                         f"steps, but the run has {n_steps}")
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         seed = int(key)
     else:
@@ -231,6 +257,7 @@ def make_spec(init, *, N=None, kernel="linear", method="layer", merge=None, t1=N
         n_steps=n_steps, dt=h, time_map=time_map, save_steps=_save_steps(n_steps, save.every), key=as_key(key),
         seed=seed, dtype=dtype, n_query=n_query, progress=bar, save_tokens=bool(save.tokens),
         diagnostics=save.diagnostics, key_sample=key_sample, merging=resolve_merging(merging), estimate=estimate,
+        schedule=schedule, schedule_every=every,
     )
     if spec.merging is not None:
         check_merging(spec)
@@ -267,7 +294,8 @@ def solve_flow(init, *, N=None, kernel="linear", method="layer", merge=None, t1=
         masses, ``Weighted(init, weights)``: ``w_j >= 0``, shape ``(N,)``; the flow is that of the
         weighted measure ``sum_j w_j delta_{x_j} / sum_j w_j`` (softmax with proportional attention).
     N : number of tokens (required with a distribution).
-    kernel : a kernel object (``Linear(alpha)``, ``Softmax(alpha, key_block=...,
+    kernel : a kernel per layer, ``Schedule([k0, k1, ...], every=K)`` (or a list: ``every=1``; see
+        :class:`meanfield.Schedule`), or a kernel object (``Linear(alpha)``, ``Softmax(alpha, key_block=...,
         matmul_precision=...)``, ``USA(alpha)``) or its name ``"linear"`` (paper Eq. 3),
         ``"softmax"``, ``"usa"``, which runs alpha = 0.25 (keeps every Eq. 3 weight positive)
         [linear]. ``matmul_precision`` on a kernel object: ``"highest"`` (float32 means float32 on
@@ -305,5 +333,5 @@ def solve_flow(init, *, N=None, kernel="linear", method="layer", merge=None, t1=
                checkpoint=checkpoint)
 
 
-__all__ = ["FlowSolution", "FlowSpec", "Fusion", "SaveAt", "Weighted", "kernels", "make_spec", "method_table", "methods", "resolve_kernel", "resolve_method",
+__all__ = ["FlowSolution", "FlowSpec", "Fusion", "SaveAt", "Schedule", "Weighted", "kernels", "make_spec", "method_table", "methods", "resolve_kernel", "resolve_method",
            "run", "solve_flow"]

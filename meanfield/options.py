@@ -46,4 +46,19 @@ class Fusion:
     m: float
 
 
-__all__ = ["Fusion", "SaveAt"]
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A kernel per stretch of ``every`` steps: ``kernel=Schedule([k0, k1, ...], every=K)`` runs
+    ``k0`` for steps ``0 .. K-1``, ``k1`` for ``K .. 2K-1``, ...; a run has ``len(kernels) * K``
+    steps (``layers`` defaults to that). ``kernel=[k0, k1, ...]`` is ``Schedule(..., every=1)``:
+    one kernel per layer, as a real model's blocks (``meanfield.own_weights``); ``every = tau/dt``
+    redraws random weights every ``tau`` (``meanfield.ensembles``). The kernels are objects of one
+    class (the run's ``params["kernel"]``); particle schemes, no merging. The save at a layer
+    records the attention statistics of the kernel of the step about to be taken (the last
+    kernel at the end)."""
+
+    kernels: tuple
+    every: int = 1
+
+
+__all__ = ["Fusion", "SaveAt", "Schedule"]

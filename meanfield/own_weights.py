@@ -115,7 +115,7 @@ def replay_own_weights(dump, model, curves: dict) -> dict:
 
     from .replay import STATS, explained_fraction, replay_tokens
     from .flow import solve_flow
-    from .options import SaveAt
+    from .options import SaveAt, Schedule
 
     x0 = replay_tokens(dump, first=int(np.asarray(curves["layer"])[0]))
     raw = np.asarray(dump.sample[list(np.asarray(dump.sample_layers)).index(int(np.asarray(dump.layers)[0]))])
@@ -131,15 +131,12 @@ def replay_own_weights(dump, model, curves: dict) -> dict:
     layers = [int(v) for v in np.asarray(curves["layer"])]
     if layers[-1] >= len(kernels):
         raise ValueError(f"the dump records block {layers[-1]} but the model has {len(kernels)} blocks")
-    x = x0.astype(np.float32)
-    pred = {name: [] for name, _ in STATS}
-    for layer in range(layers[0], layers[-1] + 1):
-        sol = solve_flow(x, kernel=kernels[layer], method="layer", dt=1.0, layers=1,
-                         save=SaveAt(every=1, n_query=len(dump.query_indices)), dtype=jnp.float32)  # fmt: skip
-        if layer in layers:
-            for name, _ in STATS:
-                pred[name].append(float(sol.diagnostics[name][0]))
-        x = sol.x
+    # one run, one kernel per block (a Schedule): the save at step i holds the statistics of block
+    # layers[0] + i at the tokens entering it
+    sol = solve_flow(x0.astype(np.float32), kernel=Schedule(kernels[layers[0]:layers[-1] + 1]), method="layer",
+                     dt=1.0, save=SaveAt(every=1, n_query=len(dump.query_indices)), dtype=jnp.float32)
+    pick = [layer - layers[0] for layer in layers]
+    pred = {name: [float(v) for v in np.asarray(sol.diagnostics[name])[pick]] for name, _ in STATS}
     out = {"radius": radius, "alpha": float(alpha), "step": float(step), "architecture": kind}
     for name, _ in STATS:
         p, m = np.asarray(pred[name]), np.asarray(curves[name], float)

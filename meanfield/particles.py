@@ -143,8 +143,10 @@ class Stepper:
     ``st.tokens(state)`` gives the ``(N, d)`` tokens on the host, ``st.with_tokens(state, x)``
     replaces them (an intervention between layers: perturb, re-weight, edit), and
     ``st.diagnostics(state)`` the statistics one save of ``solve_flow`` records. A loop of
-    ``step`` calls equals ``solve_flow`` with the same spec bit for bit, whatever the saves
-    (``tests/test_stepper.py``). Particle schemes and merging strategies; the density methods
+    ``step`` calls equals ``solve_flow`` with the same spec bit for bit, whatever the saves, for
+    the linear, softmax and usa kernels and the merging strategies (``tests/test_stepper.py``);
+    ``solve_flow`` takes the first step after each save with the kernel's
+    ``drive_and_divergence``, which for ``Bilinear`` differs from its ``drive`` at round-off. Particle schemes and merging strategies; the density methods
     run whole (``solve_flow``). ``step`` never invalidates the state it is given.
     """
 
@@ -154,6 +156,9 @@ class Stepper:
                              "runs whole: use solve_flow")
         self.spec = spec
         self.field = attention_field(spec)
+        # a Schedule: one field per kernel (same pytree structure: the jitted steps compile once)
+        self._fields = None if spec.schedule is None else [AttentionField(k, self.field.mobility, self.field.weights)
+                                                           for k in spec.schedule]
         self.fm = spec.merging is None and uses_feature_major(spec.method, self.field)
         self.h = jnp.asarray(spec.dt, spec.dtype)
         self.stochastic = bool(getattr(spec.method, "stochastic", False))
@@ -202,26 +207,40 @@ class Stepper:
         step's own field evaluation (the divergence; on the linear fast path ``(m, Sigma, drift)``):
         ``(state, div, evals)``; ``state.x`` stays valid (the runner records it). ``solve_flow`` takes
         the first step after each save this way, so the entropy rate costs no extra pass."""
-        s = self.spec
+        s, field = self.spec, self.field_at(state.layer)
         if self.fm:
-            x, carry, div, nev = _step_with_moments(s.method, self.field, state.x, state.carry, self.h)
+            x, carry, div, nev = _step_with_moments(s.method, field, state.x, state.carry, self.h)
             return FlowState(state.layer + 1, x, carry, state.evals + int(nev)), div, int(nev)
-        x, div, nev = _step_with_divergence(s.method, self.field, state.x, self.h)
+        x, div, nev = _step_with_divergence(s.method, field, state.x, self.h)
         return FlowState(state.layer + 1, x, (), state.evals + int(nev)), div, int(nev)
+
+    def field_at(self, layer: int) -> AttentionField:
+        """The field of the step from ``layer`` (a :class:`~meanfield.Schedule` changes it)."""
+        if self._fields is None:
+            return self.field
+        return self._fields[min(int(layer) // self.spec.schedule_every, len(self._fields) - 1)]
 
     def advance(self, state: FlowState, n: int, key=None) -> FlowState:
         """:meth:`step` that reuses the state's buffer (donated: ``state`` must not be used again)."""
         s = self.spec
-        k = jnp.asarray(n, jnp.int32)
         if state.run is not None:
-            state.run.advance(s.kernel, self.field.mobility, state.layer, k, self.h)
+            state.run.advance(s.kernel, self.field.mobility, state.layer, jnp.asarray(n, jnp.int32), self.h)
             return dataclasses.replace(state, layer=state.layer + n, evals=state.evals + n)
-        if self.fm:
-            x, carry, nev = _advance_fm(s.method, self.field, state.x, state.carry, k, self.h)
-            return FlowState(state.layer + n, x, carry, state.evals + int(nev))
         if self.stochastic and key is None:
             raise ValueError(f"the {s.method.name} scheme is stochastic: pass key= to step")
-        x, nev = _advance(s.method, self.field, state.x, k, self.h, *(() if key is None else (key,)))
+        while n > 0:  # one jitted call per stretch of one kernel (the whole n without a Schedule)
+            seg = n if self._fields is None else min(n, s.schedule_every - state.layer % s.schedule_every)
+            state = self._advance_one(state, seg, key if self._fields is None or key is None
+                                      else jax.random.fold_in(key, state.layer))
+            n -= seg
+        return state
+
+    def _advance_one(self, state, n, key):
+        s, field, k = self.spec, self.field_at(state.layer), jnp.asarray(n, jnp.int32)
+        if self.fm:
+            x, carry, nev = _advance_fm(s.method, field, state.x, state.carry, k, self.h)
+            return FlowState(state.layer + n, x, carry, state.evals + int(nev))
+        x, nev = _advance(s.method, field, state.x, k, self.h, *(() if key is None else (key,)))
         return FlowState(state.layer + n, x, (), state.evals + int(nev))
 
     def tokens(self, state: FlowState) -> np.ndarray:
@@ -235,12 +254,12 @@ class Stepper:
         if state.run is not None:
             raise ValueError("diagnostics of a merged run: solve_flow records them (meanfield.merging)")
         q_idx, key_idx = diagnostic_subsets(self.spec)
-        q_dev = jnp.asarray(q_idx)
+        q_dev, field = jnp.asarray(q_idx), self.field_at(state.layer)
         if self.fm:
-            return jax.device_get(linear_diagnostics_jit(self.field, state.x, q_dev,
-                                                         _moments_fm(self.field, state.x, state.carry), key_idx))
+            return jax.device_get(linear_diagnostics_jit(field, state.x, q_dev,
+                                                         _moments_fm(field, state.x, state.carry), key_idx))
         x = _tokens(self.spec.method, state.x)
-        return fetch(simulation_diagnostics_jit, self.field, x, q_dev, None, 1.0, key_idx, _divergence(self.field, x))
+        return fetch(simulation_diagnostics_jit, field, x, q_dev, None, 1.0, key_idx, _divergence(field, x))
 
 
 def chunks(save_steps: np.ndarray, n_steps: int, max_chunk: int | None = None):
@@ -282,13 +301,14 @@ def run_particles(spec: FlowSpec, session: checkpoint.Session | None = None) -> 
     """
     t_start = time.perf_counter()
     st = Stepper(spec)  # the public step: this runner is a loop over st.advance and st.step_recording
-    field, fm = st.field, st.fm
+    fm = st.fm
     q_idx, key_idx = diagnostic_subsets(spec)
     q_dev = jnp.asarray(q_idx)
     fused = spec.method.fused_divergence
     noise_key = jax.random.fold_in(spec.key, 2) if st.stochastic else None
 
-    def record(x_saved, div):
+    def record(x_saved, div, layer):  # the statistics of the kernel of the step from the saved layer
+        field = st.field_at(layer)
         if fm:  # div is (m, Sigma, norm drift) of x_saved; only d x d and n_query x (d+1) LAPACK calls,
             # so no BLAS thread limit (meanfield._threads; entering it costs ~2 ms per save)
             return jax.device_get(linear_diagnostics_jit(field, x_saved, q_dev, div, key_idx))
@@ -317,7 +337,7 @@ def run_particles(spec: FlowSpec, session: checkpoint.Session | None = None) -> 
         else:
             t0 = clock()
             xt = _tokens(spec.method, state.x)  # a pre-/peri-LN scheme's state is the residual stream
-            records.append(record(xt, _divergence(field, xt)))
+            records.append(record(xt, _divergence(st.field_at(state.layer), xt), state.layer))
             watch.save(clock() - t0)
             extra += 1
 
@@ -345,7 +365,7 @@ def run_particles(spec: FlowSpec, session: checkpoint.Session | None = None) -> 
                 state, div, nev = st.step_recording(state)
                 evals += nev
                 t1 = clock()
-                records.append(record(x_saved, div))
+                records.append(record(x_saved, div, state.layer - 1))
                 t_save = clock() - t1
                 watch.save(t_save)
                 pending, todo = None, todo - 1
@@ -366,7 +386,9 @@ def run_particles(spec: FlowSpec, session: checkpoint.Session | None = None) -> 
                         arrays["snapshots"] = np.stack(snaps)
                     ck.save(save, arrays, {"diagnostics": records})
         if pending is not None:
-            records.append(record(pending, _moments_fm(field, pending, state.carry) if fm else _divergence(field, pending)))
+            last = st.field_at(state.layer)
+            records.append(record(pending, _moments_fm(last, pending, state.carry) if fm else _divergence(last, pending),
+                                  state.layer))
             extra += 1
     finally:
         bar.close()

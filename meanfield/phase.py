@@ -120,7 +120,7 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, *, 
     if method == "native":
         if cluster_count != "components":
             raise ValueError(f"cluster_count={cluster_count!r} needs method='dense' (native counts components)")
-        return _native.phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, threads=threads)
+        return _native.phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, threads=threads)[:3]
     if method == "dense":
         def run_block(p):
             be = betas[p // B]

@@ -316,12 +316,12 @@ def _ensemble_run(args, spec, ckpt):
 
     choice("weights_kq", args.weights_kq, KQ_OPTIONS)
     choice("weights_v", args.weights_v, V_OPTIONS)
-    if ckpt is not None or args.kernel != "linear" or args.merging is not None:
-        raise ValueError("--weights-kq runs its own bilinear kernel without checkpoints, --kernel or --merging")
+    if args.kernel != "linear" or args.merging is not None:
+        raise ValueError("--weights-kq runs its own bilinear kernel without --kernel or --merging")
     x0 = initial_tokens(spec)
     return redrawn_flow(x0, alpha=float(spec.kernel.alpha), kq=args.weights_kq, v=args.weights_v, tau=args.tau,
                         t1=spec.n_steps * spec.dt, dt=spec.dt, method=spec.method, key=spec.seed,
-                        dtype=spec.dtype, causal=args.causal, save_every=args.save_every)
+                        dtype=spec.dtype, causal=args.causal, save_every=args.save_every, checkpoint=ckpt)
 
 
 def cli(argv=None) -> int:

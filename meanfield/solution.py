@@ -44,6 +44,14 @@ class FlowSpec:
     diagnostics: str = "sampled"
     key_sample: int = 4096
     estimate: Any = None  # run-time estimate: None (with progress), True (always), False (never)
+    schedule: tuple | None = None  # kernels of a meanfield.Schedule (kernel is schedule[0]), or None
+    schedule_every: int = 1
+
+    def kernel_at(self, layer: int):
+        """The kernel of the step from ``layer`` (the last one from the end of the schedule on)."""
+        if self.schedule is None:
+            return self.kernel
+        return self.schedule[min(int(layer) // self.schedule_every, len(self.schedule) - 1)]
 
     @property
     def sampled(self) -> bool:
@@ -71,6 +79,8 @@ class FlowSpec:
             "diagnostics": "sampled" if self.sampled else "exact", "key_sample": self.key_sample,
             "meanfield_version": __version__,
             "merging": None if self.merging is None else self.merging.describe(),
+            **({} if self.schedule is None else
+               {"kernel_schedule": {"kernels": len(self.schedule), "every": self.schedule_every}}),
             "matmul_precision": kernel.get("matmul_precision", "highest"), "attention": self.attention_path(),
         }
 

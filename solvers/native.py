@@ -10,7 +10,7 @@ sources implement both as XLA FFI custom calls, one file per kernel over a share
 * ``phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold)``
   (``phase_softmax.cc``): every (beta, system) pair rolled out for all its steps with its state in
   L1, the statistics of :func:`solvers.dense.gram_statistics` (connected components) at the save
-  points;
+  points, and the tokens after the last step;
 * ``linear_step(xt, K, b, h, scheme)`` / ``linear_moments(xt)`` (``linear.cc``): one pass per step
   over the feature-major state ``(d, N)`` that writes the new state and accumulates its key moments.
 
@@ -191,15 +191,17 @@ def _target(name: str, dtype) -> str:
 
 
 def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, threads: int = 1):
-    """Per-system ``(pairs, clusters, order_parameter)``, each ``(len(betas), B, len(segments))``:
-    the contract of :func:`meanfield.phase.phase_rollout` with ``method="dense"`` and
-    ``cluster_count="components"``. ``threads`` OS threads share the (beta, system) pairs."""
+    """Per-system ``(pairs, clusters, order_parameter, x_final)``: the first three
+    ``(len(betas), B, len(segments))``, the contract of :func:`meanfield.phase.phase_rollout` with
+    ``method="dense"`` and ``cluster_count="components"``; ``x_final`` ``(len(betas), B, n, d)`` the
+    tokens after the last step (``x0``'s layout per beta). ``threads`` OS threads share the
+    (beta, system) pairs."""
     B = x0.shape[0]
     nb, S = betas.shape[0], segments.shape[0]
     dtype = x0.dtype
     params = jnp.stack([jnp.asarray(h, dtype), jnp.asarray(pair_threshold, dtype), jnp.asarray(cluster_threshold, dtype)])
     out = (jax.ShapeDtypeStruct((nb, B, S), jnp.int32), jax.ShapeDtypeStruct((nb, B, S), jnp.int32),
-           jax.ShapeDtypeStruct((nb, B, S), dtype))
+           jax.ShapeDtypeStruct((nb, B, S), dtype), jax.ShapeDtypeStruct((nb, *x0.shape), dtype))
     call = jax.ffi.ffi_call(_target("phaserollout", dtype), out, vmap_method="sequential")
     return call(x0, jnp.asarray(betas, dtype), params, jnp.asarray(segments, jnp.int32), threads=np.int32(threads))
 

@@ -119,9 +119,8 @@ def test_distribution_input_errors():
     (dict(dt=0.0), "dt must be a finite number > 0, got 0.0"),
     (dict(method="adaptive"), "fixed-step schemes only"),
     (dict(engine="gpu"), "unknown engine 'gpu'; expected one of: auto, jax, native"),
-    (dict(engine="native", method="euler", return_x=False), "engine='native' runs the layer scheme only, got 'euler'"),
-    (dict(engine="native", kernel="linear", return_x=False), "engine='native' runs the softmax kernel only"),
-    (dict(engine="native"), "engine='native' returns |m| only, not the final tokens: pass return_x=False"),
+    (dict(engine="native", method="euler"), "engine='native' runs the layer scheme only, got 'euler'"),
+    (dict(engine="native", kernel="linear"), "engine='native' runs the softmax kernel only"),
 ])
 def test_batch_bad_input_one_line(kwargs, match):
     """The one batch validation (meanfield.batch.batch_inputs): one line naming the bad value."""

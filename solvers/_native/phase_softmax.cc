@@ -1,7 +1,8 @@
 // Phase rollouts of the softmax transformer layer (issue 11, target 4; benchmarks/README.md says
 // what was measured and why): whole-time rollouts of many small systems (n tokens of dimension d,
 // dense n x n Gram matrices), each (beta, system) pair kept in L1 for all its steps, with the
-// phase-diagram statistics recorded at the save points. The layer (docs/theory.md) is
+// phase-diagram statistics recorded at the save points and the tokens after the last step
+// returned. The layer (docs/theory.md) is
 // x_i <- normalize(x_i + h sum_j A_ij x_j), A = softmax_j(beta <x_i, x_j>), as in solvers/dense.py;
 // only the order of floating-point operations differs (tests/solvers/test_native.py). The
 // exponentials use the symmetry of the Gram matrix (n (n + 1) / 2 instead of n^2 per step) and the
@@ -279,7 +280,8 @@ struct PhaseGroup {
 };
 
 // The rollout's inputs and outputs, as PhaseRolloutImpl received them: nb betas x B systems
-// (x0: B x n x d), S saves after seg[0], seg[1], ... steps; outputs (nb, B, S).
+// (x0: B x n x d), S saves after seg[0], seg[1], ... steps; outputs (nb, B, S) and the final
+// tokens xf (nb, B, n, d), the state after the last step.
 template <typename T>
 struct Rollout {
   int64_t B, nb;
@@ -291,6 +293,7 @@ struct Rollout {
   int32_t* pairs;
   int32_t* clusters;
   T* order;
+  T* xf;
 };
 
 // Loads group q: lane l takes the (beta, system) pair q L + l (padding lanes repeat the last pair;
@@ -308,6 +311,17 @@ int load_group(PhaseGroup<T>& grp, const Rollout<T>& r, int64_t q) {
       for (int k = 0; k < r.d; ++k) grp.x[i * r.d + k][l] = src[i * r.d + k];
   }
   return valid;
+}
+
+// Writes group q's state to the final tokens of its valid lanes (pair p at xf + p n d).
+template <typename T>
+void store_group(const PhaseGroup<T>& grp, const Rollout<T>& r, int64_t q, int valid) {
+  constexpr int L = Vec<T>::L;
+  for (int l = 0; l < valid; ++l) {
+    T* dst = r.xf + (q * L + l) * r.n * r.d;
+    for (int i = 0; i < r.n; ++i)
+      for (int k = 0; k < r.d; ++k) dst[i * r.d + k] = grp.x[i * r.d + k][l];
+  }
 }
 
 // Groups start, start + stride, ... of the rollout, each rolled out for all its steps.
@@ -335,6 +349,7 @@ void roll_groups(const Rollout<T>& r, int64_t start, int64_t stride) {
         grp.statistics(save);
       }
     }
+    store_group(grp, r, q, valid);
   }
 }
 
@@ -342,7 +357,7 @@ template <ffi::DataType DT>
 ffi::Error PhaseRolloutImpl(ffi::Buffer<DT> x0, ffi::Buffer<DT> betas, ffi::Buffer<DT> params,
                             ffi::Buffer<ffi::S32> segments, int32_t threads,
                             ffi::ResultBuffer<ffi::S32> pairs, ffi::ResultBuffer<ffi::S32> clusters,
-                            ffi::ResultBuffer<DT> order) {
+                            ffi::ResultBuffer<DT> order, ffi::ResultBuffer<DT> xf) {
   using T = ffi::NativeType<DT>;
   constexpr int L = Vec<T>::L;
   auto dims = x0.dimensions();
@@ -352,7 +367,7 @@ ffi::Error PhaseRolloutImpl(ffi::Buffer<DT> x0, ffi::Buffer<DT> betas, ffi::Buff
   const Rollout<T> r{dims[0], static_cast<int64_t>(betas.element_count()), static_cast<int>(dims[1]),
                      static_cast<int>(dims[2]), static_cast<int>(segments.element_count()), x0.typed_data(),
                      betas.typed_data(), prm[0], prm[1], prm[2], segments.typed_data(), pairs->typed_data(),
-                     clusters->typed_data(), order->typed_data()};
+                     clusters->typed_data(), order->typed_data(), xf->typed_data()};
   const int64_t groups = (r.nb * r.B + L - 1) / L;
   // thread t takes the groups t, t + nt, ...
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, groups)));
@@ -372,6 +387,7 @@ ffi::Error PhaseRolloutImpl(ffi::Buffer<DT> x0, ffi::Buffer<DT> betas, ffi::Buff
                                     .Attr<int32_t>("threads")                                       \
                                     .Ret<ffi::Buffer<ffi::S32>>()                                   \
                                     .Ret<ffi::Buffer<ffi::S32>>()                                   \
+                                    .Ret<ffi::Buffer<DT>>()                                         \
                                     .Ret<ffi::Buffer<DT>>());
 
 MEANFIELD_PHASE(MeanfieldPhaseRolloutF32, ffi::F32)

@@ -72,6 +72,29 @@ def test_phase_rollout_matches_numpy(n, d):
     assert want[0].max() > 0 and want[1].min() < n  # the comparison covers clustered states
 
 
+@pytest.mark.parametrize("n,d", [(6, 3), (32, 8), (70, 3)])
+@pytest.mark.parametrize("seg", [[0, 3, 9], [2, 0, 5, 0]])  # a last save that no step follows
+def test_phase_rollout_final_tokens_match_numpy(n, d, seg):
+    """The fourth output of solvers.native.phase_rollout, the tokens after the last step, laid out as
+    (beta, system, n, d), against the float64 NumPy layer; 9 pairs cover a padded group of lanes.
+    Bound 1e-12 as above (about 15 steps of round-off ~1e-16 each)."""
+    x0 = sphere((3, n, d), 5)
+    betas = np.array([0.5, 4.0, 9.0])
+    h = 0.3
+    want = np.empty((len(betas),) + x0.shape)
+    for b, beta in enumerate(betas):
+        for s, x in enumerate(x0):
+            for _ in range(sum(seg)):
+                x = np_step(x, beta, h)
+            want[b, s] = x
+    for threads in (1, 2):
+        out = native.phase_rollout(jnp.asarray(x0), jnp.asarray(betas), h, jnp.asarray(seg, jnp.int32), 0.99, 0.999,
+                                   threads=threads)
+        assert len(out) == 4 and out[3].shape == want.shape and out[3].dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(out[3]), want, rtol=0, atol=1e-12)
+    assert np.abs(want - x0[None]).max() > 0.1  # the tokens moved
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_native_phase_diagram_equals_dense(dtype):
     """The whole phase_diagram with the native kernel against the XLA dense path, same systems."""
@@ -222,10 +245,12 @@ def test_first_build_says_so_in_one_line(tmp_path):
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
 def test_simulate_batch_native_equals_jax(case, dtype, tol):
     """simulate_batch through the native kernel (layer scheme, the only one it runs for softmax) and
-    through the vmapped JAX rollout: |m| after every layer agrees to round-off. Measured (max abs over
-    the 101 values of every system): float64 2.8e-16 to 5.6e-16 after 100 steps of dt = 0.1 for the four
-    cases (the clustering dynamics contract, so round-off does not grow); bound 1e-12, as for the phase
-    rollouts above (2000x margin). float32: 1.5e-7 to 7.2e-7 measured, bound 2e-5 (28x)."""
+    through the vmapped JAX rollout: |m| after every layer and the final tokens agree to round-off.
+    Measured (max abs over the 101 values of every system): float64 2.8e-16 to 5.6e-16 after 100 steps
+    of dt = 0.1 for the four cases (the clustering dynamics contract, so round-off does not grow); bound
+    1e-12, as for the phase rollouts above (2000x margin). float32: 1.5e-7 to 7.2e-7 measured, bound
+    2e-5 (28x). The final tokens (max abs over every coordinate): float64 1.4e-15 to 4.0e-15 (bound
+    1e-12, 250x), float32 1.1e-6 to 2.1e-6 (bound 2e-5, 9x)."""
     from meanfield.batch import simulate_batch
 
     x = sphere((10, 32, 8), 11).astype(dtype)
@@ -239,17 +264,22 @@ def test_simulate_batch_native_equals_jax(case, dtype, tol):
         x0, kw["alpha"], kw["merge"] = x, 4.0, 2.5
     else:  # replay-like: one system under many alphas (a 1-system grid)
         x0, kw["alpha"] = np.broadcast_to(x[:1], (6, 32, 8)), np.linspace(0.0, 10.0, 6)
-    nat = simulate_batch(x0, engine="native", return_x=False, **kw)
+    nat = simulate_batch(x0, engine="native", **kw)
     ref = simulate_batch(x0, engine="jax", **kw)
-    assert set(nat) == {"order_parameter"} and nat["order_parameter"].dtype == jnp.dtype(dtype)
+    assert set(nat) == {"x", "order_parameter"} and nat["order_parameter"].dtype == jnp.dtype(dtype)
+    assert nat["x"].dtype == jnp.dtype(dtype) and nat["x"].shape == x0.shape
     m = np.asarray(ref["order_parameter"])
     assert m.shape == (len(x0), 101) and m[:, -1].max() - m[:, -1].min() > 0.1  # the cases differ
     np.testing.assert_allclose(np.asarray(nat["order_parameter"]), m, rtol=0, atol=tol)
+    np.testing.assert_allclose(np.asarray(nat["x"]), np.asarray(ref["x"]), rtol=0, atol=tol)
+    assert np.abs(np.asarray(ref["x"]) - np.asarray(x0)).max() > 0.1  # the final tokens moved
+    assert set(simulate_batch(x0, engine="native", return_x=False, **kw)) == {"order_parameter"}
     # auto runs the native kernel unless padding to whole vectors (8 float64 / 16 float32 pairs) would
     # more than double the work: per_system pads groups of 2-3 systems to 8 lanes; 6 pairs pad to 16
-    auto = simulate_batch(x0, return_x=False, **kw)["order_parameter"]
+    auto = simulate_batch(x0, **kw)
     picked = nat if case in ("grid", "merge") or (case == "one_system_many_alphas" and dtype == "float64") else ref
-    np.testing.assert_array_equal(np.asarray(auto), np.asarray(picked["order_parameter"]))
+    for key in ("x", "order_parameter"):
+        np.testing.assert_array_equal(np.asarray(auto[key]), np.asarray(picked[key]))
 
 
 def test_simulate_batch_auto_picks_native_only_where_it_applies(monkeypatch):
@@ -259,16 +289,24 @@ def test_simulate_batch_auto_picks_native_only_where_it_applies(monkeypatch):
     real = native.phase_rollout
     monkeypatch.setattr(native, "phase_rollout", lambda *a, **k: calls.append(1) or real(*a, **k))
     batch._native_rollout.clear_cache()  # trace again: the patched wrapper sees every call
-    x = sphere((32, 16, 3), 2)
+    x = sphere((32, 16, 4), 2)
     kw = dict(kernel="softmax", alpha=[1.0, 2.0] * 16, dt=0.1, layers=3)
     assert set(batch.simulate_batch(x, return_x=False, **kw)) == {"order_parameter"} and calls  # native
-    for other in (dict(return_x=True), dict(method="heun", return_x=False), dict(engine="jax", return_x=False)):
+    calls.clear()
+    batch._native_rollout.clear_cache()  # the same trace as above: trace again
+    assert set(batch.simulate_batch(x, **kw)) == {"x", "order_parameter"} and calls  # native, with the tokens
+    for other in (dict(method="heun", return_x=False), dict(engine="jax", return_x=False)):
         calls.clear()
         out = batch.simulate_batch(x, **{**kw, **other})
         assert not calls and out["order_parameter"].shape == (32, 4)
     calls.clear()
-    batch.simulate_batch(sphere((32, 200, 3), 2), return_x=False, **kw)  # N > NATIVE_MAX_N: the vmapped program
+    batch.simulate_batch(sphere((32, 200, 4), 2), return_x=False, **kw)  # N > NATIVE_MAX_N: the vmapped program
     assert not calls
+    batch.simulate_batch(sphere((32, 16, 3), 2), **kw)  # d not compiled into the kernel (NATIVE_D)
+    assert not calls
+    assert set(batch.simulate_batch(sphere((32, 16, 3), 2), engine="native", **kw)) == {"x", "order_parameter"}
+    assert calls  # engine="native" still runs any d
+    calls.clear()
     # every system its own alpha: 32 padded calls of 8 lanes for 32 systems would be 8x the work
     batch.simulate_batch(x, return_x=False, **{**kw, "alpha": np.linspace(0.5, 2.0, 32)})
     assert not calls
