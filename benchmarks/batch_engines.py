@@ -1,5 +1,5 @@
 """simulate_batch's two engines side by side on small batches (phase-x; the "auto" rules of
-meanfield/batch.py, NATIVE_D): one system of ``n`` tokens in ``R^d`` under ``B`` alphas (a
+meanfield/studies/batch.py, NATIVE_D): one system of ``n`` tokens in ``R^d`` under ``B`` alphas (a
 one-system grid, which "auto" sends to the native kernel), ``layers`` layers, float32 (the library
 default), final tokens returned. Best of 3 after a warm-up, wall time.
 
@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from meanfield.batch import _engine, batch_inputs, simulate_batch  # noqa: E402
+from meanfield.studies.batch import _engine, batch_inputs, simulate_batch  # noqa: E402
 
 CASES = ((17, 32, 8, 6), (17, 32, 64, 6), (512, 32, 64, 6), (512, 32, 8, 6), (2048, 32, 8, 6))
 

@@ -11,10 +11,10 @@ Sections (each skipped, and reported UNMEASURED, when the time budget is spent o
   meanfield's streaming drive (highest), the fused drive (highest, tf32, bf16 = cuDNN), against
   ``torch.nn.functional.scaled_dot_product_attention`` float32 and bfloat16 when torch has CUDA.
   Targets: fused float32 <= torch float32; fast mode <= 2x torch bfloat16.
-* t4 phase diagram: ``meanfield.phase.phase_rollout`` (float32 and float64) vs the PyTorch loop over
+* t4 phase diagram: ``meanfield.studies.phase.phase_rollout`` (float32 and float64) vs the PyTorch loop over
   beta of ``benchmarks/phase_diagram.py`` (CUDA when available), reduced to 10 betas x 2048 systems
   x n = 32 x d = 128 x 100 steps (the issue's ``--full`` is 90 betas x 300 steps); target >= 10x.
-* t5 sharding: ``meanfield.sharding.advance_sharded`` over all visible devices vs one device
+* t5 sharding: ``meanfield.studies.sharding.advance_sharded`` over all visible devices vs one device
   (UNMEASURED with one device).
 
 GPU timings are wall times of jitted, AOT-compiled calls ending in ``block_until_ready``
@@ -80,7 +80,7 @@ def section_t1(cfg):
         case = dict(cfg[name])
         N, d, layers = case.pop("N"), case.pop("d"), case.pop("layers")
 
-        from meanfield.flow import resolve_kernel
+        from meanfield.flow.driver import resolve_kernel
 
         kernel = resolve_kernel(case.pop("kernel"), case.pop("alpha"))
 
@@ -100,7 +100,7 @@ def section_t1(cfg):
 
 
 def section_t2(cfg):
-    from meanfield.precision import drive_errors
+    from meanfield.studies.precision import drive_errors
 
     rows = drive_errors(N=cfg["t2"]["N"], d=cfg["t2"]["d"], alphas=(1.0, 10.0), attention="streaming")
     if jax.default_backend() == "gpu":
@@ -196,7 +196,7 @@ def section_t3(cfg):
 
 
 def section_t4(cfg):
-    from meanfield.phase import phase_rollout, save_steps
+    from meanfield.studies.phase import phase_rollout, save_steps
 
     c = cfg["t4"]
     torch = _torch()
@@ -229,7 +229,7 @@ def section_t4(cfg):
 
 
 def section_t5(cfg):
-    from meanfield.sharding import advance_sharded, device_mesh
+    from meanfield.studies.sharding import advance_sharded, device_mesh
 
     n_dev = len(jax.devices())
     c = cfg["t5"]

@@ -1,4 +1,4 @@
-"""Phase-diagram benchmark (issue 11): ``meanfield.phase`` against the PyTorch loop over beta.
+"""Phase-diagram benchmark (issue 11): ``meanfield.studies.phase`` against the PyTorch loop over beta.
 
 The workload is the experiment of Geshkovski et al. (2023), reference code ``phase-diagrams.py``:
 ``len(betas)`` inverse temperatures x ``B`` systems of ``n`` tokens in ``R^d``, ``steps`` transformer
@@ -9,7 +9,7 @@ layers ``Z <- normalize(Z + dt softmax(beta Z Z^T) Z)`` of ``dt = 0.1``, float64
 2. ``torch_stats``: the same loop recording the reference's statistics at the save steps only:
    pairs with ``<x_i, x_j> > 0.999``, number of clusters (the reference's rank of the 0/1 matrix
    ``<x_i, x_j> > 0.9999``, batched over systems instead of its Python loop) and ``|m|``;
-3. ``jax_dense``: :func:`meanfield.phase.phase_rollout` (dense path, the same statistics at the
+3. ``jax_dense``: :func:`meanfield.studies.phase.phase_rollout` (dense path, the same statistics at the
    same save steps, clusters as connected components), float64 and float32, AOT compiled;
 4. ``simulate_batch``: what a meanfield user ran before (the vmapped streaming rollout, ``|m|``
    after every layer), float64.
@@ -54,7 +54,7 @@ jax.config.update("jax_enable_x64", True)  # the benchmark's float64 reference; 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from meanfield.phase import phase_rollout, save_steps  # noqa: E402
+from meanfield.studies.phase import phase_rollout, save_steps  # noqa: E402
 from solvers import native  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,8 +141,8 @@ def time_torch(torch, fn, repeats, threads=None):
 def child_sharded(cfg_path):
     """Child process (started with ``--xla_force_host_platform_device_count``): time
     ``phase_rollout_sharded`` with the systems split over the forced CPU devices."""
-    from meanfield.phase import phase_rollout_sharded
-    from meanfield.sharding import device_mesh, shard_batch
+    from meanfield.studies.phase import phase_rollout_sharded
+    from meanfield.studies.sharding import device_mesh, shard_batch
 
     cfg = json.loads(Path(cfg_path).read_text())
     x0 = np.load(cfg["x0"])
@@ -187,8 +187,8 @@ def run_drivers(a, torch):
     PyTorch |m| loop: ``simulate_batch`` (auto: the native kernel, |m| after every layer),
     ``simulate_batch(engine="jax")`` (the vmapped rollout), ``phase_diagram`` (auto: native, the
     statistics at ``n_saves``). Each call includes its host-side work (validation, planning)."""
-    from meanfield.batch import simulate_batch
-    from meanfield.phase import phase_diagram
+    from meanfield.studies.batch import simulate_batch
+    from meanfield.studies.phase import phase_diagram
 
     B, n, d, nb, steps, ns = (256, 32, 8, 4, 20, 11) if a.quick else (2048, 32, 8, 10, 100, a.n_saves or 51)
     betas = np.linspace(0.1, 9.0, nb)
@@ -221,7 +221,7 @@ def run_drivers(a, torch):
     torch_loop(torch, xt[:8], betas[:1], 2)  # warm-up
     for name, fn in runs.items():
         fn()  # compile (and, for the native kernel, build) outside the timings
-    from meanfield.batch import _engine, batch_inputs
+    from meanfield.studies.batch import _engine, batch_inputs
 
     inp = batch_inputs(xs, kernel="softmax", alpha=al, dt=H, layers=steps)
     res["engines"] = {"simulate_batch_auto": _engine("auto", inp, jnp.float64)[0],
@@ -467,7 +467,7 @@ def main(argv=None):
 
     # ---- simulate_batch (the previous way)
     if not a.no_simulate_batch:
-        from meanfield.batch import _rollout_batch
+        from meanfield.studies.batch import _rollout_batch
 
         A, S = np.meshgrid(betas, np.arange(B), indexing="ij")
         xs = jnp.asarray(x0)[jnp.asarray(S.ravel())]

@@ -24,7 +24,7 @@ jax.config.update("jax_enable_x64", True)  # the float64 reference run; the libr
 
 import _harness as hx  # noqa: E402
 
-from meanfield.precision import drive_errors, flow_errors  # noqa: E402
+from meanfield.studies.precision import drive_errors, flow_errors  # noqa: E402
 
 
 def main():

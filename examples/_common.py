@@ -14,7 +14,7 @@ An example starts with::
 and exits with status 0 (``examples/run_smoke.py`` and ``tests/test_examples.py`` read that line
 and ``NEEDS``); it then checks every output *before* any work: ``--out`` is created if missing,
 and an output that exists is refused (one line, exit status 2) unless ``--overwrite`` is given.
-Outputs are written atomically (:mod:`meanfield.atomic`), so an interrupted run leaves either the
+Outputs are written atomically (:mod:`meanfield.io.atomic`), so an interrupted run leaves either the
 old file or the new one. Progress goes to stderr (:func:`progress`), results to stdout.
 """
 
@@ -69,7 +69,7 @@ class Outputs:
         return self.paths[name]
 
     def _write(self, name, write, quiet=False) -> Path:
-        from meanfield.atomic import atomic_path
+        from meanfield.io.atomic import atomic_path
 
         path = self(name)
         with atomic_path(path, overwrite=self.overwrite or path in self._replaceable) as tmp:
@@ -118,7 +118,7 @@ def parse(doc: str, outputs=(), *, needs=(), options=None, check=None, resume=()
     ``resume`` (a list or a function of ``args``) names outputs this run continues: an existing one
     is read by the example and replaced without ``--overwrite``. Every output is checked before this
     returns: none exists unless ``--overwrite`` (or ``resume``), each folder can be written
-    (``meanfield.atomic.check_writable``).
+    (``meanfield.io.atomic.check_writable``).
     """
     p = parser(doc)
     if options is not None:
@@ -140,7 +140,7 @@ def parse(doc: str, outputs=(), *, needs=(), options=None, check=None, resume=()
     existing = [str(path) for path in out.paths.values() if path.exists() and path not in out._replaceable]
     if existing and not args.overwrite:
         error(f"{', '.join(existing)} exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace")
-    from meanfield.atomic import check_writable
+    from meanfield.io.atomic import check_writable
 
     for target in [folder] + [path.parent for path in out.paths.values()]:
         try:

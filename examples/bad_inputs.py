@@ -162,7 +162,7 @@ def _tool(name):
     import importlib
 
     mod = {"meanfield-simulate": "meanfield.simulate", "meanfield-fit": "meanfield.fit.cli",
-           "meanfield-compare": "meanfield.compare", "meanfield-dump": "meanfield.dump.__main__"}[name]
+           "meanfield-compare": "meanfield.compare.cli", "meanfield-dump": "meanfield.dump.__main__"}[name]
     return importlib.import_module(mod)
 
 

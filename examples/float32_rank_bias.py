@@ -19,7 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import meanfield as mf  # noqa: E402
-from meanfield.diagnostics import attention_statistics, effective_rank  # noqa: E402
+from meanfield.stats.diagnostics import attention_statistics, effective_rank  # noqa: E402
 from solvers.kernels import spectrum_from_gram  # noqa: E402
 
 N, N_QUERY, DIMS = (256, 64, (4,)) if args.smoke else (2048, 512, (4, 16, 64))

@@ -66,8 +66,8 @@ if args.resume and not RESULTS.is_file():
     _common.progress(f"--resume: {RESULTS} does not exist yet; starting afresh")
 
 import meanfield as mf  # noqa: E402
-from meanfield.merge_study import attention_seconds, collapse_times, merged_tokens  # noqa: E402
-from meanfield.merging import FastVGGT, ToMe  # noqa: E402
+from meanfield.studies.merge_study import attention_seconds, collapse_times, merged_tokens  # noqa: E402
+from meanfield.flow.merged import FastVGGT, ToMe  # noqa: E402
 
 # --- Parameters -------------------------------------------------------------------------------
 RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)

@@ -87,7 +87,7 @@ IMAGES = ["skimage:astronaut", "skimage:coffee", "skimage:chelsea", "skimage:roc
 RATIOS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 STRATEGIES = ("fastvggt", "tome-prop")
 N_QUERY = 500                # query rows, as the paper's Table 1 (fewer when fewer tokens attend)
-SEED = 0                     # query-row draw (meanfield.diagnostics.query_subset)
+SEED = 0                     # query-row draw (meanfield.stats.diagnostics.query_subset)
 COST_IMAGE = "skimage:astronaut"
 REPEATS = 3                  # cost: shortest of REPEATS, round-robin over m after a warm-up pass
 CLOCK = time.process_time    # CPU time: the machine is shared, wall time depends on its load
@@ -96,7 +96,7 @@ if args.smoke:               # every step of the full run on two small photos
 
 
 def strategy(name, m):
-    from meanfield.merging import FastVGGT, ToMe
+    from meanfield.flow.merged import FastVGGT, ToMe
 
     return {"fastvggt": lambda: FastVGGT(ratio=m), "tome-prop": lambda: ToMe(ratio=m, proportional=True)}[name]()
 

@@ -2,8 +2,8 @@
 
 Reproduces: the explained fractions of docs/dynamics.md ("Replay with a model's own weights"). The
 shipped dump ``examples/data/minilm_dump.h5`` (all-MiniLM-L6-v2 on ``minilm_input.txt``) is
-replayed twice from its layer-0 tokens: by ``meanfield.compare.replay`` (isotropic softmax, alpha
-and dt fitted to |m|), and by ``meanfield.own_weights.replay_own_weights`` (one post-LN layer per
+replayed twice from its layer-0 tokens: by ``meanfield.compare.cli.replay`` (isotropic softmax, alpha
+and dt fitted to |m|), and by ``meanfield.compare.own_weights.replay_own_weights`` (one post-LN layer per
 block with that block's own B_h, V_h; no fitted parameter). Writes no file.
 
 Runtime: about 30 s on 2 shared CPU cores; needs torch, transformers and the PyPI package
@@ -22,10 +22,10 @@ args, out = _common.parse(__doc__, needs=NEEDS)
 
 import numpy as np  # noqa: E402
 
-from meanfield.compare import ALPHA_GRID, DT_GRID, STATS, measured_curves, replay  # noqa: E402
+from meanfield.compare.cli import ALPHA_GRID, DT_GRID, STATS, measured_curves, replay  # noqa: E402
 from meanfield.dump import read_dump  # noqa: E402
 from meanfield.dump.hf import MINILM, load_encoder  # noqa: E402
-from meanfield.own_weights import replay_own_weights  # noqa: E402
+from meanfield.compare.own_weights import replay_own_weights  # noqa: E402
 
 # Setup
 dump = read_dump(Path(__file__).resolve().parent / "data" / "minilm_dump.h5")

@@ -21,8 +21,9 @@ args, out = _common.parse(__doc__, outputs=["paper_tables.png"])
 
 import numpy as np  # noqa: E402
 
-from meanfield import fit, paper  # noqa: E402
-from meanfield.theory import effective_rank_from_normalized_entropy, relative_attention_cost  # noqa: E402
+from meanfield import fit  # noqa: E402
+from meanfield.stats import paper
+from meanfield.stats.theory import effective_rank_from_normalized_entropy, relative_attention_cost  # noqa: E402
 
 # ---------------------------------------------------------------- Parameters
 N_QUERY = 500  # the spectrum size that makes Table 1's two columns agree (docs/theory.md "Diagnostics")

@@ -17,7 +17,7 @@ shared CPU cores at a load average of ~12 (64 s of CPU time), most of it d = 102
 Run:   python examples/phase_diagram.py --out docs/img --overwrite [--full]   (writes phase_diagram.png
        and prints the wall time of each panel)
 Smoke: python examples/phase_diagram.py --smoke --out /tmp/x   (4 betas x 4 systems, t = 0..10)
-Library: :func:`meanfield.phase.phase_diagram`, docs/phase_diagrams.md.
+Library: :func:`meanfield.studies.phase.phase_diagram`, docs/phase_diagrams.md.
 """
 
 import time
@@ -43,8 +43,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from meanfield.phase import phase_diagram  # noqa: E402
-from meanfield.plots import draw_phase_diagram  # noqa: E402
+from meanfield.studies.phase import phase_diagram  # noqa: E402
+from meanfield.plots.figures import draw_phase_diagram  # noqa: E402
 
 # ---------------------------------------------------------------- Parameters
 N_TOKENS, DIMS, T1, DT = 32, (8, 128, 1024), 30.0, 0.1

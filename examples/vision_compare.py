@@ -1,10 +1,10 @@
 """A real vision transformer beside the theory: DINOv2 ViT-S/14 vs MiniLM vs the paper's VGGT table.
 
 What: for each dump, the measured head-mean effective rank and normalized entropy per depth, the
-paper's rank law fitted per depth (``meanfield.replay.fit_rank_law``), and the pure-attention
-replay from the dump's first recorded block (``meanfield.replay.replay``: softmax flow, alpha and
+paper's rank law fitted per depth (``meanfield.compare.replay.fit_rank_law``), and the pure-attention
+replay from the dump's first recorded block (``meanfield.compare.replay.replay``: softmax flow, alpha and
 dt fitted to the measured |m| curve) with its explained fractions; beside them the paper's
-Table 1 (VGGT, final global layer, 500 query rows, ScanNet-50; ``meanfield.paper.paper_table``).
+Table 1 (VGGT, final global layer, 500 query rows, ScanNet-50; ``meanfield.stats.paper.paper_table``).
 Prints a markdown table and writes a four-panel figure (atomically).
 
 Needs only the shipped dumps (no torch): ``examples/data/dinov2_astronaut_dump.h5`` (DINOv2
@@ -29,7 +29,7 @@ DEFAULT_DUMPS = [f"DINOv2 astronaut 518px={DATA / 'dinov2_astronaut_dump.h5'}",
 
 
 def analyse(label, path, replay=True, smoke=False):
-    from meanfield import replay as compare_lib
+    from meanfield.compare import replay as compare_lib
     from meanfield.dump import read_dump
 
     dump = read_dump(path)
@@ -49,8 +49,8 @@ def rate(fit):
 
 
 def markdown(results):
-    from meanfield import compare
-    from meanfield.paper import paper_table
+    from meanfield.compare import cli as compare
+    from meanfield.stats.paper import paper_table
 
     t1 = paper_table(1)
     lines = [
@@ -83,8 +83,8 @@ def figure(results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from meanfield import compare
-    from meanfield.paper import paper_table
+    from meanfield.compare import cli as compare
+    from meanfield.stats.paper import paper_table
 
     t1 = paper_table(1)
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)

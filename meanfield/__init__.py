@@ -17,32 +17,32 @@ import importlib
 
 from ._version import __version__
 
-# Names are loaded on first use (PEP 562), so that ``import meanfield.io`` or a tool that only
+# Names are loaded on first use (PEP 562), so that ``import meanfield.io.results`` or a tool that only
 # reads files and draws does not pay for JAX's import; ``from meanfield import solve_flow`` and
 # ``meanfield.solve_flow`` work as before.
 _SOLVERS = ("NGPT", "USA", "Adaptive", "Bilinear", "Euler", "Heun", "Layer", "Linear", "PeriLN", "PostLN",
             "PreLN", "Softmax", "SphereSDE")
 _FROM = {
     **{name: "solvers" for name in _SOLVERS},
-    "simulate_batch": ".batch",
+    "simulate_batch": ".studies.batch",
     "FitResult": ".fit", "fit_entropy_curve": ".fit", "fit_rank_curve": ".fit",
-    "Uniform": ".distributions", "VonMisesFisher": ".distributions", "VonMisesFisherMixture": ".distributions",
-    "Characteristics": ".density", "Circle": ".density", "Zonal": ".density",
-    "Checkpoint": ".checkpoint", "Weighted": ".distributions", "Fusion": ".options", "SaveAt": ".options", "Schedule": ".options",
-    "Progress": ".progress", "Stepper": ".particles", "FlowState": ".particles",
-    "FlowSolution": ".flow", "kernels": ".flow", "methods": ".flow", "solve_flow": ".flow",
-    "make_spec": ".flow", "run": ".flow",
-    "load_results": ".io", "save_results": ".io",
-    "FastVGGT": ".merging", "ToMe": ".merging",
-    "PAPER_CITATION": ".paper", "paper_table": ".paper",
-    "PhaseDiagram": ".phase", "phase_diagram": ".phase",
+    "Uniform": ".flow.distributions", "VonMisesFisher": ".flow.distributions", "VonMisesFisherMixture": ".flow.distributions",
+    "Characteristics": ".flow.density", "Circle": ".flow.density", "Zonal": ".flow.density",
+    "Checkpoint": ".flow.checkpoint", "Weighted": ".flow.distributions", "Fusion": ".flow.options", "SaveAt": ".flow.options", "Schedule": ".flow.options",
+    "Progress": ".flow.progress", "Stepper": ".flow.particles", "FlowState": ".flow.particles",
+    "FlowSolution": ".flow.driver", "kernels": ".flow.driver", "methods": ".flow.driver", "solve_flow": ".flow.driver",
+    "make_spec": ".flow.driver", "run": ".flow.driver",
+    "load_results": ".io.results", "save_results": ".io.results",
+    "FastVGGT": ".flow.merged", "ToMe": ".flow.merged",
+    "PAPER_CITATION": ".stats.paper", "paper_table": ".stats.paper",
+    "PhaseDiagram": ".studies.phase", "phase_diagram": ".studies.phase",
 }
-_SUBMODULES = ("diagnostics", "fit", "theory")
+_SUBMODULES = {"diagnostics": ".stats.diagnostics", "fit": ".fit", "theory": ".stats.theory"}
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(_SUBMODULES[name], __name__)
     source = _FROM.get(name)
     if source is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

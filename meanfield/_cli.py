@@ -1,6 +1,6 @@
 """Shared command-line plumbing: one-line errors and exit status 2, never a traceback.
 
-The convention every tool follows (meanfield.simulate, meanfield.fit.cli, meanfield.compare,
+The convention every tool follows (meanfield.simulate, meanfield.fit.cli, meanfield.compare.cli,
 meanfield.dump.__main__):
 
 - the module defines ``PROG``, the name of its console script (``meanfield-simulate``,
@@ -54,7 +54,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def output_path(out, default: str, suffix: str) -> Path | str:
     """The main output of ``--out``: ``default`` (a bare name: the current directory) when ``out``
     is None; ``out`` with ``suffix`` appended when it has no suffix (``run`` -> ``run.h5``); else
-    ``out`` as given (its suffix is checked by :func:`meanfield.atomic.check_writable`). An empty
+    ``out`` as given (its suffix is checked by :func:`meanfield.io.atomic.check_writable`). An empty
     path, a folder or a path ending in a separator is returned unchanged, for that check to name."""
     if out is None:
         return Path(default)
@@ -72,10 +72,10 @@ def run_cli(main, prog: str, argv=None) -> int:
     unreadable or unwritable path) is one stderr line and status 2; a usage error or ``--help``
     (argparse's ``SystemExit``) returns the status argparse chose instead of raising it. Called
     with ``argv=None`` (the command line itself) it first turns on JAX's persistent compilation
-    cache (:mod:`meanfield._compile_cache`); calls from Python with an explicit ``argv`` leave the
+    cache (:mod:`meanfield.io.compile_cache`); calls from Python with an explicit ``argv`` leave the
     process's JAX settings alone."""
     if argv is None:  # a real command line (console script, python -m): keep compiled programs between runs
-        from ._compile_cache import enable
+        from meanfield.io.compile_cache import enable
 
         enable(prog)
     try:

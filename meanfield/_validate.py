@@ -52,9 +52,9 @@ def merge_factor(merge=None, fusion=None) -> float:
     """The mobility factor ``M >= 1`` from either ``merge`` or the paper's ``fusion`` ``m``.
 
     The one place where user input becomes ``M``; the engines receive ``mobility = 1/M``
-    (``FlowSpec.mobility``), and ``fusion -> M`` is :func:`meanfield.theory.merge_from_fusion`.
+    (``FlowSpec.mobility``), and ``fusion -> M`` is :func:`meanfield.stats.theory.merge_from_fusion`.
     """
-    from .theory import merge_from_fusion
+    from meanfield.stats.theory import merge_from_fusion
 
     if merge is not None and fusion is not None:
         raise ValueError("give merge or fusion, not both (M = 1/(1 - fusion))")

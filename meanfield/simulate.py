@@ -42,7 +42,7 @@ def build_parser() -> ArgumentParser:
     a("--N", type=int, default=10_000, help="number of tokens (particles) (default: %(default)s)")
     a("--d", type=int, default=4, help="ambient dimension: tokens live on S^(d-1) in R^d; NOT the paper's "
       "merge factor d, which is --merge here (default: %(default)s)")
-    from .flow import KERNELS, methods
+    from meanfield.flow.driver import KERNELS, methods
 
     a("--kernel", default="linear", help=f"attention kernel: {', '.join(KERNELS)}; linear is Eq. 3 "
       "(default: %(default)s)")
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.no_plot:
         return _main(args, None)
-    from ._plot_worker import PlotWorker
+    from meanfield.plots._worker import PlotWorker
 
     with PlotWorker() as worker:  # imports matplotlib on the other core while this process runs
         return _main(args, worker)
@@ -155,13 +155,13 @@ def _main(args, worker) -> int:
 
     if args.precision == "float64":
         jax.config.update("jax_enable_x64", True)  # entry point, not library import
-    from . import distributions
-    from .atomic import check_writable
-    from .flow import make_spec, method_table, resolve_kernel, run
-    from .options import Fusion, SaveAt
-    from .progress import Progress
-    from .io import save_results
-    from . import _resources
+    from meanfield.flow import distributions
+    from meanfield.io.atomic import check_writable
+    from meanfield.flow.driver import make_spec, method_table, resolve_kernel, run
+    from meanfield.flow.options import Fusion, SaveAt
+    from meanfield.flow.progress import Progress
+    from meanfield.io.results import save_results
+    from meanfield.flow import resources as _resources
 
     from ._validate import choice, integer, real
 
@@ -177,7 +177,7 @@ def _main(args, worker) -> int:
     table = method_table()
     choice("method", args.method, tuple(table))
     cls = table[args.method]
-    options = getattr(cls, "cli_options", ())  # what the method takes of --cells/--sigma (meanfield.density)
+    options = getattr(cls, "cli_options", ())  # what the method takes of --cells/--sigma (meanfield.flow.density)
     if args.sigma is not None and "sigma" in options:
         method = cls(cells=integer("cells", args.cells, 4), sigma=real("sigma", args.sigma, minimum=0.0))
     elif args.sigma is not None:
@@ -199,7 +199,7 @@ def _main(args, worker) -> int:
 
         kernel, alpha = Bilinear(real("alpha", alpha, minimum=0.0), causal=True), None
 
-    from .merging import cli_strategy
+    from meanfield.flow.merged import cli_strategy
 
     merging = cli_strategy(args.merging, args.merge_ratio, args.protected_fraction)
     if args.merge is not None and args.fusion is not None:
@@ -228,7 +228,7 @@ def _main(args, worker) -> int:
         _resources.check_memory(spec, flag="--no-memory-check")
     print(f"{PROG}: {run_label(spec)}, N={spec.N}, d={spec.d}, {spec.n_steps} step{'s' if spec.n_steps != 1 else ''}, "
           f"{jax.numpy.dtype(spec.dtype).name}; estimated peak memory {_resources.format_bytes(need)}", file=sys.stderr)
-    from .particles import native_fallback
+    from meanfield.flow.particles import native_fallback
 
     reason = None if args.weights_kq is not None else native_fallback(spec)
     if reason is not None:
@@ -257,7 +257,7 @@ def _main(args, worker) -> int:
 def run_label(spec) -> str:
     """``kernel/method`` of the header line, with the token merging if any (``softmax/layer with
     tome-prop merging (m = 0.5)``)."""
-    from .plots import merging_label
+    from meanfield.plots.figures import merging_label
 
     return f"{spec.kernel.name}/{spec.method.name}" + merging_label(spec.merging and spec.merging.describe())
 
@@ -273,7 +273,7 @@ def write_table(path, sol, *, overwrite: bool = False) -> None:
 
     import numpy as np
 
-    from .atomic import atomic_path
+    from meanfield.io.atomic import atomic_path
 
     names = [k for k, v in sol.diagnostics.items() if np.ndim(v) == 1]
     n = len(sol.layers)
@@ -293,8 +293,8 @@ def write_table(path, sol, *, overwrite: bool = False) -> None:
 
 def _checkpoint_option(args, out, spec):
     """The ``Checkpoint`` of ``--checkpoint-every``/``--checkpoint``, checked before the run (or None)."""
-    from .atomic import check_writable
-    from .checkpoint import Checkpoint
+    from meanfield.io.atomic import check_writable
+    from meanfield.flow.checkpoint import Checkpoint
 
     if args.checkpoint_every is None:
         if args.checkpoint is not None:
@@ -307,12 +307,12 @@ def _checkpoint_option(args, out, spec):
 
 
 def _ensemble_run(args, spec, ckpt):
-    """``--weights-kq``: the flow with random weights redrawn every ``--tau`` (meanfield.ensembles)."""
+    """``--weights-kq``: the flow with random weights redrawn every ``--tau`` (meanfield.studies.ensembles)."""
     from solvers.ensembles import KQ_OPTIONS, V_OPTIONS
 
     from ._validate import choice
-    from .ensembles import redrawn_flow
-    from .particles import initial_tokens
+    from meanfield.studies.ensembles import redrawn_flow
+    from meanfield.flow.particles import initial_tokens
 
     choice("weights_kq", args.weights_kq, KQ_OPTIONS)
     choice("weights_v", args.weights_v, V_OPTIONS)

@@ -11,7 +11,7 @@ Interfaces: :class:`AbstractKernel` (registry :data:`KERNELS`), :class:`Abstract
 
 from .finite_volume import AbstractGridSolver
 from . import feature_major
-from .general import Bilinear
+from solvers.bilinear import Bilinear
 from .integrators import (
     INTEGRATORS,
     AbstractIntegrator,

@@ -19,7 +19,7 @@ the right, i.e. applies ``V^T``; for their ``+-B`` values that is ``+-B^T`` here
 
 ``v=``: ``"identity"``; ``"gaussian"`` ``G G^T / sqrt(d)`` (a Gaussian Gram matrix); ``"+kq"`` and
 ``"-kq"`` ``+- B^T / c`` (their gradient ascent / descent cases). The experiment redraws the
-weights every ``tau`` units of time to mimic new layers; :func:`meanfield.ensembles.redrawn_flow`
+weights every ``tau`` units of time to mimic new layers; :func:`meanfield.studies.ensembles.redrawn_flow`
 does that with any particle scheme.
 """
 

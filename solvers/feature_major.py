@@ -5,7 +5,7 @@ poorly over rows of width ``d`` (a row of 4 float32 is half a SIMD register, and
 the short minor axis become scalar loops), so :class:`~solvers.integrators.Layer`,
 :class:`~solvers.integrators.Euler` and :class:`~solvers.integrators.Heun` run the linear kernel in
 this module on the transposed state ``xt = x.T`` (one transpose in, one out per ``advance`` call;
-:func:`meanfield.particles.run_particles` keeps the state transposed for a whole run). Every
+:func:`meanfield.flow.particles.run_particles` keeps the state transposed for a whole run). Every
 per-token operation is then an elementwise operation on ``d`` rows of length ``N``, and the key
 moments are ``d`` row means and one ``(d, N) @ (N, d)`` product.
 
@@ -16,7 +16,7 @@ order of the floating-point operations differs, so results agree to round-off
 
 :func:`step_with_moments` also returns the key moments ``(m, Sigma)`` of the starting state and its
 norm drift: every per-save diagnostic of a linear run except the attention rows is a function of
-them (``meanfield.diagnostics.linear_diagnostics``), so a save costs no extra pass over the tokens.
+them (``meanfield.stats.diagnostics.linear_diagnostics``), so a save costs no extra pass over the tokens.
 """
 
 from __future__ import annotations

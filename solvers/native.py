@@ -192,7 +192,7 @@ def _target(name: str, dtype) -> str:
 
 def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, threads: int = 1):
     """Per-system ``(pairs, clusters, order_parameter, x_final)``: the first three
-    ``(len(betas), B, len(segments))``, the contract of :func:`meanfield.phase.phase_rollout` with
+    ``(len(betas), B, len(segments))``, the contract of :func:`meanfield.studies.phase.phase_rollout` with
     ``method="dense"`` and ``cluster_count="components"``; ``x_final`` ``(len(betas), B, n, d)`` the
     tokens after the last step (``x0``'s layout per beta). ``threads`` OS threads share the
     (beta, system) pairs."""

@@ -39,8 +39,8 @@ def _simulate(args, cwd, **kw):
 
 
 def run_harness(kills: int = 20, seed: int = 0, workdir=None) -> dict:
-    from meanfield import checkpoint
-    from meanfield.io import load_results
+    from meanfield.flow import checkpoint
+    from meanfield.io.results import load_results
 
     rng = random.Random(seed)
     work = Path(workdir or tempfile.mkdtemp(prefix="mf_kill_"))

@@ -1,4 +1,4 @@
-"""Checkpoint and resume (meanfield.checkpoint): a resumed run equals an uninterrupted one bit for bit.
+"""Checkpoint and resume (meanfield.flow.checkpoint): a resumed run equals an uninterrupted one bit for bit.
 
 The comparison is exact (``np.array_equal``): the resumed run replays the same jitted chunks from the
 saved state, so there is no round-off to tolerate; any difference is a bug.
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield import checkpoint, distributions
+from meanfield.flow import checkpoint
+from meanfield.flow import distributions
 
 KW = dict(N=120, layers=8, save=mf.SaveAt(every=2), kernel=mf.Softmax(2.0))
 KW_TOKENS = dict(KW, save=mf.SaveAt(every=2, tokens=True))

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield import _resources, atomic, distributions
-from meanfield.flow import make_spec
-from meanfield.particles import check_finite
+from meanfield.flow import resources as _resources
+from meanfield.io import atomic
+from meanfield.flow import distributions
+from meanfield.flow.driver import make_spec
+from meanfield.flow.particles import check_finite
 
 
 def test_check_writable_rejects_each_bad_output(tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ def test_dump_help_needs_no_torch():
 
 
 def test_errors_name_the_script(capsys):
-    from meanfield import compare
+    from meanfield.compare import cli as compare
 
     assert compare.cli(["/nonexistent/dump.h5", "--no-replay", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err

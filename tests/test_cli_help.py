@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from meanfield import compare, simulate
+from meanfield.compare import cli as compare
+from meanfield import simulate
 from meanfield.dump import __main__ as dump_main
 from meanfield.fit import cli as fit_cli
 

@@ -1,4 +1,4 @@
-"""``meanfield.compare`` on the shipped MiniLM dump: measured curves, fits, replay, outputs, errors."""
+"""``meanfield.compare.cli`` on the shipped MiniLM dump: measured curves, fits, replay, outputs, errors."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from meanfield import compare
+from meanfield.compare import cli as compare
 from meanfield.dump import read_dump
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def test_replay_tokens_and_pca(dump):
 
 def test_replay_fit_recovers_known_parameters(dump):
     """|m| curves simulated with a grid point (alpha, dt) are fitted back to that very point."""
-    from meanfield.batch import simulate_batch
+    from meanfield.studies.batch import simulate_batch
 
     x0 = compare.replay_tokens(dump, pca=16)
     steps = np.arange(6)

@@ -1,4 +1,4 @@
-"""The shipped DINOv2 dump without torch: valid, small, and ``meanfield.compare`` runs on it.
+"""The shipped DINOv2 dump without torch: valid, small, and ``meanfield.compare.cli`` runs on it.
 
 Also: importing meanfield and its dump/compare modules loads neither torch nor onnx.
 """
@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from meanfield import compare
+from meanfield.compare import cli as compare
 from meanfield.dump import read_dump, validate_dump
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def test_compare_runs_on_the_dinov2_dump(tmp_path, capsys):
 
 
 def test_import_loads_neither_torch_nor_onnx():
-    code = ("import sys, meanfield, meanfield.dump, meanfield.compare, meanfield.dump.images, "
+    code = ("import sys, meanfield, meanfield.dump, meanfield.compare.cli, meanfield.dump.images, "
             "meanfield.dump.onnx_convert; bad = [m for m in ('torch', 'onnx', 'onnxruntime', 'transformers') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")  # fmt: skip
     env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -62,7 +62,7 @@ def test_blocks_4_to_11_replay_inside_its_grid_and_all_blocks_on_its_edge():
     """README's DINOv2 claim from the shipped dump: over blocks 4-11 the |m| fit lies inside the
     (alpha, dt) grid; over all twelve blocks, whose |m| first falls, it sits on the grid's corner
     (the flow cannot lower |m|), and compare says so."""
-    from meanfield import compare
+    from meanfield.compare import cli as compare
 
     d = read_dump(SHIPPED)
     late = compare.measured_curves(d, compare.parse_blocks("4:11"))

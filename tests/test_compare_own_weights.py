@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from meanfield import compare
+from meanfield.compare import cli as compare
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(HERE, "examples", "data", "minilm_dump.h5")
@@ -30,7 +30,7 @@ sys.meta_path.insert(0, NoTorch())
 
 
 def _run(args, cwd, prelude=""):
-    code = f"import sys\n{prelude}\nfrom meanfield.compare import cli\nsys.exit(cli({args!r}))"
+    code = f"import sys\n{prelude}\nfrom meanfield.compare.cli import cli\nsys.exit(cli({args!r}))"
     env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, check=False)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from meanfield import Circle, Uniform, VonMisesFisher, Zonal, solve_flow
-from meanfield.reference import zonal_alpha0_solution
+from meanfield.stats.reference import zonal_alpha0_solution
 
 from .solvers.zonal_reference import alpha0_s
 import meanfield as mf
@@ -16,7 +16,7 @@ jax.config.update("jax_enable_x64", True)
 
 
 def _alpha0_mean_cos(kappa, t, circle):
-    """Zonal: the lead's meanfield.reference (DOP853); circle: the tests' own RK4 reference."""
+    """Zonal: the lead's meanfield.stats.reference (DOP853); circle: the tests' own RK4 reference."""
     if circle:
         lf = lambda th: kappa * np.cos(th) - math.log(2 * math.pi * np.i0(kappa))  # noqa: E731
         return alpha0_s(lf, -np.pi, np.pi, t)[1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield import diagnostics as dg
+from meanfield.stats import diagnostics as dg
 from solvers import Softmax
 
 

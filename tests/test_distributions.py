@@ -7,7 +7,7 @@ import pytest
 from scipy import integrate
 
 import meanfield as mf
-from meanfield._special import log_bessel_iv
+from meanfield.stats._special import log_bessel_iv
 
 
 @pytest.mark.parametrize("d,kappa", [(2, 4.0), (3, 1.0), (5, 2.0), (64, 10.0), (1024, 3.0), (1024, 800.0)])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from meanfield import solve_flow
-from meanfield.flow import method_table
+from meanfield.flow.driver import method_table
 from meanfield.simulate import cli
 from solvers import Bilinear, Linear, PreLN, SphereSDE
 import meanfield as mf

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from meanfield import solve_flow
-from meanfield.ensembles import redrawn_flow
+from meanfield.studies.ensembles import redrawn_flow
 from solvers.ensembles import random_weights
 import meanfield as mf
 

@@ -1,4 +1,4 @@
-"""Run-time estimate (meanfield.eta): the extrapolation with given timings (no real clock), the
+"""Run-time estimate (meanfield.flow.eta): the extrapolation with given timings (no real clock), the
 printed line, and results bit for bit unchanged by the estimate."""
 
 import re
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield import eta
+from meanfield.flow import eta
 
 
 def feed(watch, chunks):

@@ -11,7 +11,7 @@ import pytest
 
 import meanfield as mf
 import solvers
-from meanfield.flow import method_table, resolve_method
+from meanfield.flow.driver import method_table, resolve_method
 from solvers.integrators import AbstractIntegrator, _loop
 from solvers.sphere import retract
 
@@ -80,7 +80,7 @@ def test_a_density_method_is_any_object_with_run():
             return {"name": self.name}
 
         def run(self, spec, session):  # session: the run's checkpoint state, an argument like spec
-            from meanfield.particles import run_particles
+            from meanfield.flow.particles import run_particles
 
             return run_particles(spec.__class__(**{**spec.__dict__, "method": mf.Euler(), "merge": 1e12}), session)
 
@@ -90,9 +90,9 @@ def test_a_density_method_is_any_object_with_run():
 
 
 def test_a_method_carries_its_memory_estimate_and_file_size():
-    """meanfield._resources asks the method (the grid solvers answer the same way), not a list of names."""
-    from meanfield._resources import MARGIN, RUNTIME_BYTES, estimate_memory, results_size
-    from meanfield.flow import make_spec
+    """meanfield.flow.resources asks the method (the grid solvers answer the same way), not a list of names."""
+    from meanfield.flow.resources import MARGIN, RUNTIME_BYTES, estimate_memory, results_size
+    from meanfield.flow.driver import make_spec
 
     class Heavy:
         name = "heavy"
@@ -114,7 +114,7 @@ def test_a_method_carries_its_memory_estimate_and_file_size():
     assert estimate_memory(spec) == int(RUNTIME_BYTES + MARGIN * 10**9)
     assert results_size(spec) - 123 == results_size(plain) - plain.method.saved_bytes(plain)
     with pytest.raises(ValueError, match="needs about"):  # a method's own estimate is checked like any other
-        from meanfield._resources import check_memory
+        from meanfield.flow.resources import check_memory
 
         class Huge(Heavy):
             def array_bytes(self, spec):
@@ -151,7 +151,7 @@ class _ToyModel:
 def _dump_toy(model, tokens, *, n_query=512, seed=0, layers=None, sample_rows=1024, sample_layers=None,
               key_block=1024, self_check=True):
     """A new adapter's dump function on the shared skeleton (self-check, capture check, metadata)."""
-    from meanfield.diagnostics import query_subset
+    from meanfield.stats.diagnostics import query_subset
     from meanfield.dump import adapter
     from meanfield.dump.stats import Recorder, build_dump
 
@@ -236,8 +236,8 @@ def test_a_merging_strategy_tells_the_study_helpers_what_it_does():
     """merge_study.merged_tokens asks the strategy (merger) instead of switching on ToMe/FastVGGT."""
     import dataclasses
 
-    from meanfield.merge_study import merged_tokens
-    from meanfield.merging import ToMe
+    from meanfield.studies.merge_study import merged_tokens
+    from meanfield.flow.merged import ToMe
 
     @dataclasses.dataclass(frozen=True)
     class DropHalf:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.reference import zonal_alpha0_solution
+from meanfield.stats.reference import zonal_alpha0_solution
 
 
 def test_tracks_semi_analytic_alpha0_solution():
@@ -123,7 +123,7 @@ def test_distribution_input_errors():
     (dict(engine="native", kernel="linear"), "engine='native' runs the softmax kernel only"),
 ])
 def test_batch_bad_input_one_line(kwargs, match):
-    """The one batch validation (meanfield.batch.batch_inputs): one line naming the bad value."""
+    """The one batch validation (meanfield.studies.batch.batch_inputs): one line naming the bad value."""
     kw = dict(x0=np.ones((2, 3, 3)), kernel="softmax", alpha=1.0, layers=2, dt=0.1)
     kw.update(kwargs)
     with pytest.raises(ValueError, match=match) as err:
@@ -132,7 +132,7 @@ def test_batch_bad_input_one_line(kwargs, match):
 
 
 def test_batch_and_phase_diagram_share_the_checks():
-    from meanfield.phase import phase_diagram
+    from meanfield.studies.phase import phase_diagram
 
     bad = np.ones((2, 4, 3))
     bad[1, 3] = np.inf

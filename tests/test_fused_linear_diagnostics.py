@@ -1,4 +1,4 @@
-"""Per-save diagnostics of a linear run from the step's own moments (meanfield.diagnostics.
+"""Per-save diagnostics of a linear run from the step's own moments (meanfield.stats.diagnostics.
 linear_diagnostics) against the exact functions on the tokens (simulation_diagnostics).
 
 The definitions are the same; the fused path uses the moments of the state instead of those of the
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.diagnostics import SCALAR_DIAGNOSTICS, linear_diagnostics_jit, query_subset, simulation_diagnostics_jit
+from meanfield.stats.diagnostics import SCALAR_DIAGNOSTICS, linear_diagnostics_jit, query_subset, simulation_diagnostics_jit
 from solvers import AttentionField, Linear, feature_major
 
 N, D = 3000, 4

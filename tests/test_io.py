@@ -72,8 +72,8 @@ def test_foreign_files(tmp_path):
 
 
 def test_attribute_helper_conventions():
-    """meanfield._hdf5: the results convention (defaults) and the dump convention (keywords)."""
-    from meanfield._hdf5 import decode_attr, encode_attr, read_attrs
+    """meanfield.io.hdf5: the results convention (defaults) and the dump convention (keywords)."""
+    from meanfield.io.hdf5 import decode_attr, encode_attr, read_attrs
 
     # results: None <-> "null", nested values as JSON detected on reading
     assert encode_attr(None) == "null" and decode_attr("null") is None and decode_attr(b"null") is None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.merging import FastVGGT, ToMe
+from meanfield.flow.merged import FastVGGT, ToMe
 from meanfield.simulate import cli
 
 TOL = 1e-12
@@ -116,7 +116,7 @@ def test_cli_merging(tmp_path, capsys):
 
 
 def test_study_helpers_compact_the_merged_tokens():
-    from meanfield.merge_study import collapse_times, merged_tokens
+    from meanfield.studies.merge_study import collapse_times, merged_tokens
 
     x = _x(100, 4, 4)
     for strat, n_left, mass in ((ToMe(ratio=0.7), 30, 100.0), (FastVGGT(ratio=0.7), 30, 30.0)):

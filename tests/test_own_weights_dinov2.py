@@ -1,4 +1,4 @@
-"""Per-block kernels from a DINOv2 model's own weights (``meanfield.own_weights.dinov2_layer_kernels``).
+"""Per-block kernels from a DINOv2 model's own weights (``meanfield.compare.own_weights.dinov2_layer_kernels``).
 
 Reference: the model's own modules. With the attention biases and ``norm1``'s bias set to zero,
 block l's attention update ``layer_scale1(attention(norm1(x)))`` on the block's real input hidden
@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 import jax.numpy as jnp  # noqa: E402
 
 from meanfield.dump.onnx_convert import linears  # noqa: E402
-from meanfield.own_weights import dinov2_layer_kernels  # noqa: E402
+from meanfield.compare.own_weights import dinov2_layer_kernels  # noqa: E402
 
 
 def _model():

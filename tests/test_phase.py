@@ -1,4 +1,4 @@
-"""Phase diagrams (meanfield.phase, solvers.dense) against plain NumPy references, float64.
+"""Phase diagrams (meanfield.studies.phase, solvers.dense) against plain NumPy references, float64.
 
 Tolerances: a layer step is a few dozen floating-point operations per entry, so one dense step
 agrees with NumPy to ~1e-15; trajectories of up to 12 steps of ``n <= 8`` tokens stay within
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meanfield.phase import phase_diagram, phase_rollout, save_steps, summarize
+from meanfield.studies.phase import phase_diagram, phase_rollout, save_steps, summarize
 from solvers import AttentionField, Softmax, Layer, native
 from solvers.dense import count_components, gram_statistics, gram_statistics_blocked, layer_step, matrix_rank01
 

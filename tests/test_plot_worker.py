@@ -1,4 +1,4 @@
-"""The simulate tool's plot worker (meanfield/_plot_worker.py): the figure it draws from the saved
+"""The simulate tool's plot worker (meanfield/plots/_worker.py): the figure it draws from the saved
 results file is the figure the tool would draw itself, and every way it can fail ends in the
 tool drawing the figure (an error there is raised as without the worker)."""
 
@@ -11,9 +11,9 @@ import pytest
 from matplotlib.image import imread
 
 from meanfield import Uniform, solve_flow
-from meanfield._plot_worker import PlotWorker
-from meanfield.io import save_results
-from meanfield.plots import plot_solution
+from meanfield.plots._worker import PlotWorker
+from meanfield.io.results import save_results
+from meanfield.plots.figures import plot_solution
 import meanfield as mf
 
 

@@ -1,4 +1,4 @@
-"""meanfield.plots: the figures return a Figure, carry what they claim (title, colorbar, the data),
+"""meanfield.plots.figures: the figures return a Figure, carry what they claim (title, colorbar, the data),
 and are written atomically, never replacing a file without ``overwrite``.
 
 The solution and the phase diagram are built by hand (no solver run), so what the figures show is
@@ -10,9 +10,9 @@ import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
 
-from meanfield.phase import PhaseDiagram  # noqa: E402
-from meanfield.plots import plot_phase_diagram, plot_solution  # noqa: E402
-from meanfield.solution import FlowSolution  # noqa: E402
+from meanfield.studies.phase import PhaseDiagram  # noqa: E402
+from meanfield.plots.figures import plot_phase_diagram, plot_solution  # noqa: E402
+from meanfield.flow.solution import FlowSolution  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

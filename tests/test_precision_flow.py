@@ -1,12 +1,12 @@
-"""matmul_precision through solve_flow, the saved results, and meanfield.precision's measurement."""
+"""matmul_precision through solve_flow, the saved results, and meanfield.studies.precision's measurement."""
 
 import numpy as np
 import pytest
 
 import meanfield
-from meanfield.io import load_results, save_results
-from meanfield.precision import drive_errors
-from meanfield.flow import resolve_kernel
+from meanfield.io.results import load_results, save_results
+from meanfield.studies.precision import drive_errors
+from meanfield.flow.driver import resolve_kernel
 from solvers import Bilinear, Softmax
 import meanfield as mf
 
@@ -65,8 +65,8 @@ def test_checkpoint_fingerprint_keeps_older_checkpoints():
     import hashlib
     import json
 
-    from meanfield.checkpoint import fingerprint
-    from meanfield.flow import make_spec
+    from meanfield.flow.checkpoint import fingerprint
+    from meanfield.flow.driver import make_spec
 
     x = np.random.default_rng(0).standard_normal((16, 4))
     spec = make_spec(x, kernel=mf.Softmax(1.0), layers=2)

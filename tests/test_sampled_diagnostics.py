@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.diagnostics import entropy_rate, query_subset, simulation_diagnostics_jit
+from meanfield.stats.diagnostics import entropy_rate, query_subset, simulation_diagnostics_jit
 
 K = 4096
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.checkpoint import load
-from meanfield.ensembles import redrawn_flow
+from meanfield.flow.checkpoint import load
+from meanfield.studies.ensembles import redrawn_flow
 
 STATS = ("order_parameter", "effective_rank", "row_entropy", "covariance_effective_rank")
 

@@ -1,4 +1,4 @@
-"""Sharding over devices (meanfield.sharding): two CPU devices give the one-device results.
+"""Sharding over devices (meanfield.studies.sharding): two CPU devices give the one-device results.
 
 XLA reads ``--xla_force_host_platform_device_count`` when the backend starts, so the two-device
 checks run in a child process with that flag; the child prints one JSON line of errors, which
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
-    from meanfield.phase import phase_diagram
-    from meanfield.sharding import advance_ensemble, advance_sharded, device_mesh, shard_batch, shard_tokens
+    from meanfield.studies.phase import phase_diagram
+    from meanfield.studies.sharding import advance_ensemble, advance_sharded, device_mesh, shard_batch, shard_tokens
     from solvers import AttentionField, make_integrator, make_kernel
 
     out = {"devices": len(jax.devices())}
@@ -99,7 +99,7 @@ def test_two_devices_indivisible_tokens_is_one_clear_error(two_devices):
 
 def test_one_device_api_in_process():
     """The same API on this process's single device (no flag needed): sharding is a no-op."""
-    from meanfield.sharding import advance_sharded, device_mesh
+    from meanfield.studies.sharding import advance_sharded, device_mesh
     from solvers import AttentionField, Layer, make_kernel
 
     mesh = device_mesh("tokens", n_devices=1)

@@ -30,7 +30,7 @@ def test_default_run(tmp_path):
     assert m[0] < 5 / np.sqrt(10000) and m[-1] > 0.999
     assert (tmp_path / "meanfield_results.png").stat().st_size > 10_000
     assert "100%" in r.stderr  # the progress bar ran to the end
-    # the run-time estimate (meanfield.eta), printed once in the CLI, with a duration
+    # the run-time estimate (meanfield.flow.eta), printed once in the CLI, with a duration
     assert len(re.findall(r"estimated run time: [0-9.]+ (?:us|ms|s|min|h)\b", r.stderr)) == 1, r.stderr
 
 

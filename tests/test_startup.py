@@ -32,8 +32,8 @@ def test_import_meanfield_leaves_heavy_modules_for_later():
 
 
 def test_reading_and_drawing_results_needs_no_jax():
-    # the simulate tool's plot worker (meanfield._plot_worker) relies on this to start fast
-    code = ("import sys, meanfield, meanfield.io, meanfield.plots, meanfield._plot_worker\n"
+    # the simulate tool's plot worker (meanfield.plots._worker) relies on this to start fast
+    code = ("import sys, meanfield, meanfield.io.results, meanfield.plots.figures, meanfield.plots._worker\n"
             "print(' '.join(sorted(m for m in ('jax', 'jaxlib', 'equinox', 'solvers') if m in sys.modules)))")
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr
@@ -47,7 +47,7 @@ def test_every_public_name_resolves_on_first_use():
             "assert set(meanfield.__all__) <= set(dir(meanfield))\n"
             "from meanfield import solve_flow, Linear, diagnostics\n"
             "import solvers\n"
-            "assert meanfield.Linear is solvers.Linear and meanfield.diagnostics.__name__ == 'meanfield.diagnostics'\n"
+            "assert meanfield.Linear is solvers.Linear and meanfield.stats.diagnostics.__name__ == 'meanfield.stats.diagnostics'\n"
             "try:\n    meanfield.no_such_name\nexcept AttributeError as e:\n    print(e)\n")
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr

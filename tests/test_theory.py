@@ -1,4 +1,4 @@
-"""meanfield.theory: the paper's laws against their own defining properties, and the exact
+"""meanfield.stats.theory: the paper's laws against their own defining properties, and the exact
 linear-kernel entropy rate against an independent autodiff divergence."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meanfield import theory
+from meanfield.stats import theory
 
 jax.config.update("jax_enable_x64", True)  # tests only; the library never sets it
 
@@ -129,7 +129,7 @@ def test_rank_collapse_time_e_folding():
 
 
 def test_paper_tables_shipped_and_their_internal_relations():
-    from meanfield.paper import PAPER_CITATION, paper_table
+    from meanfield.stats.paper import PAPER_CITATION, paper_table
 
     t1, t2 = paper_table(1), paper_table(2)
     assert "2512.21691" in PAPER_CITATION
@@ -153,7 +153,7 @@ def test_library_import_leaves_x64_alone():
     import subprocess
     import sys
 
-    code = ("import jax, meanfield.theory, meanfield.fit, meanfield.fit.cli, meanfield.paper; "
+    code = ("import jax, meanfield.stats.theory, meanfield.fit, meanfield.fit.cli, meanfield.stats.paper; "
             "assert not jax.config.jax_enable_x64; import sys; "
             "assert 'matplotlib' not in sys.modules")
     env = {"PYTHONPATH": ":".join(sys.path), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.flow import resolve_kernel
+from meanfield.flow.driver import resolve_kernel
 
 TOL = 1e-12
 ALPHA = {"linear": 0.3, "softmax": 2.0, "usa": 1.0}

@@ -55,7 +55,7 @@ def read_text(args) -> str | None:
 
 def validate(args) -> str | None:
     """Check the parsed arguments of any sub-command; return the input text (hf) or ``None``."""
-    from meanfield.atomic import check_writable
+    from meanfield.io.atomic import check_writable
 
     _positive("--n-query", args.n_query)
     _positive("--key-block", args.key_block)

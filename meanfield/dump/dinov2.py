@@ -10,7 +10,7 @@ Capture. A forward pre-hook on every self-attention module recomputes the per-he
 (and values) from the module input with the module's own linear maps -- the post-projection q, k
 the softmax sees, with the module's scale ``head_dim**-0.5`` -- and hands them to the
 :class:`~meanfield.dump.stats.Recorder`, whose statistics stream over key blocks
-(``meanfield.diagnostics.attention_statistics``). Nothing reads the model's attention
+(``meanfield.stats.diagnostics.attention_statistics``). Nothing reads the model's attention
 probabilities, so eager, SDPA or flash attention dump the same numbers. A forward hook checks the
 capture: ``o_proj(softmax(scale q_S k^T) v)`` for the query rows must reproduce the module's
 output rows; the hooked model's outputs must equal the plain ones bit for bit.
@@ -48,7 +48,7 @@ VIEW_NOTES = {
 
 def _merge_frames(parts, n: int) -> dict:
     """Statistics of a block-diagonal attention from per-frame statistics (``parts`` in frame order)."""
-    from meanfield import diagnostics
+    from meanfield.stats import diagnostics
 
     out = {}
     for name in ("row_entropy", "max_weight", "logit_mean", "logit_std"):
@@ -195,7 +195,7 @@ def dump_dinov2(model, pixels, *, view: str = "frame", n_query: int = 512, seed:
     """
     import torch
 
-    from meanfield.diagnostics import query_subset
+    from meanfield.stats.diagnostics import query_subset
 
     from . import _torch
 

@@ -1,7 +1,7 @@
 """The dump format: per-layer attention and token statistics of a real model, in HDF5.
 
 A dump is what ``python -m meanfield.dump`` writes and what ``python -m meanfield.compare`` and
-the rank-law fit read. Every statistic in it is defined once, in ``meanfield.diagnostics``
+the rank-law fit read. Every statistic in it is defined once, in ``meanfield.stats.diagnostics``
 (docs/theory.md "Diagnostics"), and computed by the same functions as the simulation diagnostics.
 
 Layout (``format="meanfield-dump"``, ``format_version=1``; ``L`` recorded attention blocks,
@@ -39,8 +39,8 @@ import os
 import h5py
 import numpy as np
 
-from meanfield._hdf5 import READ_ERRORS, decode_attr, encode_attr, read_array
-from meanfield.atomic import atomic_path
+from meanfield.io.hdf5 import READ_ERRORS, decode_attr, encode_attr, read_array
+from meanfield.io.atomic import atomic_path
 
 FORMAT = "meanfield-dump"
 FORMAT_VERSION = 1

@@ -92,7 +92,7 @@ def dump_hf(model, tokenizer, text: str, *, max_tokens: int = 512, n_query: int 
     """
     import torch
 
-    from meanfield.diagnostics import query_subset
+    from meanfield.stats.diagnostics import query_subset
 
     from . import _torch
 

@@ -19,7 +19,7 @@ import torch
 
 from solvers.merging import alternate_split, bipartite_soft_matching, bipartite_soft_matching_sets
 
-from ..merging import FastVGGT, protected_mask
+from meanfield.flow.merged import FastVGGT, protected_mask
 
 
 def _host(metric: torch.Tensor):

@@ -6,19 +6,19 @@ with its own layers -- ``norm1``, the q/k/v/output linears (:func:`.onnx_convert
 ``layer_scale1``, ``norm2``, ``mlp``, ``layer_scale2``, final ``layernorm`` -- and replaces only
 the attention product by :func:`.merging_torch.merged_attention`:
 
-* :class:`~meanfield.merging.FastVGGT` -- in **every** block, the attention module's input
+* :class:`~meanfield.flow.merged.FastVGGT` -- in **every** block, the attention module's input
   ``norm1(x)`` is the matching metric (FastVGGT merges the tokens its attention receives);
   ``r = round(m P)`` sources are merged into destinations (plain means of q, k, v), the merged
   tokens attend with unit masses, every token receives its representative's output (unmerge),
   so the sequence is whole after every block. The class token is always protected (FastVGGT's
   special tokens); with several frames, the first frame is not merged at all (FastVGGT's
   reference frame). ``protected_fraction`` is the strategy's.
-* :class:`~meanfield.merging.ToMe` -- the metric is the block's keys averaged over heads; after
+* :class:`~meanfield.flow.merged.ToMe` -- the metric is the block's keys averaged over heads; after
   the attention and before the MLP the residual stream is merged (size-weighted means,
   :func:`.merging_torch.merge_rows`) and the merged tokens are **removed** for the rest of the
   network; the sizes are carried and, with ``proportional=True``, ``log size`` is added to the
   logits. ``round(m P)`` tokens in all, as early as the matching allows
-  (:meth:`~meanfield.merging.ToMe.schedule`); the class token is protected.
+  (:meth:`~meanfield.flow.merged.ToMe.schedule`); the class token is protected.
 
 Frames are independent (DINOv2 attends within a frame): each frame runs its own matching.
 With ratio 0 every ``assign`` is the identity and every size 1; the computation is then the
@@ -68,7 +68,7 @@ class MergedRun:
 
 
 STRATEGY_API = ("unmerge", "reference_frame", "proportional", "removed_per_layer", "ratio", "protected", "describe")
-"""What :func:`merged_forward` asks of a merging strategy (``meanfield.merging.ToMe``/``FastVGGT``
+"""What :func:`merged_forward` asks of a merging strategy (``meanfield.flow.merged.ToMe``/``FastVGGT``
 have them; a dataclass with these is a strategy here too): ``unmerge`` (merge -> attend -> unmerge
 in every block, FastVGGT-style, else ToMe-style removal with sizes), ``reference_frame`` (leave the
 first of several frames alone), ``proportional``, ``removed_per_layer(P, L)``, ``ratio``,
@@ -185,9 +185,9 @@ def _attention(model):
 
 def query_rows(n_tokens: int, n_query: int = N_QUERY, seed: int = 0) -> np.ndarray:
     """``min(n_query, n_tokens)`` sorted rows among the ``n_tokens`` attending tokens (in sequence
-    order), drawn as the dumps draw theirs (``meanfield.diagnostics.query_subset``): with no
+    order), drawn as the dumps draw theirs (``meanfield.stats.diagnostics.query_subset``): with no
     merging they are the dump's rows."""
-    from meanfield.diagnostics import query_subset
+    from meanfield.stats.diagnostics import query_subset
 
     return np.asarray(query_subset(int(n_tokens), int(n_query), int(seed)))
 

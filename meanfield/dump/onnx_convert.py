@@ -323,7 +323,7 @@ def convert(path=None, *, cache=None) -> tuple[str, str]:
     :func:`extract_backbone` and the config as JSON; it is written atomically (temporary file in the
     cache folder, then rename), so concurrent or interrupted conversions never leave a partial file.
     """
-    from meanfield.atomic import atomic_path
+    from meanfield.io.atomic import atomic_path
 
     path = onnx_path() if path is None else os.fspath(path)
     if not os.path.isfile(path):

@@ -5,13 +5,13 @@ query and key tensors exactly as the model's softmax sees them (after its q/k no
 positional encoding) and the block-input residual stream. They hand them to a
 :class:`Recorder`, which converts them to NumPy and calls
 
-* ``meanfield.diagnostics.attention_statistics(Softmax(alpha=scale), q_h[idx], k_h)`` per
+* ``meanfield.stats.diagnostics.attention_statistics(Softmax(alpha=scale), q_h[idx], k_h)`` per
   head -- the function the simulations use (docs/theory.md "Diagnostics"): logits
   ``s_ij = scale <q_i, k_j>`` for the fixed query subset ``idx`` over ALL N keys, keys streamed
   in blocks, never an N x N array;
 * :func:`head_mean_singular_values` for the head-averaged block ``(1/H) sum_h A_h[idx, :]``,
   built on the same streaming primitives (``solvers.streaming``);
-* ``meanfield.diagnostics.token_statistics(x)`` on the block input (rows normalized there).
+* ``meanfield.stats.diagnostics.token_statistics(x)`` on the block input (rows normalized there).
 
 Nothing here imports torch: tensors are converted with their own ``.numpy()`` methods.
 """
@@ -109,7 +109,7 @@ def _vmapped(kernel, weighted: bool = False):
     """``diagnostics.attention_statistics`` vmapped over heads and jitted (one compile per shape)."""
     import jax
 
-    from meanfield import diagnostics
+    from meanfield.stats import diagnostics
 
     if weighted:
         return jax.jit(jax.vmap(lambda qh, kh, w: diagnostics.attention_statistics(kernel, qh, kh, w),
@@ -121,7 +121,7 @@ def _per_head(kernel, q, k, weights=None) -> list:
     """The shared statistics for every head: one jitted vmapped call, else a plain loop over heads."""
     import jax
 
-    from meanfield import diagnostics
+    from meanfield.stats import diagnostics
 
     try:
         res = _vmapped(kernel)(q, k) if weights is None else _vmapped(kernel, True)(q, k, weights)
@@ -149,7 +149,7 @@ def _block_statistics(q, k, scale: float, query_indices, *, key_block: int = 102
     ``effective_rank``, ``normalized_entropy`` (scalars). ``weights`` (N,): key masses (ToMe's
     sizes with proportional attention; docs/theory.md "Token masses"), ``None``: unit masses.
     """
-    from meanfield import diagnostics
+    from meanfield.stats import diagnostics
 
     q, k = _to_numpy(q, dtype), _to_numpy(k, dtype)
     w = None if weights is None else _to_numpy(weights, q.dtype)
@@ -173,8 +173,8 @@ def _block_statistics(q, k, scale: float, query_indices, *, key_block: int = 102
 
 
 def token_block_statistics(x, *, dtype=None) -> dict:
-    """``meanfield.diagnostics.token_statistics`` of block-input tokens ``x`` (N, C), as floats."""
-    from meanfield import diagnostics
+    """``meanfield.stats.diagnostics.token_statistics`` of block-input tokens ``x`` (N, C), as floats."""
+    from meanfield.stats import diagnostics
 
     stats = diagnostics.token_statistics(_to_numpy(x, dtype))
     return {name: float(stats[name]) for name in TOKEN_STATS}

@@ -44,7 +44,7 @@ def dump_timm(model, image, *, n_query: int = 512, seed: int = 0, layers=None, s
     """Run ``model`` on one image (1, 3, H, W) (its ``forward_features`` if present) and return a Dump."""
     import torch
 
-    from meanfield.diagnostics import query_subset
+    from meanfield.stats.diagnostics import query_subset
 
     from . import _torch
 

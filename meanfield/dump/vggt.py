@@ -73,7 +73,7 @@ def dump_vggt(model, images, *, n_query: int = 512, seed: int = 0, layers=None, 
     """
     import torch
 
-    from meanfield.diagnostics import query_subset
+    from meanfield.stats.diagnostics import query_subset
 
     from . import _torch
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from meanfield._cli import ArgumentParser, output_path, run_cli
-from meanfield._hdf5 import READ_ERRORS, decode_attr, is_hdf5, read_array, read_attrs
-from meanfield.atomic import atomic_path, check_writable
+from meanfield.io.hdf5 import READ_ERRORS, decode_attr, is_hdf5, read_array, read_attrs
+from meanfield.io.atomic import atomic_path, check_writable
 
 PROG = "meanfield-fit"
 QUANTITIES = ("effective_rank", "normalized_entropy")

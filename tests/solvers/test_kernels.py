@@ -106,13 +106,13 @@ def test_closed_form_divergence_equals_autodiff(name, alpha):
     ref = autodiff_divergence(k, x, x)
     np.testing.assert_allclose(div, ref, atol=1e-8, rtol=1e-8)
     # and the particle average is the entropy rate of the diagnostics
-    from meanfield.diagnostics import entropy_rate
+    from meanfield.stats.diagnostics import entropy_rate
 
     np.testing.assert_allclose(entropy_rate(k, x, mobility=1 / 2.0), np.mean(ref) / 2.0, atol=1e-8)
 
 
 def test_linear_entropy_rate_closed_form_in_moments():
-    from meanfield.diagnostics import entropy_rate
+    from meanfield.stats.diagnostics import entropy_rate
 
     x = unit_rows(500, 4, seed=6)
     alpha, M, d = 0.6, 1.5, 4

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meanfield.diagnostics import attention_statistics, entropy_rate, token_statistics
+from meanfield.stats.diagnostics import attention_statistics, entropy_rate, token_statistics
 from solvers import KERNELS, make_kernel
 
 TOL = 1e-12

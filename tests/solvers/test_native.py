@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meanfield.phase import phase_diagram, phase_rollout
+from meanfield.studies.phase import phase_diagram, phase_rollout
 from solvers import AttentionField, Euler, Layer, Linear, feature_major, native
 from tests.test_phase import np_stats, np_step, sphere
 
@@ -184,7 +184,7 @@ def _python(code, **env):
 
 
 def test_disabled_or_failed_build_falls_back(tmp_path):
-    code = ("from solvers import native; from meanfield.phase import phase_diagram\n"
+    code = ("from solvers import native; from meanfield.studies.phase import phase_diagram\n"
             "print(native.available(), '|', native.status())\n"
             "pd = phase_diagram([1.0], n=4, d=3, n_systems=2, t1=0.2, dt=0.1, n_saves=2)\n"
             "print(pd.params['method'])\n"
@@ -209,7 +209,7 @@ def test_without_avx512_the_portable_code_gives_the_same_results(tmp_path):
         "import jax, jax.numpy as jnp, numpy as np\n"
         "jax.config.update('jax_enable_x64', True)\n"
         "from solvers import native, feature_major, AttentionField, Linear, Euler\n"
-        "from meanfield.phase import phase_diagram\n"
+        "from meanfield.studies.phase import phase_diagram\n"
         "assert native.available(), native.status()\n"
         "kw = dict(n=32, d=8, n_systems=9, t1=2.0, dt=0.1, n_saves=3, key=1, per_system=True)\n"
         "a = phase_diagram([0.5, 4.0], method='native', **kw).per_system\n"
@@ -251,7 +251,7 @@ def test_simulate_batch_native_equals_jax(case, dtype, tol):
     1e-12, as for the phase rollouts above (2000x margin). float32: 1.5e-7 to 7.2e-7 measured, bound
     2e-5 (28x). The final tokens (max abs over every coordinate): float64 1.4e-15 to 4.0e-15 (bound
     1e-12, 250x), float32 1.1e-6 to 2.1e-6 (bound 2e-5, 9x)."""
-    from meanfield.batch import simulate_batch
+    from meanfield.studies.batch import simulate_batch
 
     x = sphere((10, 32, 8), 11).astype(dtype)
     kw = dict(kernel="softmax", dt=0.1, layers=100)
@@ -283,7 +283,7 @@ def test_simulate_batch_native_equals_jax(case, dtype, tol):
 
 
 def test_simulate_batch_auto_picks_native_only_where_it_applies(monkeypatch):
-    from meanfield import batch
+    from meanfield.studies import batch
 
     calls = []
     real = native.phase_rollout

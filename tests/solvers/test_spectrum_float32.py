@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meanfield.diagnostics import attention_statistics, effective_rank
+from meanfield.stats.diagnostics import attention_statistics, effective_rank
 from solvers import make_kernel
-from solvers.general import Bilinear
+from solvers.bilinear import Bilinear
 from solvers.kernels import spectrum_from_gram
 
 EPS32 = float(np.finfo(np.float32).eps)

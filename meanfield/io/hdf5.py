@@ -1,0 +1,111 @@
+"""HDF5 attribute values to and from Python: the one helper behind results files (``meanfield.io.results``),
+dumps (``meanfield.dump.format``) and the fit reader (``meanfield.fit.cli``).
+
+HDF5 attributes hold scalars, strings and flat arrays, so nested values are stored as JSON strings
+and ``None`` as a marker string.  The two formats differ in two details, kept as keyword arguments
+so that files already written read back exactly as before:
+
+- results files: ``None`` -> ``"null"``; on reading, ``"null"`` -> ``None`` and any string that
+  starts with ``[`` or ``{`` and parses as JSON is decoded (``parse_json="auto"``, the default);
+- dumps: ``None`` -> ``""`` (``none=""``), JSON with sorted keys (``sort_keys=True``, unknown objects
+  via ``str``), and only the attributes named in ``meanfield.dump.format.JSON_ATTRS`` are decoded
+  (``read_attrs(..., json_keys=JSON_ATTRS, null=None)``).
+
+Reading always turns ``bytes`` into ``str`` and NumPy scalars into Python scalars; arrays are
+returned as they are.  Nothing here imports h5py: these functions take values and mappings.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def encode_attr(value, *, as_json: bool = False, none: str = "null", sort_keys: bool = False,
+                default=None):
+    """A Python value as something h5py stores as an attribute.
+
+    ``dict``/``list``/``tuple`` (or anything, with ``as_json``) become a JSON string
+    (``json.dumps(value, sort_keys=sort_keys, default=default)``); ``None`` becomes ``none``;
+    everything else is returned unchanged (h5py stores numbers, strings and arrays itself).
+    """
+    if as_json or isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=sort_keys, default=default)
+    if value is None:
+        return none
+    return value
+
+
+def decode_attr(value, *, parse_json="auto", null: str | None = "null"):
+    """An attribute value read by h5py, back to Python.
+
+    ``bytes`` -> ``str``; then for strings: equal to ``null`` -> ``None`` (``null=None`` disables
+    this); ``parse_json=True`` -> ``json.loads`` (a malformed string raises ``ValueError``),
+    ``"auto"`` -> decoded if it starts with ``[`` or ``{`` and parses, else kept as is, ``False`` ->
+    kept as is.  NumPy scalars -> Python scalars (``.item()``); anything else unchanged.
+    """
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        if null is not None and value == null:
+            return None
+        if parse_json is True:
+            return json.loads(value)
+        if parse_json == "auto" and value[:1] in ("[", "{"):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_attrs(obj, *, json_keys=None, null: str | None = "null") -> dict:
+    """All attributes of an h5py object (file, group or dataset) decoded with :func:`decode_attr`.
+
+    ``json_keys=None``: JSON detected automatically (``parse_json="auto"``) for every attribute;
+    otherwise exactly the attributes named in ``json_keys`` are parsed as JSON.
+    """
+    attrs = obj.attrs if hasattr(obj, "attrs") else obj
+    if json_keys is None:
+        return {k: decode_attr(v, null=null) for k, v in attrs.items()}
+    return {k: decode_attr(v, parse_json=k in json_keys, null=null) for k, v in attrs.items()}
+
+
+def is_hdf5(path) -> bool:
+    """True if the file at ``path`` starts with the HDF5 signature (user block of 0 bytes)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
+READ_ERRORS = (OSError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError)
+"""What h5py raises on damaged or foreign content; every loader turns these into one ``ValueError``."""
+
+
+def read_limit() -> int:
+    """Largest dataset (bytes) a loader reads: half the available memory (1 GiB if unknown)."""
+    from meanfield.flow.resources import available_memory
+
+    avail = available_memory()
+    return max(2**26, avail // 2) if avail else 2**30
+
+
+def read_array(ds, where: str, *, numeric: bool = True):
+    """``ds[()]`` after checking that it is a dataset of a sane size (and a numeric dtype).
+
+    A damaged or hostile file may declare a dataset of 2^40 elements in a few bytes; reading that
+    would exhaust memory, so its declared size is checked against :func:`read_limit` first.
+    """
+    if not hasattr(ds, "shape") or not hasattr(ds, "dtype"):
+        raise ValueError(f"{where} is not a dataset")
+    if numeric and ds.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {ds.dtype}, expected numbers")
+    nbytes = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize) if ds.shape is not None else 0
+    if nbytes > read_limit():
+        raise ValueError(f"{where} declares shape {ds.shape} ({nbytes / 2**30:.3g} GiB), more than this loader reads")
+    return ds[()]
