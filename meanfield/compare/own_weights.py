@@ -27,7 +27,7 @@ import numpy as np
 
 from solvers import Bilinear
 
-NEEDS = "the own-weights replay needs torch and transformers: pip install 'meanfield[dump]'"
+NEEDS = "the own-weights replay needs torch and transformers: pip install 'meanfield-attention[dump]'"
 
 
 def _np(t) -> np.ndarray:

@@ -36,6 +36,8 @@ import sys
 from importlib import metadata as _metadata
 from typing import ClassVar
 
+from meanfield._version import __version__
+
 BUILTIN = ("hf", "vggt", "dinov2", "timm")
 """Modules of ``meanfield.dump`` that define the built-in adapters, in sub-command order."""
 
@@ -133,8 +135,8 @@ def capture_check(errors, tolerance: float, what: str = "recomputed attention di
 
 def library_versions() -> dict:
     """Versions of the libraries that shaped the numbers (missing ones omitted)."""
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("meanfield", "torch", "transformers", "timm", "vggt", "jax", "numpy", "h5py"):
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "meanfield": __version__}
+    for name in ("torch", "transformers", "timm", "vggt", "jax", "numpy", "h5py"):
         try:
             out[name] = _metadata.version(name)
         except _metadata.PackageNotFoundError:
