@@ -80,3 +80,14 @@ def test_default_engine_compiles_nothing():
     before = _core._lbfgs_jit._cache_size() + _core._rj_jit._cache_size()
     fit.fit_rank_curve(layers, y, N=1.0)
     assert _core._lbfgs_jit._cache_size() + _core._rj_jit._cache_size() == before
+
+
+def test_quantiles_equal_scipy_special():
+    """The t and normal quantiles computed without scipy equal scipy.special's to 1e-12."""
+    from scipy.special import ndtri, stdtrit
+
+    from meanfield.fit import _api
+
+    assert _api._quantile(None) == pytest.approx(ndtri(0.975), rel=1e-15)
+    for dof in list(range(1, 60)) + [97, 1000, 4999]:
+        assert _api._quantile(dof) == pytest.approx(stdtrit(dof, 0.975), rel=1e-12), dof
