@@ -102,6 +102,11 @@ def _lm(rj, u, positive):
     minimum to round-off, where every step is rejected), or the residual is zero to round-off.  ``lam`` > 1e15 (no descent step found) stops a start; it
     counts as converged only if the cosine is below 1e-6 (stationary to round-off).
     """
+    with np.errstate(all="ignore"):  # trial steps may overflow: their cost is inf, and rejected
+        return _lm_steps(rj, u, positive)
+
+
+def _lm_steps(rj, u, positive):
     bound = np.where(np.asarray(positive), U_BOUND, np.inf)
     S, p = u.shape
     eye = np.eye(p)
@@ -117,8 +122,7 @@ def _lm(rj, u, positive):
 
     def cosine(G, cost):  # max_k |J_k . r| / (|J_k| |r|)
         jn = np.sqrt(np.diagonal(G, axis1=1, axis2=2)[:, 1:])
-        with np.errstate(all="ignore"):
-            return np.max(np.abs(G[:, 1:, 0]) / np.maximum(jn * np.sqrt(2.0 * cost)[:, None], 1e-300), axis=1)
+        return np.max(np.abs(G[:, 1:, 0]) / np.maximum(jn * np.sqrt(2.0 * cost)[:, None], 1e-300), axis=1)
 
     def tests(G, cost, dcost):
         return (cosine(G, cost) < 1e-10) | (2.0 * cost < 1e-26) | (dcost < 1e-13 * cost)
@@ -134,19 +138,17 @@ def _lm(rj, u, positive):
         A, g = G[:, 1:, 1:], G[:, 1:, 0]
         dA = np.diagonal(A, axis1=1, axis2=2)
         D = np.maximum(dA, 1e-12 * dA.max(axis=1, keepdims=True) + 1e-300)
-        with np.errstate(all="ignore"):
-            try:
-                step = np.linalg.solve(A + (lam[:, None] * D)[:, :, None] * eye, -g[..., None])[..., 0]
-            except np.linalg.LinAlgError:
-                step = np.stack([np.linalg.lstsq(A[s] + lam[s] * np.diag(D[s]), -g[s], rcond=None)[0] for s in range(S)])
+        try:
+            step = np.linalg.solve(A + (lam[:, None] * D)[:, :, None] * eye, -g[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = np.stack([np.linalg.lstsq(A[s] + lam[s] * np.diag(D[s]), -g[s], rcond=None)[0] for s in range(S)])
         step[~(np.isfinite(step) & active[:, None])] = 0.0
-        un = np.clip(u + step, -bound, bound)
+        un = np.minimum(np.maximum(u + step, -bound), bound)
         Gn, cn = gram(un)
         acc = active & (cn < cost)
         # MINPACK's ftol test: actual and predicted reductions both below 1e-13 relatively
         pred = 0.5 * np.einsum("sp,sp->s", step, lam[:, None] * D * step - g)
-        with np.errstate(all="ignore"):
-            flat = (np.abs(cost - cn) <= 1e-13 * cost) & (pred <= 1e-13 * cost) & (cost - cn <= 2.0 * pred)
+        flat = (np.abs(cost - cn) <= 1e-13 * cost) & (pred <= 1e-13 * cost) & (cost - cn <= 2.0 * pred)
         dcost = np.where(acc, cost - cn, np.inf)
         u = np.where(acc[:, None], un, u)
         G = np.where(acc[:, None, None], Gn, G)
@@ -173,35 +175,52 @@ def pad(n_pad, *arrays, fill_weight=False):
 STEP = 1e-30  # complex step: Im f(u + ih)/h = f'(u) + O(h^2 f'''(u)), no cancellation
 
 
-def _rj_numpy(model, us, x, y, w, c):
-    """Weighted residuals (S, n) and their complex-step Jacobians (S, n, p), NumPy float64.
+def _rj_numpy_fn(model, x, y, w, c):
+    """``us`` (S, p) -> weighted residuals (S, n) and their complex-step Jacobians (S, n, p),
+    NumPy float64, for fixed data (constants prepared once: this runs at every LM step).
 
     One call of ``model.fn`` for all starts and all directions: ``theta`` is passed as ``p``
     arrays of shape (S, p, 1) (start, direction, broadcast over x), so the law, written once
     against the ``xp`` namespace, broadcasts to (S, p, n).  The real part of ``f(u + ih e_k)`` is
-    ``f(u)`` to O(h^2) = 1e-60 relative, so it gives the residuals too."""
-    us = np.asarray(us, dtype=np.float64)
-    S, p = us.shape
-    pos = np.asarray(model.positive)
-    inside = np.abs(us) <= U_BOUND
-    theta = np.where(pos, np.exp(np.clip(us, -U_BOUND, U_BOUND)), us)
-    dtheta = np.where(pos, np.where(inside, theta, 0.0), 1.0)  # d theta / d u (clip: no derivative)
-    # theta(u + ih e_k) = theta + ih theta'(u) e_k exactly in float64 (exp(ih) = 1 + ih to h^2)
-    tc = theta[:, None, :] + (1j * STEP) * (np.eye(p)[None] * dtheta[:, None, :])  # (S, p directions, p)
+    ``f(u)`` to O(h^2) = 1e-60 relative, so it gives the residuals too.  Call it under
+    ``np.errstate(all="ignore")`` (a trial step may overflow; the cost is then inf)."""
+    x, y, w, c = (np.asarray(a, dtype=np.float64) for a in (x, y, w, c))
+    pos = np.flatnonzero(model.positive)
+    p, n = len(model.params), x.size
+    ih = (1j * STEP) * np.eye(p)[None]
+    w_step = w[:, None] / STEP
+
+    def rj(us):
+        us = np.asarray(us, dtype=np.float64)
+        S = us.shape[0]
+        theta = us.copy()
+        dtheta = np.ones_like(us)  # d theta / d u; a clipped entry carries no derivative
+        if pos.size:
+            up = us[:, pos]
+            e = np.exp(np.minimum(np.maximum(up, -U_BOUND), U_BOUND))
+            theta[:, pos] = e
+            dtheta[:, pos] = np.where(np.abs(up) <= U_BOUND, e, 0.0)
+        # theta(u + ih e_k) = theta + ih theta'(u) e_k exactly in float64 (exp(ih) = 1 + ih to h^2)
+        th = (theta[:, None, :] + ih * dtheta[:, None, :]).transpose(2, 0, 1)[..., None]  # (p, S, p, 1)
+        f = model.fn(th, x, c, np)
+        if f.shape != (S, p, n):
+            f = np.broadcast_to(f, (S, p, n))
+        return (f[:, 0].real - y) * w, f.imag.transpose(0, 2, 1) * w_step
+
+    return rj
+
+
+def _rj_numpy(model, us, x, y, w, c):
+    """Weighted residuals (S, n) and their complex-step Jacobians (S, n, p) (see ``_rj_numpy_fn``)."""
     with np.errstate(all="ignore"):
-        th = tc.transpose(2, 0, 1)[..., None]  # (p, S, p, 1)
-        f = np.broadcast_to(model.fn(th, x, c, np), (S, p, x.size))
-        r = (f[:, 0].real - y) * w
-        J = np.swapaxes(f.imag, 1, 2) * (w[:, None] / STEP)
-    return r, J
+        return _rj_numpy_fn(model, x, y, w, c)(us)
 
 
 def solve(model, starts, x, y, w, c, use_lbfgs=False):
     """Run all starts; return per-start (u, cost, converged, iterations) as NumPy arrays."""
     u0s = np.stack([u_of_theta(s, model.positive) for s in starts])
     if not use_lbfgs:
-        x, y, w, c = (np.asarray(a, dtype=np.float64) for a in (x, y, w, c))
-        return _lm(lambda us: _rj_numpy(model, us, x, y, w, c), u0s, model.positive)
+        return _lm(_rj_numpy_fn(model, x, y, w, c), u0s, model.positive)
     nb = bucket(x.size)
     with jax.enable_x64(True):
         xp, yp = (jnp.asarray(a) for a in pad(nb, x, y))
