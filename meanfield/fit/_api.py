@@ -2,10 +2,11 @@
 
 Fit the paper's laws to measured rank and entropy curves, with honest uncertainties.
 
-Least squares ``min sum w_i^2 (f(theta, x_i) - y_i)^2`` with ``w = 1/sigma`` (or 1).  Optimizer:
-optax L-BFGS from several starts, then a Levenberg–Marquardt polish (``meanfield.fit._core``), in
-float64 via ``jax.enable_x64`` whatever the user's global setting.  Positive parameters are fitted
-on a log scale.  Uncertainties: covariance ``s^2 (J^T W J)^{-1}`` from the Jacobian (``jax.jacfwd``)
+Least squares ``min sum w_i^2 (f(theta, x_i) - y_i)^2`` with ``w = 1/sigma`` (or 1).  Optimizer
+(``meanfield.fit._core``): Levenberg–Marquardt from several starts in NumPy float64 (the default,
+``optimizer="lm"``), optionally after optax L-BFGS (``"lbfgs+lm"``, jitted, float64 via
+``jax.enable_x64`` whatever the user's global setting).  Positive parameters are fitted
+on a log scale.  Uncertainties: covariance ``s^2 (J^T W J)^{-1}`` from the Jacobian (complex step; ``jax.jacfwd`` with ``lbfgs+lm``)
 with ``s^2 = RSS/(n - p)`` when ``sigma`` is not given (t quantile with n - p dof), or ``s^2 = 1``
 when it is (normal quantile).  Intervals of positive parameters are computed on the log scale and
 mapped back (asymmetric, never negative).  Problems are reported in ``FitResult.messages`` and
