@@ -80,3 +80,55 @@ def test_default_engine_compiles_nothing():
     before = _core._lbfgs_jit._cache_size() + _core._rj_jit._cache_size()
     fit.fit_rank_curve(layers, y, N=1.0)
     assert _core._lbfgs_jit._cache_size() + _core._rj_jit._cache_size() == before
+
+
+def test_quantiles_equal_scipy_special():
+    """The t and normal quantiles computed without scipy equal scipy.special's to 1e-12."""
+    from scipy.special import ndtri, stdtrit
+
+    from meanfield.fit import _api
+
+    assert _api._quantile(None) == pytest.approx(ndtri(0.975), rel=1e-15)
+    for dof in list(range(1, 60)) + [97, 1000, 4999]:
+        assert _api._quantile(dof) == pytest.approx(stdtrit(dof, 0.975), rel=1e-12), dof
+
+
+def _every_model_data():
+    """(name, x, y, consts): the simulated 25-layer curves for the laws in the layer index, the
+    paper's Table 1 (entropy and rank vs m) and Table 2 (runtime vs m) for the laws in m.  The
+    rank law in m gets a simulated curve: on Table 1 its r runs to 0 (not identifiable)."""
+    layers = np.arange(25.0)
+    rng = np.random.default_rng(7)
+    rank = 2.0 + 30.0 * np.exp(-20.0 * layers / 100.0) + rng.normal(0.0, 0.3, layers.size)
+    entropy = 0.9 - 0.3 * (layers + 1) / 100.0 + rng.normal(0.0, 0.005, layers.size)
+    m = np.linspace(0.0, 0.9, 10)
+    rank_m = 5.0 + 200.0 * np.exp(-2.0 * (1.0 - m)) + rng.normal(0.0, 1.0, m.size)
+    t1, t2 = mf.paper_table(1), mf.paper_table(2)
+    lay = (0.01, 1.5, 1.0)
+    one = (1.0, 0.0, 1.0)
+    return [
+        ("rank_law", layers, rank, lay), ("rank_law_fixed_r", layers, rank, lay),
+        ("exponential", layers, rank, lay), ("power_law", layers, rank, lay), ("linear", layers, rank, lay),
+        ("entropy_eq13", layers + 1, entropy, lay), ("entropy_eq8", layers + 1, entropy, lay),
+        ("constant", layers + 1, entropy, lay),
+        ("entropy_eq13_fusion", t1["m"], t1["entropy_exp"], one), ("rank_law_fusion", m, rank_m, one),
+        ("exponential_fusion", t1["m"], t1["rank_exp"], one), ("linear_m", t1["m"], t1["rank_exp"], one),
+        ("cost_offset", t2["m"], t2["relative_runtime"], one), ("cost_law", t2["m"], t2["relative_runtime"], one),
+        ("cost_power", t2["m"], t2["relative_runtime"], one),
+    ]
+
+
+@pytest.mark.parametrize("name, x, y, consts", _every_model_data(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_model_against_scipy(name, x, y, consts):
+    """Every model the fit functions compare: estimates and standard errors equal curve_fit's
+    (trf, from the model's first start, its own finite differences) to 1e-6 relative."""
+    assert {row[0] for row in _every_model_data()} == set(_models.MODELS)
+    model = _models.MODELS[name]
+    x, y, c = (np.asarray(a, dtype=np.float64) for a in (x, y, consts))
+    res = fit.fit_curve(model, x, y, consts=c)
+    assert res.ok, res.messages
+
+    def f(xx, *th):
+        return model.fn(np.asarray(th), xx, c, np) + 0.0 * xx
+
+    _against_scipy(res, f, x, y, p0=model.starts(x, y, c)[0])

@@ -4,8 +4,8 @@ The public names are re-exported here; the code lives in private modules of this
 
 - ``meanfield.fit._api``: :class:`FitResult`, :class:`ModelComparison` and the ``fit_*`` functions;
 - ``meanfield.fit._models``: the curve models (:class:`CurveModel`, ``MODELS``);
-- ``meanfield.fit._core``: the optimizer (optax L-BFGS from several starts, then a
-  Levenberg–Marquardt polish, in float64);
+- ``meanfield.fit._core``: the optimizer (Levenberg–Marquardt from several starts, NumPy float64;
+  optionally after optax L-BFGS, ``optimizer="lbfgs+lm"``);
 - ``meanfield.fit.cli``: the command line, ``meanfield-fit DATA`` or ``python -m meanfield.fit DATA``.
 
 Least squares with ``w = 1/sigma`` (or 1), positive parameters on a log scale, covariance from

@@ -97,58 +97,68 @@ def _lm(rj, u, positive):
     over starts; linear algebra in NumPy float64.
 
     Converged when the cosine between the residual and every Jacobian column is < 1e-10
-    (MINPACK's gtol test), or an accepted step lowers the cost by < 1e-13 relatively, or the
-    residual is zero to round-off.  ``lam`` > 1e15 (no descent step found) stops a start; it
+    (MINPACK's gtol test), or an accepted step lowers the cost by < 1e-13 relatively, or a step's
+    actual and predicted reductions are both < 1e-13 relatively (MINPACK's ftol test: at the
+    minimum to round-off, where every step is rejected), or the residual is zero to round-off.  ``lam`` > 1e15 (no descent step found) stops a start; it
     counts as converged only if the cosine is below 1e-6 (stationary to round-off).
     """
+    with np.errstate(all="ignore"):  # trial steps may overflow: their cost is inf, and rejected
+        return _lm_steps(rj, u, positive)
+
+
+def _lm_steps(rj, u, positive):
     bound = np.where(np.asarray(positive), U_BOUND, np.inf)
     S, p = u.shape
-    r, J = rj(u)
-    cost = 0.5 * np.sum(r * r, axis=1)
-    cost = np.where(np.isfinite(cost), cost, np.inf)
+    eye = np.eye(p)
+
+    def gram(u):
+        # [r | J] stacked, so one product gives |r|^2, J^T r and J^T J: G = [r J]^T [r J]
+        r, J = rj(u)
+        E = np.concatenate([r[:, :, None], J], axis=2)
+        G = E.transpose(0, 2, 1) @ E
+        c = 0.5 * G[:, 0, 0]
+        c[~np.isfinite(c)] = np.inf
+        return G, c
+
+    def cosine(G, cost):  # max_k |J_k . r| / (|J_k| |r|)
+        jn = np.sqrt(np.diagonal(G, axis1=1, axis2=2)[:, 1:])
+        return np.max(np.abs(G[:, 1:, 0]) / np.maximum(jn * np.sqrt(2.0 * cost)[:, None], 1e-300), axis=1)
+
+    def tests(G, cost, dcost):
+        return (cosine(G, cost) < 1e-10) | (2.0 * cost < 1e-26) | (dcost < 1e-13 * cost)
+
+    G, cost = gram(u)
     lam = np.full(S, 1e-3)
     it = np.zeros(S, dtype=int)
-
-    def cosine(r, J):
-        jn = np.linalg.norm(J, axis=1)
-        rn = np.linalg.norm(r, axis=1)
-        return np.max(np.abs(np.einsum("snp,sn->sp", J, r)) / np.maximum(jn * rn[:, None], 1e-300), axis=1)
-
-    def tests(r, J, cost, dcost):
-        rn = np.linalg.norm(r, axis=1)
-        return (cosine(r, J) < 1e-10) | (rn < 1e-13) | (dcost < 1e-13 * cost)
-
-    done = tests(r, J, cost, np.full(S, np.inf))
+    done = tests(G, cost, np.full(S, np.inf))
     active = ~done
     for _ in range(MAX_LM):
         if not active.any():
             break
-        A = np.einsum("snp,snq->spq", J, J)
-        g = np.einsum("snp,sn->sp", J, r)
+        A, g = G[:, 1:, 1:], G[:, 1:, 0]
         dA = np.diagonal(A, axis1=1, axis2=2)
         D = np.maximum(dA, 1e-12 * dA.max(axis=1, keepdims=True) + 1e-300)
-        with np.errstate(all="ignore"):
-            try:
-                step = np.linalg.solve(A + lam[:, None, None] * (D[:, :, None] * np.eye(p)), -g[..., None])[..., 0]
-            except np.linalg.LinAlgError:
-                step = np.stack([np.linalg.lstsq(A[s] + lam[s] * np.diag(D[s]), -g[s], rcond=None)[0] for s in range(S)])
-        step = np.where(np.isfinite(step) & active[:, None], step, 0.0)
-        un = np.clip(u + step, -bound, bound)
-        rn, Jn = rj(un)
-        cn = 0.5 * np.sum(rn * rn, axis=1)
-        cn = np.where(np.isfinite(cn), cn, np.inf)
+        try:
+            step = np.linalg.solve(A + (lam[:, None] * D)[:, :, None] * eye, -g[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = np.stack([np.linalg.lstsq(A[s] + lam[s] * np.diag(D[s]), -g[s], rcond=None)[0] for s in range(S)])
+        step[~(np.isfinite(step) & active[:, None])] = 0.0
+        un = np.minimum(np.maximum(u + step, -bound), bound)
+        Gn, cn = gram(un)
         acc = active & (cn < cost)
+        # MINPACK's ftol test: actual and predicted reductions both below 1e-13 relatively
+        pred = 0.5 * np.einsum("sp,sp->s", step, lam[:, None] * D * step - g)
+        flat = (np.abs(cost - cn) <= 1e-13 * cost) & (pred <= 1e-13 * cost) & (cost - cn <= 2.0 * pred)
         dcost = np.where(acc, cost - cn, np.inf)
         u = np.where(acc[:, None], un, u)
-        r = np.where(acc[:, None], rn, r)
-        J = np.where(acc[:, None, None], Jn, J)
+        G = np.where(acc[:, None, None], Gn, G)
         cost = np.where(acc, cn, cost)
         lam = np.where(acc, np.maximum(lam * 0.3, 1e-12), np.where(active, lam * 10.0, lam))
-        it = it + active
-        done = done | (active & tests(r, J, cost, dcost))
+        it += active
+        done |= active & (tests(G, cost, dcost) | flat)
         active = ~done & (lam < 1e15)
     # a start with no descent step left is stationary to round-off if its gradient cosine is small
-    done = done | ((lam >= 1e15) & (cosine(r, J) < 1e-6))
+    done |= (lam >= 1e15) & (cosine(G, cost) < 1e-6)
     return u, cost, done, it
 
 
@@ -165,36 +175,52 @@ def pad(n_pad, *arrays, fill_weight=False):
 STEP = 1e-30  # complex step: Im f(u + ih)/h = f'(u) + O(h^2 f'''(u)), no cancellation
 
 
-def _theta_np(u, positive):
-    """``theta_of_u`` for real or complex ``u`` in NumPy: the clip acts on the real part, and a
-    clipped entry carries no derivative (as ``jnp.clip``'s gradient)."""
-    pos = np.asarray(positive)
-    inside = np.abs(u.real) <= U_BOUND
-    clipped = np.where(inside, u, np.clip(u.real, -U_BOUND, U_BOUND))
-    return np.where(pos, np.exp(clipped), u)
+def _rj_numpy_fn(model, x, y, w, c):
+    """``us`` (S, p) -> weighted residuals (S, n) and their complex-step Jacobians (S, n, p),
+    NumPy float64, for fixed data (constants prepared once: this runs at every LM step).
+
+    One call of ``model.fn`` for all starts and all directions: ``theta`` is passed as ``p``
+    arrays of shape (S, p, 1) (start, direction, broadcast over x), so the law, written once
+    against the ``xp`` namespace, broadcasts to (S, p, n).  The real part of ``f(u + ih e_k)`` is
+    ``f(u)`` to O(h^2) = 1e-60 relative, so it gives the residuals too.  Call it under
+    ``np.errstate(all="ignore")`` (a trial step may overflow; the cost is then inf)."""
+    x, y, w, c = (np.asarray(a, dtype=np.float64) for a in (x, y, w, c))
+    pos = np.flatnonzero(model.positive)
+    p, n = len(model.params), x.size
+    ih = (1j * STEP) * np.eye(p)[None]
+    w_step = w[:, None] / STEP
+
+    def rj(us):
+        us = np.asarray(us, dtype=np.float64)
+        S = us.shape[0]
+        theta = us.copy()
+        dtheta = np.ones_like(us)  # d theta / d u; a clipped entry carries no derivative
+        if pos.size:
+            up = us[:, pos]
+            e = np.exp(np.minimum(np.maximum(up, -U_BOUND), U_BOUND))
+            theta[:, pos] = e
+            dtheta[:, pos] = np.where(np.abs(up) <= U_BOUND, e, 0.0)
+        # theta(u + ih e_k) = theta + ih theta'(u) e_k exactly in float64 (exp(ih) = 1 + ih to h^2)
+        th = (theta[:, None, :] + ih * dtheta[:, None, :]).transpose(2, 0, 1)[..., None]  # (p, S, p, 1)
+        f = model.fn(th, x, c, np)
+        if f.shape != (S, p, n):
+            f = np.broadcast_to(f, (S, p, n))
+        return (f[:, 0].real - y) * w, f.imag.transpose(0, 2, 1) * w_step
+
+    return rj
 
 
 def _rj_numpy(model, us, x, y, w, c):
-    """Weighted residuals (S, n) and their complex-step Jacobians (S, n, p), NumPy float64."""
-    us = np.asarray(us, dtype=np.float64)
-    S, p = us.shape
-    r = np.empty((S, x.size))
-    J = np.empty((S, x.size, p))
-    eye = np.eye(p) * (1j * STEP)
+    """Weighted residuals (S, n) and their complex-step Jacobians (S, n, p) (see ``_rj_numpy_fn``)."""
     with np.errstate(all="ignore"):
-        for s in range(S):
-            r[s] = (model.fn(_theta_np(us[s], model.positive), x, c, np) - y) * w
-            for k in range(p):
-                J[s, :, k] = np.imag(model.fn(_theta_np(us[s] + eye[k], model.positive), x, c, np)) * w / STEP
-    return r, J
+        return _rj_numpy_fn(model, x, y, w, c)(us)
 
 
 def solve(model, starts, x, y, w, c, use_lbfgs=False):
     """Run all starts; return per-start (u, cost, converged, iterations) as NumPy arrays."""
     u0s = np.stack([u_of_theta(s, model.positive) for s in starts])
     if not use_lbfgs:
-        x, y, w, c = (np.asarray(a, dtype=np.float64) for a in (x, y, w, c))
-        return _lm(lambda us: _rj_numpy(model, us, x, y, w, c), u0s, model.positive)
+        return _lm(_rj_numpy_fn(model, x, y, w, c), u0s, model.positive)
     nb = bucket(x.size)
     with jax.enable_x64(True):
         xp, yp = (jnp.asarray(a) for a in pad(nb, x, y))
