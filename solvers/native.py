@@ -73,6 +73,10 @@ def _compiler() -> str | None:
     return None
 
 
+def _flags() -> tuple:
+    return (*FLAGS, *os.environ.get("MEANFIELD_NATIVE_CXXFLAGS", "").split())  # e.g. -mno-avx512f
+
+
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -91,15 +95,12 @@ def _build() -> tuple[object | None, str, Path | None]:
         return None, "no C++ compiler found ($CXX, g++, c++, clang++)", None
     from jax import ffi
 
-    flags = (*FLAGS, *os.environ.get("MEANFIELD_NATIVE_CXXFLAGS", "").split())  # e.g. -mno-avx512f
+    flags = _flags()
     include = ffi.include_dir()
     try:
-        src = _source_digest()
+        name = _library_name(cxx, flags)
     except OSError as exc:
         return None, f"the C++ sources are missing: {exc}", None
-    key = hashlib.sha256(b"\0".join([src, cxx.encode(), " ".join(flags).encode(), jax.__version__.encode(),
-                                     _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
-    name = f"meanfield_cpu_{key}.so"
     try:
         out, note = _cache_dir() / name, ""
     except (UnsafeCache, OSError) as exc:  # built for this process only, in a private folder
@@ -166,6 +167,13 @@ def _load(out: Path, ffi):
     except (AttributeError, ValueError) as exc:
         return None, f"registering the kernels of {out} failed: {exc}"
     return lib, None
+
+
+def _library_name(cxx: str, flags) -> str:
+    """The cache name of the library: the hash of the sources, compiler, flags, JAX and CPU."""
+    key = hashlib.sha256(b"\0".join([_source_digest(), cxx.encode(), " ".join(flags).encode(), jax.__version__.encode(),
+                                     _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
+    return f"meanfield_cpu_{key}.so"
 
 
 def _source_digest() -> bytes:
