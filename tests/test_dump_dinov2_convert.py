@@ -7,6 +7,8 @@ a folded constant reached through a bicubic ``Resize`` of its patch grid. Every 
 must equal the one put in, exactly (the converter copies, it never computes).
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -180,7 +182,8 @@ def test_converted_weights_build_a_transformers_model(tmp_path):
     mtime = (tmp_path / "cache" / npz.split("/")[-1]).stat().st_mtime_ns
     assert onnx_convert.convert(path, cache=tmp_path / "cache")[0] == npz  # cached: not rewritten
     assert (tmp_path / "cache" / npz.split("/")[-1]).stat().st_mtime_ns == mtime
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [npz.split("/")[-1]]  # no temporary left
+    name = npz.split("/")[-1]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [name, name + ".sha256"]  # no temporary left
     arrays, config = onnx_convert.read_converted(npz)
     m = onnx_convert.build_dinov2(arrays, config)
     q, k, v, o, f1, f2 = onnx_convert.linears(m.encoder.layer[1])
@@ -190,3 +193,68 @@ def test_converted_weights_build_a_transformers_model(tmp_path):
     np.testing.assert_array_equal(m.embeddings.position_embeddings.detach().numpy(),
                                   truth["embeddings.position_embeddings"])  # fmt: skip
     assert m.config.layer_norm_eps == pytest.approx(EPS, rel=1e-6)
+
+
+# ------------------------------------------------------------------------ the converted-weights cache
+def _synthetic(tmp_path, seed=4):
+    model, truth = build_graph(seed=seed)
+    path = tmp_path / "synthetic.onnx"
+    onnx.save(model, str(path))
+    return path, truth
+
+
+def test_converted_cache_is_private_and_digested_whatever_the_umask(tmp_path):
+    from solvers._cache import file_digest
+
+    path, _ = _synthetic(tmp_path)
+    old = os.umask(0)
+    try:
+        npz, _ = onnx_convert.convert(path, cache=tmp_path / "root" / "onnx")
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "root", tmp_path / "root" / "onnx"):
+        assert folder.stat().st_mode & 0o777 == 0o700
+    assert os.stat(npz).st_mode & 0o777 == 0o600 and os.stat(npz + ".sha256").st_mode & 0o777 == 0o600
+    assert open(npz + ".sha256").read().strip() == file_digest(npz)
+
+
+def test_a_planted_or_tampered_npz_is_converted_again(tmp_path):
+    """A file under the cache name that was not written with its digest (planted), or whose bytes
+    changed (tampered), is not read: converted again with one warning, the digest then matches."""
+    from solvers._cache import file_digest
+
+    path, truth = _synthetic(tmp_path)
+    cache = tmp_path / "cache"
+    npz, _ = onnx_convert.convert(path, cache=cache)
+    good = open(npz, "rb").read()
+    bad = dict(truth, **{"layer.0.query.weight": np.zeros_like(truth["layer.0.query.weight"])})
+    for plant in ("no digest", "tampered"):
+        with open(npz, "wb") as fh:
+            np.savez(fh, __config__=np.array("{}"), **bad)
+        if plant == "no digest":
+            os.unlink(npz + ".sha256")
+        with pytest.warns(UserWarning, match="not used .*converting again") as rec:
+            again, _ = onnx_convert.convert(path, cache=cache)
+        assert again == npz and len(rec) == 1, plant
+        assert open(npz, "rb").read() == good and open(npz + ".sha256").read().strip() == file_digest(npz)
+        arrays, _ = onnx_convert.read_converted(npz)
+        np.testing.assert_array_equal(arrays["layer.0.query.weight"], truth["layer.0.query.weight"])
+
+
+def test_a_cache_folder_others_can_write_is_not_used(tmp_path):
+    path, truth = _synthetic(tmp_path)
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    with pytest.warns(UserWarning, match=r"cache refused .*can be written by other users \(mode 0777\)"):
+        npz, _ = onnx_convert.convert(path, cache=cache)
+    assert list(cache.iterdir()) == [] and not npz.startswith(str(cache))
+    arrays, _ = onnx_convert.read_converted(npz)
+    np.testing.assert_array_equal(arrays["layer.1.fc2.weight"], truth["layer.1.fc2.weight"])
+
+
+def test_the_default_cache_is_onnx_under_meanfield_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEANFIELD_CACHE_DIR", str(tmp_path / "root"))
+    path, _ = _synthetic(tmp_path)
+    npz, _ = onnx_convert.convert(path)
+    assert os.path.dirname(npz) == str(tmp_path / "root" / "onnx")

