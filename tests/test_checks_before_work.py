@@ -148,3 +148,20 @@ def test_usa_fixed_step_at_large_alpha_warns():
     assert any("adaptive" in w for w in mf.solve_flow(u3, kernel=mf.USA(8.0), method="heun", **kw).warnings)
     assert not mf.solve_flow(u3, kernel=mf.USA(7.9), method="heun", **kw).warnings
     assert not mf.solve_flow(u3, kernel=mf.USA(8.0), method="adaptive", **kw).warnings
+
+
+def test_memory_estimate_charges_the_smaller_covariance_spectrum():
+    # issue 21: the token-covariance spectrum costs min(d, N)^2 (the N x N Gram form for N < d), so a
+    # softmax run (no d x d array in its step) at N = 100, d = 100 000 is no longer charged d^2
+    from meanfield.flow import make_spec
+
+    def est(N, d):
+        return _resources.estimate_memory(make_spec(distributions.Uniform(d), N=N, kernel="softmax", layers=1))
+
+    assert est(100, 100_000) < 4 * 100_000**2  # would be >= 1.5 * 4 d^2 * 4 bytes before
+    s = 4  # float32
+    # the term's growth: doubling d at N << d adds only the O(N d) arrays, not 4 d^2
+    assert est(100, 20_000) - est(100, 10_000) < 100 * 10_000 * s * 20 * _resources.MARGIN
+    assert est(100, 16_384) < 2**30  # the issue's N = 100, d = 16384 run: ~0.5 GiB, not the d^2 form's 6 GiB
+    # N >= d: the d x d form, 4 d^2 elements, is still charged
+    assert est(20_000, 10_000) >= _resources.MARGIN * 4 * 10_000**2 * s

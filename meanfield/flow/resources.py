@@ -1,7 +1,7 @@
 """Resources a run needs, estimated from its sizes before anything is allocated.
 
 :func:`estimate_memory` adds up the arrays a run holds at its peak (tokens and integrator stages,
-the kernel's streamed blocks, the diagnostics' query Gram matrix and token covariance, saved
+the kernel's streamed blocks, the diagnostics' query Gram matrix and token-covariance spectrum, saved
 snapshots) from ``N``, ``d``, the kernel's block sizes, the method, ``n_query`` and the dtype. It is
 an order-of-magnitude guard (it does not model XLA's temporaries exactly; a margin factor covers
 them), used to refuse runs that cannot fit *before* they start: :func:`check_memory` compares it
@@ -57,7 +57,9 @@ def estimate_memory(spec) -> int:
         drive = 3 * min(qb, N) * (N if fused else min(kb, N)) + 2 * N * d
     else:
         drive = 2 * N * d + 4 * d * d
-    diagnostics = 4 * n * n + 3 * n * min(kb, N) + 4 * N * d + 4 * d * d  # Gram, streamed rows, tokens, covariance
+    # attention Gram, streamed rows, tokens, and the token-covariance spectrum: its d x d form, or for N < d
+    # the N x N Gram form (meanfield.diagnostics.covariance_spectrum), so min(d, N)^2
+    diagnostics = 4 * n * n + 3 * n * min(kb, N) + 4 * N * d + 4 * min(d, N) ** 2
     host = N * d + (n_saves * N * d if spec.save_tokens else 0)  # final tokens (and snapshots) on the host
     peak = max(state + drive, state + diagnostics) + host
     return int(RUNTIME_BYTES + MARGIN * peak * s)

@@ -23,7 +23,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from solvers import AttentionField
-from solvers.kernels import key_moments, probabilities
+from solvers.kernels import key_moments, probabilities, spectrum_from_gram
+from solvers.precision import matmul
 from solvers.sphere import normalize
 
 DEFAULT_N_QUERY = 512
@@ -94,19 +95,60 @@ def token_statistics(x: Float[Array, "N d"], weights=None) -> dict:
     eigenvalues of ``Sigma = E[(x-m)(x-m)^T]``; ``collapse_residual`` ``|X - 1 m^T|_F / |X|_F``.
     With ``weights`` every mean is over the normalised masses.
     """
-    return token_statistics_from_moments(*key_moments(normalize(x), weights))  # one shifted pass
+    u = normalize(x)
+    if u.shape[0] < u.shape[1]:  # static shapes: the N x N Gram route, no d x d array at all
+        p = probabilities(weights, u.shape[0], u.dtype)
+        c = u[0]  # the shifted mean of solvers.kernels.key_moments
+        m = c + (jnp.mean(u - c, axis=0) if p is None else jnp.tensordot(p, u - c, axes=1))
+        ev, tr = _gram_spectrum(u, m, p)
+        return _token_record(m, ev, tr)
+    return token_statistics_from_moments(*key_moments(u, weights))  # one shifted pass
 
 
-def token_statistics_from_moments(m: Float[Array, " d"], cov: Float[Array, "d d"]) -> dict:
-    """:func:`token_statistics` from the mean ``m`` and covariance ``Sigma`` of the unit tokens."""
-    ev = jnp.maximum(jnp.linalg.eigvalsh(cov), 0.0)
+def covariance_spectrum(x: Float[Array, "N d"], m: Float[Array, " d"], cov: Float[Array, "d d"] | None = None,
+                        weights=None) -> Float[Array, " d"]:
+    """The ``d`` eigenvalues (ascending, clipped at 0) of ``Sigma = Xc^T diag(w) Xc``, ``Xc = X - 1 m^T``.
+
+    ``w`` are the normalised masses (``None``: ``1/N``). For ``N < d`` (a Python ``if`` on the
+    static shapes) they come from the ``N x N`` Gram matrix ``diag(sqrt w) Xc Xc^T diag(sqrt w)``,
+    which has the same non-zero eigenvalues (rank ``Sigma <= N - 1``), padded with ``d - N``
+    zeros: ``O(N^2 d + N^3)`` instead of the ``O(d^3)`` ``eigvalsh(Sigma)`` (``cov``, needed only
+    then). Every consumer of the spectrum therefore sees the same ``d`` values either way, equal to
+    round-off (``tests/test_diagnostics.py``).
+    """
+    if x.shape[0] < x.shape[1]:
+        return _gram_spectrum(x, m, probabilities(weights, x.shape[0], x.dtype))[0]
+    return jnp.maximum(jnp.linalg.eigvalsh(cov), 0.0)
+
+
+def _gram_spectrum(x, m, p):
+    """:func:`covariance_spectrum` by the Gram route, and ``tr Sigma`` (= ``tr G``)."""
+    n, d = x.shape
+    sw = jnp.sqrt(p) if p is not None else jnp.full((n,), 1.0 / np.sqrt(n), x.dtype)
+    a = (x - m) * sw[:, None]
+    gram = matmul(a, a.T)
+    ev = spectrum_from_gram(gram)[::-1] ** 2  # ascending eigenvalues of G, clipped at 0
+    return jnp.concatenate([jnp.zeros((d - n,), x.dtype), ev]), jnp.trace(gram)
+
+
+def token_statistics_from_moments(m: Float[Array, " d"], cov: Float[Array, "d d"], x=None, weights=None) -> dict:
+    """:func:`token_statistics` from the mean ``m`` and covariance ``Sigma`` of the unit tokens.
+
+    With the tokens ``x`` (N, d) and their ``weights`` the spectrum of ``Sigma`` comes from the
+    smaller of the ``d x d`` and ``N x N`` forms (:func:`covariance_spectrum`).
+    """
+    ev = jnp.maximum(jnp.linalg.eigvalsh(cov), 0.0) if x is None else covariance_spectrum(x, m, cov, weights)
+    return _token_record(m, ev, jnp.trace(cov))
+
+
+def _token_record(m, ev, tr):
     m2 = jnp.sum(m * m)
     # |X - 1 m^T|_F^2 / |X|_F^2 = tr(Sigma) / E|u|^2, and E|u|^2 = 1 for the normalised rows
     return {
         "order_parameter": jnp.sqrt(m2),
         "mean_cosine": m2,
         "covariance_effective_rank": effective_rank(ev),
-        "collapse_residual": jnp.sqrt(jnp.maximum(jnp.trace(cov), 0.0)),
+        "collapse_residual": jnp.sqrt(jnp.maximum(tr, 0.0)),
     }
 
 
@@ -198,7 +240,7 @@ def linear_diagnostics(field: AttentionField, xt: Float[Array, "d N"], query_idx
         att = attention_statistics(kernel, q, xt.T, weights)
     else:
         att = attention_statistics(kernel, q, xt[:, key_idx].T, _sample_masses(xt.shape[1], key_idx, weights, xt.dtype))
-    out = token_statistics_from_moments(m, cov)
+    out = token_statistics_from_moments(m, cov, xt.T, weights)  # N < d: the N x N Gram route
     _attention_record(out, att)
     out["entropy_rate"] = jnp.asarray(field.mobility, xt.dtype) * kernel.mean_divergence(m, cov)
     out["norm_drift"] = drift
