@@ -92,7 +92,7 @@ def _make(folder: Path) -> None:
     os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask; a umask of 000 must not widen it
 
 
-def make_private(folder) -> Path:
+def make_private(folder: str | os.PathLike[str]) -> Path:
     """``folder`` and its missing parents created as ``0700`` folders whatever the umask; then
     ``folder`` itself checked (:func:`check_folder`)."""
     folder = Path(folder)
@@ -119,7 +119,7 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))  # mkdtemp creates 0700 whatever the umask
 
 
-def file_digest(path) -> str:
+def file_digest(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
@@ -127,12 +127,12 @@ def file_digest(path) -> str:
     return h.hexdigest()
 
 
-def digest_path(path) -> Path:
+def digest_path(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     return path.with_name(path.name + DIGEST_SUFFIX)
 
 
-def verify(path) -> str | None:
+def verify(path: str | os.PathLike[str]) -> str | None:
     """Why the cached file ``path`` must not be used, in a few words, or ``None`` when it may:
     checked as :func:`check_file`, with a digest file (:func:`publish`) that matches its content."""
     path = Path(path)
@@ -158,12 +158,12 @@ def verify(path) -> str | None:
     return None
 
 
-def _fsync(path) -> None:
+def _fsync(path: str | os.PathLike[str]) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
 
 
-def publish(tmp, target) -> str:
+def publish(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> str:
     """Rename the finished temporary file ``tmp`` (in ``target``'s folder) onto ``target`` and
     record its digest beside it; both made ``0600`` and fsynced first. Returns the digest."""
     tmp, target = Path(tmp), Path(target)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
 
-def register(registry: dict, cls: type) -> None:
+
+def register(registry: dict[str, Any], cls: type) -> None:
     """Add ``cls`` to ``registry`` under ``cls.name`` if the class itself defines a string ``name``
     (abstract intermediates and aliases do not)."""
     name = cls.__dict__.get("name")

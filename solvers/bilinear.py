@@ -30,19 +30,21 @@ finds each head's log-normaliser), memory O(n^2 + n * key_block).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, Callable, ClassVar, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, DTypeLike, Float, Int
 
+from solvers._typing import Weights
 from solvers.kernels import AbstractKernel, spectrum_from_factor
 from solvers.streaming import _key_blocks, _safe_max, factor_update
 
 
-def _map_blocks(fn, q, pos, block: int):
+def _map_blocks(fn: Callable[[Array, Array], Any], q: Float[Array, "n d"], pos: Int[Array, " n"], block: int) -> Any:
     """``fn(q_block, pos_block)`` over row blocks (``lax.map``), concatenated; memory bound."""
     n, d = q.shape
     if n <= block:
@@ -76,7 +78,7 @@ class Bilinear(AbstractKernel):
     family: ClassVar[str] = "matrix"  # not tabulated by the grid solvers
     normalized: ClassVar[bool] = True
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         shapes = [np.shape(m) for m in (self.B, self.V, self.O) if m is not None]
         heads = {s[0] for s in shapes if len(s) == 3}
         if any(len(s) not in (2, 3) or s[-1] != s[-2] for s in shapes) or len(heads) > 1:
@@ -89,11 +91,11 @@ class Bilinear(AbstractKernel):
                 return int(np.shape(m)[0])
         return 1
 
-    def _mats(self, dtype):
+    def _mats(self, dtype: DTypeLike) -> list[tuple[Array | None, Array | None, float]]:
         """Per head ``(B_h or None, M_h = O_h V_h or None, scale)``: ``None`` is the identity."""
         H = self.heads
 
-        def get(m, h):
+        def get(m: Array | None, h: int) -> Array | None:
             if m is None:
                 return None
             m = jnp.asarray(m, dtype)
@@ -106,14 +108,15 @@ class Bilinear(AbstractKernel):
             out.append((b, m, 1.0 / H if o is None else 1.0))
         return out
 
-    def _positions(self, q, k, positions):
+    def _positions(self, q: Float[Array, "n d"], k: Float[Array, "N d"], positions: Int[Array, " n"] | None) -> Int[Array, " n"]:
         if positions is not None:
             return jnp.asarray(positions, jnp.int32)
         if self.causal and q.shape[0] != k.shape[0]:
             raise ValueError(f"causal Bilinear: {q.shape[0]} queries over {k.shape[0]} keys need positions=")
         return jnp.arange(q.shape[0], dtype=jnp.int32)
 
-    def _head_pass(self, q, pos, k, weights, b, m, with_div):
+    def _head_pass(self, q: Float[Array, "n d"], pos: Int[Array, " n"], k: Float[Array, "N d"], weights: Weights, b: Array | None, m: Array | None,
+                   with_div: bool) -> tuple[Float[Array, "n d"], Float[Array, " n"], Float[Array, " n"]]:
         """One head over key blocks: ``(g (n, d), tr J/alpha, x^T J x/alpha)`` (zeros if not with_div)."""
         dtype = q.dtype
         a = jnp.asarray(self.alpha, dtype)
@@ -125,14 +128,14 @@ class Bilinear(AbstractKernel):
         mk = kb if m is None else kb @ m.T  # rows M k_j
         cj = jnp.sum(bk * mk, axis=-1)  # <B k_j, M k_j>
 
-        def run(qq, pp):
+        def run(qq: Array, pp: Array) -> tuple[Array, Array, Array]:
             qb = qq if b is None else qq @ b  # rows B^T q
             qm = qq if m is None else qq @ m  # rows M^T q
             n = qq.shape[0]
             z = jnp.zeros((n,), dtype)
             init = (jnp.full((n,), -jnp.inf, dtype), z, jnp.zeros((n, d), dtype), z, z)
 
-            def body(c, xs):
+            def body(c: Any, xs: Any) -> tuple[Any, None]:
                 mx0, l0, acc0, accc0, acc20 = c
                 kblk, ok, wblk, jj, cblk, bkb = xs
                 okq = ok[None, :] & (jj[None, :] <= pp[:, None]) if self.causal else ok[None, :]
@@ -165,7 +168,7 @@ class Bilinear(AbstractKernel):
 
         return _map_blocks(run, q, pos, self.query_block)
 
-    def _field(self, q, k, weights, positions, with_div):
+    def _field(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights, positions: Int[Array, " n"] | None, with_div: bool) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         dtype = q.dtype
         pos = self._positions(q, k, positions)
         a = jnp.asarray(self.alpha, dtype)
@@ -177,14 +180,14 @@ class Bilinear(AbstractKernel):
             div = div + sc * a * (tr - xjx)
         return f, div - (q.shape[-1] - 1) * jnp.sum(q * f, axis=-1)
 
-    def drive(self, q, k, weights=None, positions=None):
+    def drive(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None, positions: Int[Array, " n"] | None = None) -> Float[Array, "n d"]:
         """``F(q_i) = sum_h O_h V_h sum_j A^h_ij k_j`` (n, d)."""
         if self.heads == 1 and self._mats(q.dtype)[0][1] is None:
             return self._head_pass(q, self._positions(q, k, positions), k, weights,
                                    self._mats(q.dtype)[0][0], None, False)[0]
         return self._field(q, k, weights, positions, False)[0]
 
-    def drive_and_divergence(self, q, k, weights=None, positions=None):
+    def drive_and_divergence(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None, positions: Int[Array, " n"] | None = None) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """``(F, div_S P_x F)`` at unit queries (closed form of the module docstring)."""
         return self._field(q, k, weights, positions, True)
 
@@ -198,14 +201,14 @@ class Bilinear(AbstractKernel):
             total += (1.0 if m is None else float(np.linalg.norm(m, 2))) / (self.heads if o is None else 1.0)
         return total
 
-    def logits(self, q, k):
+    def logits(self, q: Float[Array, "n d"], k: Float[Array, "N d"]) -> Float[Array, "n N"]:
         """Dense head-averaged logits ``(1/H) sum_h alpha <q_i, B_h k_j>`` (n, N): for tests and
         small problems only."""
         mats = self._mats(q.dtype)
         a = jnp.asarray(self.alpha, q.dtype)
-        return sum(a * ((q if b is None else q @ b) @ k.T) for b, _, _ in mats) / len(mats)
+        return cast(Array, sum(a * ((q if b is None else q @ b) @ k.T) for b, _, _ in mats) / len(mats))
 
-    def attention_statistics(self, q, k, weights=None, positions=None):
+    def attention_statistics(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None, positions: Int[Array, " n"] | None = None) -> tuple[Float[Array, " n"], dict[str, Float[Array, " n"]]]:
         """Spectrum and row statistics of the head-averaged attention rows (module docstring)."""
         dtype = q.dtype
         pos = self._positions(q, k, positions)
@@ -218,14 +221,14 @@ class Bilinear(AbstractKernel):
         qbs = jnp.stack([q if b is None else q @ b for b, _, _ in self._mats(dtype)])  # (H, n, d)
         H, n = qbs.shape[0], q.shape[0]
 
-        def logits(kblk, ok, jj):
+        def logits(kblk: Array, ok: Array, jj: Array) -> tuple[Array, Array]:
             if self.causal:
                 okq = ok[None, :] & (jj[None, :] <= pos[:, None])
             else:
                 okq = jnp.broadcast_to(ok[None, :], (n, ok.shape[0]))
             return a * jnp.einsum("hnd,kd->hnk", qbs, kblk), okq
 
-        def first(c, xs):
+        def first(c: Any, xs: Any) -> tuple[Any, None]:
             mx0, l0, sm0, cnt0 = c
             kblk, ok, wblk, jj = xs
             s, okq = logits(kblk, ok, jj)
@@ -244,7 +247,7 @@ class Bilinear(AbstractKernel):
         cnt = jnp.where(cnt > 0, cnt, 1.0)
         mean = sm / cnt
 
-        def second(c, xs):
+        def second(c: Any, xs: Any) -> tuple[Any, None]:
             gram, ent, mxw, m2 = c
             kblk, ok, wblk, jj = xs
             s, okq = logits(kblk, ok, jj)
@@ -261,7 +264,7 @@ class Bilinear(AbstractKernel):
                 "logit_std": jnp.sqrt(jnp.maximum(m2 / cnt, 0.0))}
         return spectrum_from_factor(gram), rows
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """JSON-able description (matrices summarised by their shape)."""
         shape = lambda m: "identity" if m is None else list(np.shape(m))  # noqa: E731
         return {"name": self.name, "alpha": float(self.alpha), "heads": self.heads, "causal": self.causal,

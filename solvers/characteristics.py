@@ -21,25 +21,31 @@ Time stepping: Heun's method with the metric-projection retraction (second order
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jaxtyping import Array, Float
+
+from ._typing import ProfileKernel, Scalar
+
+if TYPE_CHECKING:
+    from .kernels import AbstractKernel
 
 Field = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
-def _normalize(x):
+def _normalize(x: Float[Array, "N d"]) -> Float[Array, "N d"]:
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _project(x, f):
+def _project(x: Float[Array, "N d"], f: Float[Array, "N d"]) -> Float[Array, "N d"]:
     return f - jnp.sum(x * f, axis=-1, keepdims=True) * x
 
 
-def dense_field(kernel, mobility: float = 1.0) -> Field:
+def dense_field(kernel: AbstractKernel, mobility: Scalar = 1.0) -> Field:
     """Mean-field velocity and divergence of the empirical measure of ``x`` (self-attention),
     from dense matrices; ``kernel`` a kernel object of ``solvers.kernels`` (its family is read):
 
@@ -55,7 +61,7 @@ def dense_field(kernel, mobility: float = 1.0) -> Field:
         raise ValueError(f"dense_field: {kernel!r} is not a kernel object of the moments or profile family")
     alpha = kernel.alpha
 
-    def field(x):
+    def field(x: Float[Array, "N d"]) -> tuple[Float[Array, "N d"], Float[Array, " N"]]:
         n, d = x.shape
         if family == "moments":
             m = jnp.mean(x, axis=0)
@@ -64,13 +70,13 @@ def dense_field(kernel, mobility: float = 1.0) -> Field:
             div = -(d - 1) * x @ m + alpha * (jnp.trace(S) - d * jnp.sum((x @ S) * x, axis=1))
         else:
             G = x @ x.T
-            if kernel.normalized:
+            if cast(ProfileKernel, kernel).normalized:
                 W = jax.nn.softmax(alpha * G, axis=1)
             else:
                 W = jnp.exp(alpha * G) / n
             F = W @ x
             xg = jnp.sum(x * F, axis=1)
-            if kernel.normalized:
+            if cast(ProfileKernel, kernel).normalized:
                 div = alpha * (1.0 - jnp.sum(W * G**2, axis=1) - jnp.sum(F * F, axis=1) + xg**2) - (d - 1) * xg
             else:
                 div = jnp.sum(W * (alpha * (1.0 - G**2) - (d - 1) * G), axis=1)
@@ -79,7 +85,7 @@ def dense_field(kernel, mobility: float = 1.0) -> Field:
     return field
 
 
-def heun_step(field: Field, x, logrho, h):
+def heun_step(field: Field, x: Float[Array, "N d"], logrho: Float[Array, " N"], h: Scalar) -> tuple[Float[Array, "N d"], Float[Array, " N"]]:
     """One Heun step of the characteristics system (second order)."""
     v0, d0 = field(x)
     xs = _normalize(x + h * v0)
@@ -87,7 +93,7 @@ def heun_step(field: Field, x, logrho, h):
     return _normalize(x + 0.5 * h * (v0 + v1)), logrho - 0.5 * h * (d0 + d1)
 
 
-def particle_diagnostics(x, logrho, div) -> dict:
+def particle_diagnostics(x: Float[Array, "N d"], logrho: Float[Array, " N"], div: Float[Array, " N"]) -> dict[str, Float[Array, ""]]:
     """``order_parameter`` ``|m|``, ``entropy`` ``-mean(log rho)``, its standard error, ``entropy_rate``."""
     m = jnp.mean(x, axis=0)
     n = x.shape[0]
@@ -101,16 +107,16 @@ def particle_diagnostics(x, logrho, div) -> dict:
 
 
 @eqx.filter_jit
-def characteristics_rollout(field: Field, x0, logrho0, dt, n_steps: int, substeps: int = 1,
-                            return_states: bool = False):
+def characteristics_rollout(field: Field, x0: Float[Array, "N d"], logrho0: Float[Array, " N"], dt: Scalar, n_steps: int, substeps: int = 1,
+                            return_states: bool = False) -> tuple[Any, ...]:
     """``n_steps`` layers of length ``dt``, each ``substeps`` Heun steps; returns
     ``(x_final, logrho_final, diags)`` with diagnostics of shape ``(n_steps + 1,)`` (index 0 initial),
     and with ``return_states`` also the tokens after every layer, ``(n_steps + 1, N, d)``."""
 
-    def diag(x, lr):
+    def diag(x: Float[Array, "N d"], lr: Float[Array, " N"]) -> dict[str, Float[Array, ""]]:
         return particle_diagnostics(x, lr, field(x)[1])
 
-    def layer(carry, _):
+    def layer(carry: tuple[Array, Array], _: None) -> tuple[tuple[Array, Array], tuple[dict[str, Array], Any]]:
         x, lr = lax.fori_loop(0, substeps, lambda k, c: heun_step(field, c[0], c[1], dt / substeps), carry)
         return (x, lr), (diag(x, lr), x if return_states else None)
 

@@ -38,15 +38,17 @@ harmless — the convolution giving the velocity.
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, DTypeLike, Float
 
+from ._typing import MomentKernel, ProfileKernel, Scalar
 from .finite_volume import AbstractGridSolver, peak_fraction
-from .kernels import make_kernel
+from .kernels import AbstractKernel, make_kernel
 
 
 def circle_cell_averages(log_rho: Callable[[np.ndarray], np.ndarray], n_cells: int, n_sub: int = 8) -> np.ndarray:
@@ -61,7 +63,7 @@ def circle_cell_averages(log_rho: Callable[[np.ndarray], np.ndarray], n_cells: i
     return R / (R.sum() * h)
 
 
-def _conv(kernel_hat, w):
+def _conv(kernel_hat: Array, w: Float[Array, " n"]) -> Float[Array, " n"]:
     """Circular convolution ``(k * w)_j = sum_i k_{j-i} w_i`` via real FFTs."""
     return jnp.fft.irfft(kernel_hat * jnp.fft.rfft(w), n=w.shape[0])
 
@@ -69,7 +71,7 @@ def _conv(kernel_hat, w):
 class CircleSolver(AbstractGridSolver):
     """Periodic finite-volume solver on S^1; build with :func:`make_circle_solver`."""
 
-    kernel: eqx.Module  # alpha is an array leaf: solvers that differ only in it share compilations
+    kernel: AbstractKernel  # alpha is an array leaf: solvers that differ only in it share compilations
     n_cells: int = eqx.field(static=True)
     mobility: jax.Array  # velocity factor 1/M
     vbound: jax.Array  # a-priori bound on |v| (mobility included)
@@ -78,11 +80,11 @@ class CircleSolver(AbstractGridSolver):
     xc: jax.Array  # (n, 2) unit vectors at centers
     ef: jax.Array  # (n, 2) e_theta at right faces
     xf: jax.Array  # (n, 2) unit vectors at right faces
-    khat: dict | None  # rfft of the kernels at face ("k0f", "k1f") and centre offsets
+    khat: dict[str, jax.Array] | None  # rfft of the kernels at face ("k0f", "k1f") and centre offsets
     diffusion: jax.Array | None = None  # D of the Fokker-Planck term D rho'' (None: no noise)
     periodic: ClassVar[bool] = True
 
-    def rhs(self, rho):
+    def rhs(self, rho: Float[Array, " n"]) -> Float[Array, " n"]:
         """Transport (flux form, upwind MUSCL) plus ``D rho''`` (flux form, central)."""
         out = super().rhs(rho)
         if self.diffusion is None:
@@ -96,32 +98,34 @@ class CircleSolver(AbstractGridSolver):
             rate += float(self.diffusion) / float(self.h) ** 2
         return max(1, math.ceil(abs(dt) * rate / cfl - 1e-9))
 
-    def _fisher(self, rho):
+    def _fisher(self, rho: Float[Array, " n"]) -> Scalar:
         if self.diffusion is None:
             return 0.0
         lr = jnp.log(jnp.maximum(rho, jnp.finfo(rho.dtype).tiny))
         return self.diffusion / self.h * jnp.sum((jnp.roll(rho, -1) - rho) * (jnp.roll(lr, -1) - lr))
 
-    def _moment_field(self, w, x):
+    def _moment_field(self, w: Float[Array, " n"], x: Float[Array, "m 2"]) -> tuple[Float[Array, "m 2"], Float[Array, " m"]]:
         m = w @ self.xc
         Q = (self.xc * w[:, None]).T @ self.xc
-        return self.kernel.from_moments(x, m, Q - jnp.outer(m, m))
+        return cast(MomentKernel, self.kernel).from_moments(x, m, Q - jnp.outer(m, m))
 
-    def velocity(self, rho):
+    def velocity(self, rho: Float[Array, " n"]) -> Float[Array, " n"]:
         """Velocity at the right face of every cell, clipped to the a-priori bound."""
         w = rho * self.h
         if self.kernel.family == "moments":
             F, _ = self._moment_field(w, self.xf)
             v = jnp.sum(F * self.ef, axis=1)
         else:
-            num = _conv(self.khat["k1f"], w)
-            if self.kernel.normalized:
-                v = num / jnp.maximum(_conv(self.khat["k0f"], w), jnp.finfo(rho.dtype).tiny)
+            khat = self.khat
+            assert khat is not None  # set for the profile family
+            num = _conv(khat["k1f"], w)
+            if cast(ProfileKernel, self.kernel).normalized:
+                v = num / jnp.maximum(_conv(khat["k0f"], w), jnp.finfo(rho.dtype).tiny)
             else:
                 v = jnp.exp(self.kernel.alpha) * num
         return jnp.clip(v * self.mobility, -self.vbound, self.vbound)
 
-    def entropy_rate(self, rho):
+    def entropy_rate(self, rho: Float[Array, " n"]) -> Float[Array, ""]:
         """``E[div v]`` from the closed forms of docs/theory.md, d = 2, at cell centres."""
         w = rho * self.h
         if self.kernel.family == "moments":
@@ -129,15 +133,16 @@ class CircleSolver(AbstractGridSolver):
             return (w @ div) * self.mobility + self._fisher(rho)
         al = self.kernel.alpha
         k = self.khat
+        assert k is not None  # the profile family
         Sw, Gw, Xw, Yw = (_conv(k[name], w) for name in ("k0c", "k1c", "kcc", "kc2c"))
-        if self.kernel.normalized:
+        if cast(ProfileKernel, self.kernel).normalized:
             Sw = jnp.maximum(Sw, jnp.finfo(rho.dtype).tiny)
             div = al * (1.0 - Yw / Sw - (Gw / Sw) ** 2) - Xw / Sw
         else:
             div = jnp.exp(al) * (al * (Sw - Yw) - Xw)
         return (w @ div) * self.mobility + self._fisher(rho)
 
-    def diagnostics(self, rho) -> dict:
+    def diagnostics(self, rho: Float[Array, " n"]) -> dict[str, Any]:
         w = rho * self.h
         m = (w @ self.xc) / jnp.sum(w)  # per unit of mass: round-off drift must not give |m| > 1
         m = m / jnp.maximum(1.0, jnp.sqrt(m @ m))
@@ -156,8 +161,8 @@ class CircleSolver(AbstractGridSolver):
         }
 
 
-def make_circle_solver(n_cells: int, kernel="linear", alpha=None, mobility: float = 1.0, dtype=None,
-                       diffusion: float = 0.0) -> CircleSolver:
+def make_circle_solver(n_cells: int, kernel: str | AbstractKernel = "linear", alpha: Scalar | None = None,
+                       mobility: float = 1.0, dtype: DTypeLike | None = None, diffusion: float = 0.0) -> CircleSolver:
     """Build a :class:`CircleSolver` on ``n_cells`` cells of ``[-pi, pi)`` (kernel FFTs done here,
     once). ``kernel`` is a kernel object, or a name with ``alpha`` (``solvers.kernels.make_kernel``);
     ``mobility`` multiplies the velocity (``1/M``); ``diffusion`` is ``D >= 0`` of the term
@@ -173,7 +178,7 @@ def make_circle_solver(n_cells: int, kernel="linear", alpha=None, mobility: floa
     if alpha < 0 or not 0 < mobility <= 1:
         raise ValueError(f"circle solver: alpha={alpha} must be >= 0 and mobility={mobility} in (0, 1]")
     dtype = jnp.zeros(0).dtype if dtype is None else jnp.dtype(dtype)
-    kernel = eqx.tree_at(lambda k: k.alpha, kernel, jnp.asarray(alpha, dtype))
+    kernel = cast(AbstractKernel, eqx.tree_at(lambda k: k.alpha, kernel, jnp.asarray(alpha, dtype)))
     h = 2 * np.pi / n_cells
     centers = -np.pi + h * (np.arange(n_cells) + 0.5)
     faces = centers + 0.5 * h

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, DTypeLike, Float, Int
+
+from ._typing import Scalar
 
 from .sphere import normalize, rowdot
 from .streaming import map_query_blocks
@@ -48,7 +50,7 @@ def softmax_drive(x: Float[Array, "B n d"], beta: Float[Array, " B"]) -> Float[A
 
 
 def layer_update(
-    x: Float[Array, "B n d"], g: Float[Array, "B n n"], beta: Float[Array, " B"], h
+    x: Float[Array, "B n d"], g: Float[Array, "B n n"], beta: Float[Array, " B"], h: Scalar
 ) -> Float[Array, "B n d"]:
     """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` given the Gram matrices
     ``g = gram(x)`` (so a caller that needs ``g`` anyway, for statistics, computes it once).
@@ -62,7 +64,7 @@ def layer_update(
     return normalize(x + scale[..., None] * jnp.einsum("bij,bjd->bid", w, x))
 
 
-def layer_step(x: Float[Array, "B n d"], beta: Float[Array, " B"], h) -> Float[Array, "B n d"]:
+def layer_step(x: Float[Array, "B n d"], beta: Float[Array, " B"], h: Scalar) -> Float[Array, "B n d"]:
     """One transformer layer ``x <- normalize(x + h sum_j A_ij x_j)`` (the ``Layer``
     scheme of :mod:`solvers.integrators`, mobility 1) for every system; ``x`` must have unit rows."""
     return layer_update(x, gram(x), beta, h)
@@ -73,7 +75,7 @@ def component_labels(adj: Bool[Array, "... n n"]) -> Int[Array, "... n"]:
     n = adj.shape[-1]
     lab0 = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), adj.shape[:-1])
 
-    def body(state):
+    def body(state: tuple[Array, Array]) -> tuple[Array, Array]:
         lab, _ = state
         new = jnp.minimum(lab, jnp.min(jnp.where(adj, lab[..., None, :], n), axis=-1))
         return new, jnp.any(new != lab)
@@ -97,7 +99,7 @@ def count_components(adj: Bool[Array, "... n n"]) -> Int[Array, "..."]:
     return jnp.sum(component_labels(adj) == idx, axis=-1, dtype=jnp.int32)
 
 
-def matrix_rank01(a: Bool[Array, "... n n"], dtype=jnp.float64) -> Int[Array, "..."]:
+def matrix_rank01(a: Bool[Array, "... n n"], dtype: DTypeLike = jnp.float64) -> Int[Array, "..."]:
     """Rank (over the reals) of square 0/1 matrices ``a`` -- the cluster count of the reference
     code of Geshkovski et al., which takes the rank of the thresholded Gram matrix.
 
@@ -114,7 +116,7 @@ def matrix_rank01(a: Bool[Array, "... n n"], dtype=jnp.float64) -> Int[Array, ".
     tol = jnp.sqrt(jnp.finfo(dtype).eps)
     rows = jnp.arange(n)
 
-    def body(k, c):
+    def body(k: Array, c: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         m, used, rank = c
         col = lax.dynamic_index_in_dim(m, k, axis=-1, keepdims=False)
         cand = jnp.where(used, 0.0, jnp.abs(col))
@@ -131,7 +133,9 @@ def matrix_rank01(a: Bool[Array, "... n n"], dtype=jnp.float64) -> Int[Array, ".
     return lax.fori_loop(0, n, body, init)[2]
 
 
-def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshold, g=None, clusters="components"):
+def gram_statistics(x: Float[Array, "... n d"], pair_threshold: Scalar, cluster_threshold: Scalar,
+                    g: Float[Array, "... n n"] | None = None, clusters: str = "components"
+                    ) -> tuple[Int[Array, "..."], Int[Array, "..."], Float[Array, "..."]]:
     """Statistics of systems of unit tokens from their Gram matrices ``g`` (computed when not
     given; leading axes are a batch):
 
@@ -158,7 +162,8 @@ def gram_statistics(x: Float[Array, "... n d"], pair_threshold, cluster_threshol
     return pairs, count, jnp.sqrt(jnp.sum(m * m, axis=-1))
 
 
-def gram_statistics_blocked(x: Float[Array, "n d"], pair_threshold, cluster_threshold, block: int):
+def gram_statistics_blocked(x: Float[Array, "n d"], pair_threshold: Scalar, cluster_threshold: Scalar, block: int
+                            ) -> tuple[Int[Array, ""], Int[Array, ""], Float[Array, ""]]:
     """:func:`gram_statistics` for large ``n`` without an ``n x n`` array: rows of the Gram matrix
     are formed ``block`` at a time (``lax.map``), memory ``O(block n)``. The component count
     recomputes the row blocks at every propagation pass (``O(n^2 d)`` each)."""
@@ -169,7 +174,7 @@ def gram_statistics_blocked(x: Float[Array, "n d"], pair_threshold, cluster_thre
     pairs = jnp.sum(over, dtype=jnp.int32) - jnp.sum(rowdot(x, x) > pt, dtype=jnp.int32)
     idx = jnp.arange(n, dtype=jnp.int32)
 
-    def body(state):
+    def body(state: tuple[Array, Array]) -> tuple[Array, Array]:
         lab, _ = state
         new = map_query_blocks(lambda q: jnp.min(jnp.where(q @ x.T > ct, lab[None, :], n), axis=1), x, block)
         new = jnp.minimum(new, lab)

@@ -25,19 +25,22 @@ on the local rows.
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
-from .kernels import KERNELS
+from ._typing import Scalar
+from .kernels import KERNELS, AbstractKernel
 from .sphere import project
 from .streaming import Moments, map_query_blocks, weighted_moments
 
 STRATEGIES = ("gather", "ring")
 
 
-def shardable(kernel) -> bool:
+def shardable(kernel: object) -> bool:
     """Whether a kernel (class or object) has a token-sharded drive: from all-reduced key moments
     (``drive_from_key_moments``, the linear kernel) or from streamed moments folded around a ring
     or over gathered keys (``drive_from_moments``, softmax and usa)."""
@@ -49,7 +52,7 @@ def shardable_kernels() -> tuple[str, ...]:
     return tuple(name for name, cls in KERNELS.items() if shardable(cls))
 
 
-def _moments_drive(kernel, x, axis):
+def _moments_drive(kernel: Any, x: Float[Array, "n d"], axis: str) -> Float[Array, "n d"]:
     c = lax.all_gather(x[0], axis)[0]  # one global token: the shift
     y = x - c
     count = lax.psum(jnp.asarray(x.shape[0], x.dtype), axis)
@@ -66,11 +69,11 @@ def _merge(a: Moments, b: Moments) -> Moments:
     return Moments(mx, a.l * sa + b.l * sb, a.acc * sa[:, None] + b.acc * sb[:, None], a.acc2)
 
 
-def _ring_moments(kernel, x, axis, n_shards: int) -> Moments:
+def _ring_moments(kernel: Any, x: Float[Array, "n d"], axis: str, n_shards: int) -> Moments:
     alpha = jnp.asarray(kernel.alpha, x.dtype)
     prec = getattr(kernel, "matmul_precision", "highest")
 
-    def moments(k):
+    def moments(k: Float[Array, "n d"]) -> Moments:
         return map_query_blocks(lambda q: weighted_moments(q, k, alpha, kernel.key_block, with_acc2=False,
                                                            precision=prec), x, kernel.query_block)
 
@@ -83,7 +86,7 @@ def _ring_moments(kernel, x, axis, n_shards: int) -> Moments:
     return mo
 
 
-def sharded_drive(kernel, x: Float[Array, "n d"], axis: str, strategy: str = "gather") -> Float[Array, "n d"]:
+def sharded_drive(kernel: Any, x: Float[Array, "n d"], axis: str, strategy: str = "gather") -> Float[Array, "n d"]:
     """``sum_j A_ij x_j`` for the local rows ``x`` of a token-sharded system (inside ``shard_map``)."""
     if not shardable(kernel):
         raise ValueError(f"no sharded drive for kernel {type(kernel).__name__}; kernels with one: "
@@ -103,15 +106,15 @@ class ShardedAttentionField(eqx.Module):
     """:class:`solvers.AttentionField` for a token-sharded system: ``drive`` and ``velocity`` of
     the local rows, with the communication of the module doc. Only valid inside ``shard_map``."""
 
-    kernel: eqx.Module
-    mobility: float | Array = 1.0
+    kernel: AbstractKernel
+    mobility: Scalar = 1.0
     axis: str = eqx.field(static=True, default="tokens")
     strategy: str = eqx.field(static=True, default="gather")
 
-    def drive(self, x):
+    def drive(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
         return jnp.asarray(self.mobility, x.dtype) * sharded_drive(self.kernel, x, self.axis, self.strategy)
 
-    def velocity(self, x):
+    def velocity(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
         return project(x, self.drive(x))
 
 

@@ -29,12 +29,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, DTypeLike, Float
 
 KQ_OPTIONS = ("identity", "gaussian", "wigner", "goe")
 V_OPTIONS = ("identity", "gaussian", "+kq", "-kq")
 
 
-def random_weights(key, d: int, kq: str = "goe", v: str = "identity", heads: int = 1, dtype=None):
+def random_weights(key: Array, d: int, kq: str = "goe", v: str = "identity", heads: int = 1,
+                   dtype: DTypeLike | None = None) -> tuple[Float[Array, "heads d d"], Float[Array, "heads d d"]]:
     """Draw ``(B, V)``, each ``(heads, d, d)``, from the ensembles of the module docstring."""
     if kq not in KQ_OPTIONS:
         raise ValueError(f"unknown kq ensemble {kq!r}; expected one of: {', '.join(KQ_OPTIONS)}")

@@ -21,17 +21,23 @@ them (``meanfield.stats.diagnostics.linear_diagnostics``), so a save costs no ex
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float
+from jaxtyping import Array, DTypeLike, Float
 
 from . import native as _native
+from ._typing import Scalar, Steps, Weights
 from .kernels import probabilities
+
+if TYPE_CHECKING:  # integrators imports this module
+    from .integrators import AbstractIntegrator, AttentionField
 
 SCHEMES = ("layer", "euler", "heun")
 
 
-def _rowdot(a, b):
+def _rowdot(a: Float[Array, "d *rest"], b: Float[Array, "d *rest"]) -> Float[Array, "*rest"]:
     out = a[0] * b[0]
     for i in range(1, a.shape[0]):
         out = out + a[i] * b[i]
@@ -47,13 +53,13 @@ MOMENT_CHUNK = 4096
 """Columns per chunk of the moment pass (d x 4096 float32 = 64 KiB stays in L2 for both products)."""
 
 
-def _sums(y, p):
+def _sums(y: Float[Array, "d N"], p: Float[Array, " N"] | None) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
     """``sum_j p_j y_j`` and ``sum_j p_j y_j y_j^T`` of the columns of ``y`` (``p=None``: unit weights)."""
     yp = y if p is None else y * p[None, :]
     return jnp.sum(yp, axis=1), yp @ y.T
 
 
-def moments(xt: Float[Array, "d N"], weights=None):
+def moments(xt: Float[Array, "d N"], weights: Weights = None) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
     """Key mean ``m`` and covariance ``Sigma`` of the columns (mass-weighted), shifted by ``c = x_0``
     as ``solvers.kernels.key_moments`` (no cancellation near collapse).
 
@@ -67,7 +73,7 @@ def moments(xt: Float[Array, "d N"], weights=None):
     p = probabilities(weights, n, xt.dtype)
     k = n // MOMENT_CHUNK
 
-    def chunk(i, acc):
+    def chunk(i: Array, acc: tuple[Float[Array, " d"], Float[Array, "d d"]]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
         y = lax.dynamic_slice_in_dim(xt, i * MOMENT_CHUNK, MOMENT_CHUNK, axis=1) - c[:, None]
         pc = None if p is None else lax.dynamic_slice_in_dim(p, i * MOMENT_CHUNK, MOMENT_CHUNK)
         s1, s2 = _sums(y, pc)
@@ -79,7 +85,7 @@ def moments(xt: Float[Array, "d N"], weights=None):
     return _finish((s1 + t1, s2 + t2, c), n if p is None else 1)
 
 
-def _finish(sums, total):
+def _finish(sums: tuple[Array, ...], total: int | Array) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
     """``(m, Sigma)`` from shifted sums ``(s1, s2, c)`` of the columns: ``s1 = sum_j p_j (x_j - c)``,
     ``s2 = sum_j p_j (x_j - c)(x_j - c)^T`` over a total mass ``total`` (as :func:`moments` and
     :func:`solvers.native.linear_moments` accumulate them)."""
@@ -97,14 +103,16 @@ def norm_drift(xt: Float[Array, "d N"]) -> Float[Array, ""]:
     return jnp.maximum(jnp.sqrt(jnp.max(s)) - 1.0, 1.0 - jnp.sqrt(jnp.min(s)))
 
 
-def _coefficients(field, xt, mc):
+def _coefficients(field: AttentionField, xt: Float[Array, "d N"], mc: tuple[Float[Array, " d"], Float[Array, "d d"]]
+                  ) -> tuple[Float[Array, "d d"], Float[Array, " d"]]:
     """``F = (1/M)(m + alpha Sigma x) = K x + b`` as the matrix ``K`` (d, d) and vector ``b`` (d,)."""
     m, cov = mc
     mob = jnp.asarray(field.mobility, xt.dtype)
     return mob * jnp.asarray(field.kernel.alpha, xt.dtype) * cov, mob * m
 
 
-def _affine(mat, b, xt, scale=None, shift=None):
+def _affine(mat: Float[Array, "d d"], b: Float[Array, " d"], xt: Float[Array, "d N"], scale: Array | None = None,
+            shift: Array | None = None) -> list[Float[Array, " N"]]:
     """Rows ``(mat x + b)_i`` (times the per-token ``scale``, plus ``shift * x_i``), unrolled over d,
     as a list of d rows of length N."""
     rows = []
@@ -120,7 +128,8 @@ def _affine(mat, b, xt, scale=None, shift=None):
     return rows
 
 
-def _affine_full(mat, b, xt, scale=None, shift=None):
+def _affine_full(mat: Float[Array, "d d"], b: Float[Array, " d"], xt: Float[Array, "d N"], scale: Array | None = None,
+                 shift: Array | None = None) -> Float[Array, "d N"]:
     """The same as one ``(d, N)`` array built by broadcasting (no concatenation: XLA:CPU emits a
     concatenate of d rows as a slower loop than one elementwise pass)."""
     out = b[:, None] + mat[:, 0:1] * xt[0:1]
@@ -133,13 +142,13 @@ def _affine_full(mat, b, xt, scale=None, shift=None):
     return out
 
 
-def _barrier(*a):
+def _barrier(*a: Array | float) -> tuple[Array, ...]:
     """Materialise the per-token (N,) scalars: without it XLA fuses them into every output entry and
     recomputes the d x d products d times (measured 2x slower at N = 10^6, d = 4)."""
     return lax.optimization_barrier(a)
 
 
-def _layer(field, xt, h, mc):
+def _layer(field: AttentionField, xt: Float[Array, "d N"], h: Array, mc: tuple[Float[Array, " d"], Float[Array, "d d"]]) -> Float[Array, "d N"]:
     """``normalize(x + h F)``: ``x + h F = A x + h b`` with ``A = I + h K``; the per-token norm
     is computed first (one (N,) array), so the output pass does d fused multiply-adds per entry."""
     k, b = _coefficients(field, xt, mc)
@@ -148,7 +157,7 @@ def _layer(field, xt, h, mc):
     return _affine_full(a, h * b, xt, scale=r)
 
 
-def _euler(field, xt, h, mc):
+def _euler(field: AttentionField, xt: Float[Array, "d N"], h: Array, mc: tuple[Float[Array, " d"], Float[Array, "d d"]]) -> Float[Array, "d N"]:
     """``normalize(x + h P_x F) = normalize((1 - h s) x + h F)``, ``s = <x, F>``."""
     k, b = _coefficients(field, xt, mc)
     f = _affine(k, b, xt)
@@ -160,7 +169,7 @@ def _euler(field, xt, h, mc):
     return _affine_full(k, b, xt, scale=hr, shift=cr)
 
 
-def _velocity(field, xt, mc=None):
+def _velocity(field: AttentionField, xt: Float[Array, "d N"], mc: tuple[Float[Array, " d"], Float[Array, "d d"]] | None = None) -> Float[Array, "d N"]:
     """``P_x F = F - <x, F> x``, materialised (Heun uses it twice)."""
     k, b = _coefficients(field, xt, moments(xt, field.weights) if mc is None else mc)
     (s,) = _barrier(sum(xt[i] * f for i, f in enumerate(_affine(k, b, xt))))
@@ -168,13 +177,14 @@ def _velocity(field, xt, mc=None):
     return v
 
 
-def _normalized(y):
+def _normalized(y: Float[Array, "d N"]) -> Float[Array, "d N"]:
     """``normalize(y)`` with the per-token norm materialised first (see :func:`_barrier`)."""
     (r,) = _barrier(lax.rsqrt(_rowdot(y, y)))
     return y * r[None, :]
 
 
-def _step(integrator, field, xt, h, mc=None):
+def _step(integrator: AbstractIntegrator, field: AttentionField, xt: Float[Array, "d N"], h: Array, mc: tuple[Float[Array, " d"], Float[Array, "d d"]] | None = None
+          ) -> Float[Array, "d N"]:
     name = integrator.name
     mc = moments(xt, field.weights) if mc is None else mc
     if name == "layer":
@@ -186,14 +196,14 @@ def _step(integrator, field, xt, h, mc=None):
     return _normalized(xt + (0.5 * h) * (v1 + v2))
 
 
-def native_fits(integrator, field, d: int, dtype) -> bool:
+def native_fits(integrator: AbstractIntegrator, field: AttentionField, d: int, dtype: DTypeLike) -> bool:
     """Whether the one-pass C++ kernel (:mod:`solvers.native`) can take these steps: ``layer`` or
     ``euler``, unit masses, float32/float64, ``d <= 64`` (not whether it is built, nor the backend)."""
     return (integrator.name in _native.SCHEME_CODES and field.weights is None and d <= 64
             and jnp.dtype(dtype) in (jnp.float32, jnp.float64))
 
 
-def _native_ok(integrator, field, xt, native) -> bool:
+def _native_ok(integrator: AbstractIntegrator, field: AttentionField, xt: Float[Array, "d N"], native: bool | None) -> bool:
     """Whether this step runs as the one-pass C++ kernel: :func:`native_fits`, on the CPU with the
     kernel built (``native=None``: auto; ``False``: never; ``True``: required)."""
     if native is False:
@@ -204,17 +214,19 @@ def _native_ok(integrator, field, xt, native) -> bool:
     return fits and _native.use_native(native)
 
 
-def _native_step(integrator, field, xt, h, mc):
+def _native_step(integrator: AbstractIntegrator, field: AttentionField, xt: Float[Array, "d N"], h: Array, mc: tuple[Float[Array, " d"], Float[Array, "d d"]]
+                 ) -> tuple[Array, Array, Array, Array]:
     k, b = _coefficients(field, xt, mc)
     return _native.linear_step(xt, k, b, h, integrator.name)
 
 
-def evaluations(integrator) -> int:
+def evaluations(integrator: AbstractIntegrator) -> int:
     """Field evaluations per step."""
     return 2 if integrator.name == "heun" else 1
 
 
-def advance(integrator, field, xt: Float[Array, "d N"], n_steps, h, native: bool | None = None):
+def advance(integrator: AbstractIntegrator, field: AttentionField, xt: Float[Array, "d N"], n_steps: Steps, h: Scalar,
+            native: bool | None = None) -> tuple[Float[Array, "d N"], Steps]:
     """``n_steps`` (may be traced) steps of ``integrator`` on the feature-major state; ``(xt, evals)``.
 
     On the CPU, ``layer`` and ``euler`` with unit masses run as the one-pass C++ kernel of
@@ -224,7 +236,7 @@ def advance(integrator, field, xt: Float[Array, "d N"], n_steps, h, native: bool
     h = jnp.asarray(h, xt.dtype)
     n = xt.shape[-1]
     if _native_ok(integrator, field, xt, native):
-        def body(_, carry):
+        def body(_: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
             y, sums = carry[0], carry[1:]
             return _native_step(integrator, field, y, h, _finish(sums, n))
 
@@ -234,7 +246,8 @@ def advance(integrator, field, xt: Float[Array, "d N"], n_steps, h, native: bool
     return xt, evaluations(integrator) * n_steps
 
 
-def step_with_moments(integrator, field, xt: Float[Array, "d N"], h, native: bool | None = None):
+def step_with_moments(integrator: AbstractIntegrator, field: AttentionField, xt: Float[Array, "d N"], h: Scalar,
+                      native: bool | None = None) -> tuple[Float[Array, "d N"], tuple[Float[Array, " d"], Float[Array, "d d"], Float[Array, ""]], int]:
     """One step, and ``(m, Sigma, norm_drift)`` of the starting state: ``(xt_new, stats, evals)``."""
     h = jnp.asarray(h, xt.dtype)
     if _native_ok(integrator, field, xt, native):
@@ -247,7 +260,8 @@ def step_with_moments(integrator, field, xt: Float[Array, "d N"], h, native: boo
     return xn, (mc[0], mc[1], norm_drift(xt)), evaluations(integrator)
 
 
-def start_carry(integrator, field, xt: Float[Array, "d N"], native: bool | None = None) -> tuple:
+def start_carry(integrator: AbstractIntegrator, field: AttentionField, xt: Float[Array, "d N"],
+                native: bool | None = None) -> tuple[Array, ...]:
     """What a run carries from step to step beside the state: on the native path the shifted sums
     ``(s1, s2, c)`` of ``xt`` that the next step needs (each native step returns those of its
     result); ``()`` on the XLA path, whose steps take their moments from the state."""
@@ -256,7 +270,9 @@ def start_carry(integrator, field, xt: Float[Array, "d N"], native: bool | None 
     return ()
 
 
-def advance_carry(integrator, field, xt: Float[Array, "d N"], carry: tuple, n_steps, h, native: bool | None = None):
+def advance_carry(integrator: AbstractIntegrator, field: AttentionField, xt: Float[Array, "d N"], carry: tuple[Array, ...],
+                  n_steps: Steps, h: Scalar, native: bool | None = None
+                  ) -> tuple[Float[Array, "d N"], tuple[Array, ...], Steps]:
     """:func:`advance` with the carry of :func:`start_carry`: ``(xt, carry, evals)``.
 
     The moments computed by a chunk's last step go to the next chunk instead of being recomputed,
@@ -266,7 +282,7 @@ def advance_carry(integrator, field, xt: Float[Array, "d N"], carry: tuple, n_st
     if carry:
         n = xt.shape[-1]
 
-        def body(_, state):
+        def body(_: Array, state: tuple[Array, ...]) -> tuple[Array, ...]:
             return _native_step(integrator, field, state[0], h, _finish(state[1:], n))
 
         out = lax.fori_loop(0, n_steps, body, (xt, *carry))
@@ -275,7 +291,9 @@ def advance_carry(integrator, field, xt: Float[Array, "d N"], carry: tuple, n_st
     return xt, (), evaluations(integrator) * n_steps
 
 
-def step_with_moments_carry(integrator, field, xt: Float[Array, "d N"], carry: tuple, h, native: bool | None = None):
+def step_with_moments_carry(integrator: AbstractIntegrator, field: AttentionField, xt: Float[Array, "d N"],
+                            carry: tuple[Array, ...], h: Scalar, native: bool | None = None
+                            ) -> tuple[Float[Array, "d N"], tuple[Array, ...], tuple[Float[Array, " d"], Float[Array, "d d"], Float[Array, ""]], int]:
     """:func:`step_with_moments` with the carry: ``(xt_new, carry, (m, Sigma, norm_drift), evals)``;
     the statistics of the starting state come from the carried sums on the native path."""
     if not carry:
@@ -286,7 +304,7 @@ def step_with_moments_carry(integrator, field, xt: Float[Array, "d N"], carry: t
     return y, tuple(sums), (mc[0], mc[1], norm_drift(xt)), evaluations(integrator)
 
 
-def moments_carry(field, xt: Float[Array, "d N"], carry: tuple):
+def moments_carry(field: AttentionField, xt: Float[Array, "d N"], carry: tuple[Array, ...]) -> tuple[Float[Array, " d"], Float[Array, "d d"], Float[Array, ""]]:
     """``(m, Sigma, norm_drift)`` of ``xt``, from the carried sums when there are any."""
     mc = _finish(carry, xt.shape[-1]) if carry else moments(xt, field.weights)
     return mc[0], mc[1], norm_drift(xt)

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
+
+from ._typing import Scalar
 
 CFL_POSITIVE = 0.5  # dt max|v| / h below which SSPRK3 + MC-MUSCL keeps u >= 0
 
@@ -50,7 +52,7 @@ def upwind_flux(v: Array, u_minus: Array, u_plus: Array) -> Array:
     return jnp.maximum(v, 0.0) * u_minus + jnp.minimum(v, 0.0) * u_plus
 
 
-def rhs_bounded(u: Float[Array, " n"], v_faces: Float[Array, " n+1"], h: float) -> Float[Array, " n"]:
+def rhs_bounded(u: Float[Array, " n"], v_faces: Float[Array, " n+1"], h: Scalar) -> Float[Array, " n"]:
     """``-d_x(u v)`` on an interval with no-flux ends (faces 0 and n carry zero flux).
 
     Slopes in the end cells use an even reflection, so the limiter sets them to zero.
@@ -64,19 +66,19 @@ def rhs_bounded(u: Float[Array, " n"], v_faces: Float[Array, " n+1"], h: float) 
     return -(flux[1:] - flux[:-1]) / h
 
 
-def rhs_periodic(u: Float[Array, " n"], v_faces: Float[Array, " n"], h: float) -> Float[Array, " n"]:
+def rhs_periodic(u: Float[Array, " n"], v_faces: Float[Array, " n"], h: Scalar) -> Float[Array, " n"]:
     """``-d_x(u v)`` on a periodic grid; ``v_faces[i]`` is the velocity at the right face of cell i."""
     s = mc_slopes(jnp.roll(u, 1), u, jnp.roll(u, -1))
     flux = upwind_flux(v_faces, u + 0.5 * s, jnp.roll(u - 0.5 * s, -1))
     return -(flux - jnp.roll(flux, 1)) / h
 
 
-def cfl_substeps(dt: float, vbound: float, h: float, cfl: float = 0.4) -> int:
+def cfl_substeps(dt: float, vbound: Scalar, h: Scalar, cfl: float = 0.4) -> int:
     """Number of equal substeps of a layer of length ``dt`` so that ``|v| dt_sub / h <= cfl``."""
     return max(1, math.ceil(abs(dt) * float(vbound) / (cfl * float(h)) - 1e-9))
 
 
-def ssprk3(rhs: Callable[[Array], Array], u: Array, dt) -> Array:
+def ssprk3(rhs: Callable[[Array], Array], u: Array, dt: Scalar) -> Array:
     """One SSPRK3 step (Shu–Osher form: convex combinations of forward-Euler steps)."""
     u1 = u + dt * rhs(u)
     u2 = 0.75 * u + 0.25 * (u1 + dt * rhs(u1))
@@ -99,19 +101,19 @@ class AbstractGridSolver(eqx.Module):
     periodic: ClassVar[bool]
 
     @abc.abstractmethod
-    def velocity(self, u):
+    def velocity(self, u: Float[Array, " n"]) -> Float[Array, " faces"]:
         """Face velocities (``n + 1`` faces on an interval, ``n`` right faces on a circle)."""
 
     @abc.abstractmethod
-    def diagnostics(self, u) -> dict:
+    def diagnostics(self, u: Float[Array, " n"]) -> dict[str, Any]:
         """Scalar diagnostics of a state (mass, order parameter, entropy, ...)."""
 
-    def rhs(self, u):
+    def rhs(self, u: Float[Array, " n"]) -> Float[Array, " n"]:
         """``-d_x(u v)`` in flux form."""
         rhs = rhs_periodic if self.periodic else rhs_bounded
         return rhs(u, self.velocity(u), self.h)
 
-    def step(self, u, dt):
+    def step(self, u: Float[Array, " n"], dt: Scalar) -> Float[Array, " n"]:
         """One SSPRK3 step of size ``dt`` (caller keeps ``dt vbound / h <= 1/2``)."""
         return ssprk3(self.rhs, u, dt)
 
@@ -139,7 +141,8 @@ def peak_fraction(cell_mass: Float[Array, " n"], periodic: bool, window: int = 2
     return jnp.max(frac)
 
 
-def rollout(solver, u0: Array, dt: float, n_steps: int, cfl: float = 0.4):
+def rollout(solver: AbstractGridSolver, u0: Float[Array, " n"], dt: float, n_steps: int, cfl: float = 0.4
+            ) -> tuple[Float[Array, "steps n"], dict[str, Float[Array, " steps"]]]:
     """Advance a grid solver ``n_steps`` layers of length ``dt``; diagnostics after every layer.
 
     ``solver`` is an :class:`AbstractGridSolver` (``substeps``, ``step``, ``diagnostics``).  Each
@@ -154,8 +157,9 @@ def rollout(solver, u0: Array, dt: float, n_steps: int, cfl: float = 0.4):
 
 
 @eqx.filter_jit
-def _rollout(solver, u0, dt_sub, n_sub, n_steps):
-    def layer(u, _):
+def _rollout(solver: AbstractGridSolver, u0: Float[Array, " n"], dt_sub: Array, n_sub: int, n_steps: int
+             ) -> tuple[Float[Array, "steps n"], dict[str, Float[Array, " steps"]]]:
+    def layer(u: Array, _: None) -> tuple[Array, tuple[Array, dict[str, Any]]]:
         u = lax.fori_loop(0, n_sub, lambda k, v: solver.step(v, dt_sub), u)
         return u, (u, solver.diagnostics(u))
 

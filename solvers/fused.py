@@ -26,13 +26,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._typing import Scalar, Weights
+
 from .precision import matmul
 from .streaming import map_query_blocks
 
 ATTENTION_MODES = ("auto", "streaming", "fused")
 
 
-def check_attention(mode) -> str:
+def check_attention(mode: object) -> str:
     """``mode`` if it is one of :data:`ATTENTION_MODES`; else ``ValueError`` naming it."""
     if not isinstance(mode, str) or mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention {mode!r}; expected one of: {', '.join(ATTENTION_MODES)}")
@@ -44,13 +46,14 @@ def use_fused(mode: str) -> bool:
     return mode == "fused" or (mode == "auto" and jax.default_backend() == "gpu")
 
 
-def fused_path(d: int, weights, precision: str) -> str:
+def fused_path(d: int, weights: Weights, precision: str) -> str:
     """``"cudnn"`` or ``"dense"``: which fused path :func:`fused_drive` takes (module doc)."""
     cudnn = jax.default_backend() == "gpu" and precision == "bf16" and weights is None
     return "cudnn" if cudnn and d % 8 == 0 and d <= 128 else "dense"
 
 
-def _dense(q, k, alpha, logw, precision):
+def _dense(q: Float[Array, "n d"], k: Float[Array, "N d"], alpha: Float[Array, ""],
+           logw: Float[Array, " N"] | None, precision: str) -> Float[Array, "n d"]:
     s = alpha * matmul(q, k.T, precision)
     if logw is not None:
         s = s + logw[None, :]
@@ -58,14 +61,15 @@ def _dense(q, k, alpha, logw, precision):
     return matmul(p, k, precision) / jnp.sum(p, axis=1, keepdims=True)
 
 
-def _cudnn(q, k, alpha):
+def _cudnn(q: Float[Array, "n d"], k: Float[Array, "N d"], alpha: Float[Array, ""]) -> Float[Array, "n d"]:
     qq = (alpha * q).astype(jnp.bfloat16)[None, :, None, :]
     kk = k.astype(jnp.bfloat16)[None, :, None, :]
     out = jax.nn.dot_product_attention(qq, kk, kk, scale=1.0, implementation="cudnn")
     return out[0, :, 0, :].astype(q.dtype)
 
 
-def fused_drive(q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, *, weights=None, precision: str = "highest",
+def fused_drive(q: Float[Array, "n d"], k: Float[Array, "N d"], alpha: Scalar, *, weights: Weights = None,
+                precision: str = "highest",
                 query_block: int = 1024) -> Float[Array, "n d"]:
     """The softmax drive ``sum_j A_ij k_j`` with ``A_ij ∝ w_j exp(alpha <q_i,k_j>)`` (module doc)."""
     a = jnp.asarray(alpha, q.dtype)

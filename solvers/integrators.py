@@ -29,19 +29,38 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import ClassVar
+from typing import Any, Callable, ClassVar, Protocol, cast
 
 import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
+from jaxtyping import Array, Float
 
 from . import feature_major
 from ._registry import register
-from .kernels import Linear
+from ._typing import Scalar, Steps
+from .kernels import AbstractKernel, Linear
 from .sphere import project, retract
 
 
 INTEGRATORS: dict[str, type] = {}
+
+
+class ParticleField(Protocol):
+    """What a scheme's ``advance`` needs of a field: the attention output and the tangent velocity
+    (:class:`AttentionField`, :class:`solvers.distributed.ShardedAttentionField`)."""
+
+    def drive(self, x: Float[Array, "N d"]) -> Float[Array, "N d"]: ...
+
+    def velocity(self, x: Float[Array, "N d"]) -> Float[Array, "N d"]: ...
+
+
+class DivergenceField(ParticleField, Protocol):
+    """A field that also gives ``div_S v`` (for ``step_with_divergence``): :class:`AttentionField`."""
+
+    def drive_and_divergence(self, x: Float[Array, "N d"]) -> tuple[Float[Array, "N d"], Float[Array, " N"]]: ...
+
+    def velocity_and_divergence(self, x: Float[Array, "N d"]) -> tuple[Float[Array, "N d"], Float[Array, " N"]]: ...
 
 
 class AttentionField(eqx.Module):
@@ -53,25 +72,25 @@ class AttentionField(eqx.Module):
     masses (``None``: unit masses), which every kernel evaluation uses for the keys.
     """
 
-    kernel: eqx.Module
-    mobility: float | jnp.ndarray = 1.0
-    weights: jnp.ndarray | None = None
+    kernel: AbstractKernel
+    mobility: Scalar = 1.0
+    weights: Float[Array, " N"] | None = None
 
-    def drive(self, x):
+    def drive(self, x: Float[Array, "N d"]) -> Float[Array, "N d"]:
         """``(1/M) sum_j A_ij x_j`` -- the unprojected attention output."""
         return jnp.asarray(self.mobility, x.dtype) * self.kernel.drive(x, x, self.weights)
 
-    def velocity(self, x):
+    def velocity(self, x: Float[Array, "N d"]) -> Float[Array, "N d"]:
         """``(1/M) P_x sum_j A_ij x_j`` -- the tangent velocity of the ODE."""
         return project(x, self.drive(x))
 
-    def drive_and_divergence(self, x):
+    def drive_and_divergence(self, x: Float[Array, "N d"]) -> tuple[Float[Array, "N d"], Float[Array, " N"]]:
         """``(1/M) sum_j A_ij x_j`` and the surface divergence ``div_S v`` at every particle."""
         f, div = self.kernel.drive_and_divergence(x, x, self.weights)
         mob = jnp.asarray(self.mobility, x.dtype)
         return mob * f, mob * div
 
-    def velocity_and_divergence(self, x):
+    def velocity_and_divergence(self, x: Float[Array, "N d"]) -> tuple[Float[Array, "N d"], Float[Array, " N"]]:
         """Velocity and its surface divergence ``div_S v`` at every particle."""
         f, div = self.drive_and_divergence(x)
         return project(x, f), div
@@ -87,15 +106,15 @@ class AbstractIntegrator(eqx.Module):
     # runner may cut the steps between two saves into chunks of any length
     chunk_invariant: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         register(INTEGRATORS, cls)
 
     @abc.abstractmethod
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         """Run ``n_steps`` (may be traced) steps of size ``h``; return ``(x, field evaluations)``."""
 
-    def step_with_divergence(self, field, x, h):
+    def step_with_divergence(self, field: DivergenceField, x: Float[Array, "N d"], h: Scalar) -> tuple[Float[Array, "N d"], Float[Array, " N"], Steps]:
         """One step, and ``div_S v`` at the starting ``x``: ``(x_new, div, field evaluations)``.
 
         The runner records the entropy rate of a saved state from the first step after it. This
@@ -106,25 +125,27 @@ class AbstractIntegrator(eqx.Module):
         x_new, n = self.advance(field, x, 1, h)
         return x_new, div, n
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """JSON-able description: ``{"name": ..., <option>: <value>, ...}``."""
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
 
 
-def _loop(step, x, n_steps):
+def _loop(step: Callable[[Array], Array], x: Float[Array, "..."], n_steps: Steps) -> Float[Array, "..."]:
     return lax.fori_loop(0, n_steps, lambda _, y: step(y), x)
 
 
-def uses_feature_major(integrator, field) -> bool:
+def uses_feature_major(integrator: AbstractIntegrator, field: ParticleField) -> bool:
     """The linear kernel on a plain :class:`AttentionField` with ``Layer``/``Euler``/``Heun`` itself
     (not a subclass, which may change the step) runs in ``solvers.feature_major``."""
     return (type(integrator) in (Layer, Euler, Heun) and type(field) is AttentionField
             and type(field.kernel) is Linear)
 
 
-def _feature_major(integrator, field, x, n_steps, h):
+def _feature_major(integrator: AbstractIntegrator, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps,
+                   h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
     """The linear kernel's steps on the transposed state (``solvers.feature_major``)."""
-    xt, n = feature_major.advance(integrator, field, x.T, n_steps, h)
+    # an AttentionField: the callers checked uses_feature_major
+    xt, n = feature_major.advance(integrator, cast(AttentionField, field), x.T, n_steps, h)
     return xt.T, n
 
 
@@ -136,13 +157,13 @@ class Layer(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
     chunk_invariant: ClassVar[bool] = True
 
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         if uses_feature_major(self, field):
             return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.drive(y)), x, n_steps), n_steps
 
-    def step_with_divergence(self, field, x, h):
+    def step_with_divergence(self, field: DivergenceField, x: Float[Array, "N d"], h: Scalar) -> tuple[Float[Array, "N d"], Float[Array, " N"], Steps]:
         f, div = field.drive_and_divergence(x)
         return retract(x, jnp.asarray(h, x.dtype) * f), div, 1
 
@@ -155,13 +176,13 @@ class Euler(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
     chunk_invariant: ClassVar[bool] = True
 
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         if uses_feature_major(self, field):
             return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.velocity(y)), x, n_steps), n_steps
 
-    def step_with_divergence(self, field, x, h):
+    def step_with_divergence(self, field: DivergenceField, x: Float[Array, "N d"], h: Scalar) -> tuple[Float[Array, "N d"], Float[Array, " N"], Steps]:
         v, div = field.velocity_and_divergence(x)
         return retract(x, jnp.asarray(h, x.dtype) * v), div, 1
 
@@ -176,19 +197,19 @@ class Heun(AbstractIntegrator):
     fused_divergence: ClassVar[bool] = True
     chunk_invariant: ClassVar[bool] = True
 
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         if uses_feature_major(self, field):
             return _feature_major(self, field, x, n_steps, h)
         h = jnp.asarray(h, x.dtype)
 
-        def step(y):
+        def step(y: Array) -> Array:
             v1 = field.velocity(y)
             v2 = field.velocity(retract(y, h * v1))
             return retract(y, 0.5 * h * (v1 + v2))
 
         return _loop(step, x, n_steps), 2 * n_steps
 
-    def step_with_divergence(self, field, x, h):
+    def step_with_divergence(self, field: DivergenceField, x: Float[Array, "N d"], h: Scalar) -> tuple[Float[Array, "N d"], Float[Array, " N"], Steps]:
         h = jnp.asarray(h, x.dtype)
         v1, div = field.velocity_and_divergence(x)
         v2 = field.velocity(retract(x, h * v1))
@@ -209,7 +230,7 @@ class Adaptive(AbstractIntegrator):
     order: ClassVar[int] = 5
     name: ClassVar[str] = "adaptive"
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         for opt in ("rtol", "atol"):
             v = getattr(self, opt)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -217,13 +238,13 @@ class Adaptive(AbstractIntegrator):
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ValueError(f"Adaptive: max_steps must be an integer >= 1, got {self.max_steps!r}")
 
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         t1 = jnp.asarray(n_steps, x.dtype) * jnp.asarray(h, x.dtype)
         import diffrax  # here: ~0.7 s of import that only adaptive runs need
 
         term = diffrax.ODETerm(lambda t, y, f: f.velocity(y))
 
-        def solve(y):
+        def solve(y: Array) -> tuple[Array, Array]:
             sol = diffrax.diffeqsolve(
                 term,
                 diffrax.Tsit5(),
@@ -244,7 +265,7 @@ class Adaptive(AbstractIntegrator):
 
 
 
-def make_integrator(method, **options) -> AbstractIntegrator:
+def make_integrator(method: str | AbstractIntegrator, **options: Any) -> AbstractIntegrator:
     """A scheme from a name in :data:`INTEGRATORS` (with ``options``), or an instance as is."""
     if isinstance(method, AbstractIntegrator):
         if options:
@@ -267,4 +288,6 @@ __all__ = [
     "Layer",
     "make_integrator",
     "uses_feature_major",
+    "DivergenceField",
+    "ParticleField",
 ]

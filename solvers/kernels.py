@@ -47,26 +47,27 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, DTypeLike, Float
 
 from ._registry import register
+from ._typing import Scalar, Weights
 from .sphere import rowdot
 from .fused import check_attention, fused_drive, use_fused
 from .precision import check_matmul_precision, matmul
-from .streaming import fold_key_blocks, logit_pass, map_query_blocks, rescale_factor, uses_qr, weighted_moments
+from .streaming import LogitPass, Moments, fold_key_blocks, logit_pass, map_query_blocks, rescale_factor, uses_qr, weighted_moments
 
 KERNELS: dict[str, type] = {}
 
 
-def _alpha(alpha, dtype):
+def _alpha(alpha: Scalar, dtype: DTypeLike) -> Float[Array, ""]:
     return jnp.asarray(alpha, dtype=dtype)
 
 
-def probabilities(weights, n: int, dtype):
+def probabilities(weights: Weights, n: int, dtype: DTypeLike) -> Float[Array, " N"] | None:
     """Masses normalised to sum 1 (``None`` -> ``None``: the unweighted code path)."""
     if weights is None:
         return None
@@ -74,12 +75,13 @@ def probabilities(weights, n: int, dtype):
     return w / jnp.sum(w)
 
 
-def total_mass(weights, n: int, dtype):
+def total_mass(weights: Weights, n: int, dtype: DTypeLike) -> Float[Array, ""]:
     """``sum_j w_j`` (``n`` for unit masses)."""
     return jnp.asarray(n, dtype) if weights is None else jnp.sum(jnp.asarray(weights, dtype))
 
 
-def key_moments(k: Float[Array, "N d"], weights=None, precision: str = "highest"):
+def key_moments(k: Float[Array, "N d"], weights: Weights = None, precision: str = "highest"
+                ) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
     """Mean ``m`` and covariance ``Sigma = E[(k-m)(k-m)^T]`` of the keys, in one pass.
 
     ``weights`` (N,) are key masses (the expectation is over ``w / sum w``; ``None``: uniform).
@@ -108,7 +110,7 @@ def key_moments(k: Float[Array, "N d"], weights=None, precision: str = "highest"
     return my + c, 0.5 * (cov + cov.T)
 
 
-def _apply(q, mat, precision="highest"):
+def _apply(q: Float[Array, "n d"], mat: Float[Array, "d e"], precision: str = "highest") -> Float[Array, "n e"]:
     """``q @ mat``, unrolled over the short axis for small d (see ``solvers.sphere.rowdot``)."""
     if q.shape[1] > 8:
         return matmul(q, mat, precision)
@@ -165,29 +167,29 @@ class AbstractKernel(eqx.Module):
     name: ClassVar[str]
     family: ClassVar[str]
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         register(KERNELS, cls)
 
     @abc.abstractmethod
-    def drive(self, q, k, weights=None):
+    def drive(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> Float[Array, "n d"]:
         """``F(q_i) = sum_j A_ij k_j`` (n, d)."""
 
     @abc.abstractmethod
-    def drive_and_divergence(self, q, k, weights=None):
+    def drive_and_divergence(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """``(F, div_S P_x F)`` at the queries: (n, d) and (n,)."""
 
     @abc.abstractmethod
-    def attention_statistics(self, q, k, weights=None):
+    def attention_statistics(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> tuple[Float[Array, " n"], dict[str, Float[Array, " n"]]]:
         """``(singular_values (n,), rows)``, ``rows`` a dict of (n,) per-row statistics."""
 
     @abc.abstractmethod
     def speed_bound(self) -> float:
         """A bound on ``|F(x)|`` for unit ``x`` and every probability measure of unit keys."""
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """JSON-able description: ``{"name": ..., <field>: <value>, ...}``."""
-        out = {"name": self.name}
+        out: dict[str, Any] = {"name": self.name}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             out[f.name] = float(v) if f.name == "alpha" else v
@@ -213,7 +215,8 @@ class Linear(AbstractKernel):
     name: ClassVar[str] = "linear"
     family: ClassVar[str] = "moments"
 
-    def from_moments(self, q, m, cov, d: int | None = None, trace=None):
+    def from_moments(self, q: Float[Array, "n d"], m: Float[Array, " d"], cov: Float[Array, "d d"], d: int | None = None,
+                     trace: Scalar | None = None) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         """Drive and divergence at unit ``q`` from the key mean ``m`` and covariance ``cov``.
 
         ``d`` is the ambient dimension and ``trace`` the trace of the full covariance; both
@@ -227,18 +230,18 @@ class Linear(AbstractKernel):
         div = a * (tr - d * rowdot(q, sq)) - (d - 1) * rowdot(q, m[None, :])
         return m + a * sq, div
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         check_matmul_precision(self.matmul_precision)
 
-    def drive(self, q, k, weights=None):
+    def drive(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> Float[Array, "n d"]:
         return self.drive_from_key_moments(q, *key_moments(k, weights, self.matmul_precision))
 
-    def drive_from_key_moments(self, q, m, cov):
+    def drive_from_key_moments(self, q: Float[Array, "n d"], m: Float[Array, " d"], cov: Float[Array, "d d"]) -> Float[Array, "n d"]:
         """``m + alpha Sigma q`` from the key mean and covariance (however they were reduced: one
         device, or an all-reduce over shards in :mod:`solvers.distributed`)."""
         return m + _alpha(self.alpha, q.dtype) * _apply(q, cov, self.matmul_precision)
 
-    def mean_divergence(self, m, cov):
+    def mean_divergence(self, m: Float[Array, " d"], cov: Float[Array, "d d"]) -> Float[Array, ""]:
         """``E_rho[div_S P_x F] = alpha(tr Sigma - d tr(Sigma Q)) - (d-1)|m|^2`` with
         ``Q = Sigma + m m^T``: the mean over the keys' own measure of :meth:`from_moments`'s
         divergence (docs/theory.md "Entropy: the exact identity")."""
@@ -247,14 +250,14 @@ class Linear(AbstractKernel):
         q2 = cov + jnp.outer(m, m)
         return a * (jnp.trace(cov) - d * jnp.sum(cov * q2)) - (d - 1) * jnp.sum(m * m)
 
-    def drive_and_divergence(self, q, k, weights=None):
+    def drive_and_divergence(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         m, cov = key_moments(k, weights, self.matmul_precision)
         return self.from_moments(q, m, cov)
 
     def speed_bound(self) -> float:
         return 1.0 + float(self.alpha)  # |m| <= 1 and |Sigma x| <= tr Sigma <= 1
 
-    def attention_statistics(self, q, k, weights=None):
+    def attention_statistics(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> tuple[Float[Array, " n"], dict[str, Float[Array, " n"]]]:
         a = _alpha(self.alpha, q.dtype)
         n_keys = k.shape[0]
         mass = total_mass(weights, n_keys, q.dtype)
@@ -269,7 +272,8 @@ class Linear(AbstractKernel):
         qm = q @ m
 
         # per unit of mass A_ij / w_j = c_ij / W with c_ij = 1 + alpha(<q_i,k_j> - <q_i,m>)
-        def body(c, kblk, ok, wblk=None):
+        def body(c: tuple[Array, Array, Array], kblk: Array, ok: Array, wblk: Any = None  # Array iff weights
+                 ) -> tuple[Array, Array, Array]:
             ent, mxw, bad = c
             u = (1.0 + a * (matmul(q, kblk.T, prec) - qm[:, None])) / mass
             u_ok = jnp.where(ok[None, :], u, 1.0)
@@ -301,14 +305,14 @@ class _Streamed(AbstractKernel):
     family: ClassVar[str] = "profile"
     normalized: ClassVar[bool]
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         check_matmul_precision(self.matmul_precision)
 
-    def log_profile(self, t):
+    def log_profile(self, t: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         """``log K`` as a function of the cosine ``t = <x, y>``: ``alpha t``."""
         return _alpha(self.alpha, t.dtype) * t
 
-    def _moments(self, q, k, weights, with_acc2=True):
+    def _moments(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights, with_acc2: bool = True) -> Moments:
         a = _alpha(self.alpha, q.dtype)
         w = None if weights is None else jnp.asarray(weights, q.dtype)
         return map_query_blocks(
@@ -316,13 +320,13 @@ class _Streamed(AbstractKernel):
             self.query_block
         )
 
-    def _pass(self, q, k, weights):
+    def _pass(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights) -> LogitPass:
         w = None if weights is None else jnp.asarray(weights, q.dtype)
         return logit_pass(q, k, _alpha(self.alpha, q.dtype), self.key_block, with_gram=True, weights=w,
                           precision=self.matmul_precision)
 
     @staticmethod
-    def _rows(p):
+    def _rows(p: LogitPass) -> dict[str, Float[Array, " n"]]:
         lse = p.mx + jnp.log(p.l)
         return {
             "row_entropy": lse - p.ws / p.l,
@@ -349,10 +353,10 @@ class Softmax(_Streamed):
     name: ClassVar[str] = "softmax"
     normalized: ClassVar[bool] = True
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         check_attention(self.attention)
 
-    def drive(self, q, k, weights=None):
+    def drive(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> Float[Array, "n d"]:
         if use_fused(self.attention):
             w = None if weights is None else jnp.asarray(weights, q.dtype)
             return fused_drive(q, k, _alpha(self.alpha, q.dtype), weights=w, precision=self.matmul_precision,
@@ -361,12 +365,12 @@ class Softmax(_Streamed):
         return self.drive_from_moments(mo, total_mass(weights, k.shape[0], q.dtype))
 
     @staticmethod
-    def drive_from_moments(mo, mass):
+    def drive_from_moments(mo: Moments, mass: Float[Array, ""]) -> Float[Array, "n d"]:
         """The drive from the streamed moments of a query block (however the key blocks were
         folded in: one scan, or a ring over shards in :mod:`solvers.distributed`): ``acc / l``."""
         return mo.acc / mo.l[:, None]
 
-    def drive_and_divergence(self, q, k, weights=None):
+    def drive_and_divergence(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         mo = self._moments(q, k, weights)
         a = _alpha(self.alpha, q.dtype)
         g = mo.acc / mo.l[:, None]
@@ -378,7 +382,7 @@ class Softmax(_Streamed):
     def speed_bound(self) -> float:
         return 1.0  # a weighted mean of unit vectors
 
-    def attention_statistics(self, q, k, weights=None):
+    def attention_statistics(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> tuple[Float[Array, " n"], dict[str, Float[Array, " n"]]]:
         p = self._pass(q, k, weights)
         return spectrum_from_factor(p.gram, 1.0 / p.l), self._rows(p)
 
@@ -399,20 +403,20 @@ class USA(_Streamed):
     normalized: ClassVar[bool] = False
 
     @staticmethod
-    def _scale(mo_mx, mass):
+    def _scale(mo_mx: Float[Array, " n"], mass: Float[Array, ""]) -> Float[Array, " n"]:
         return jnp.exp(mo_mx) / mass
 
-    def drive(self, q, k, weights=None):
+    def drive(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> Float[Array, "n d"]:
         mo = self._moments(q, k, weights, with_acc2=False)
         return self.drive_from_moments(mo, total_mass(weights, k.shape[0], q.dtype))
 
     @classmethod
-    def drive_from_moments(cls, mo, mass):
+    def drive_from_moments(cls, mo: Moments, mass: Float[Array, ""]) -> Float[Array, "n d"]:
         """The drive from the streamed moments (as :meth:`Softmax.drive_from_moments`):
         ``acc e^{max} / W`` with ``W`` the total key mass (``N`` for unit masses)."""
         return mo.acc * cls._scale(mo.mx, mass)[:, None]
 
-    def drive_and_divergence(self, q, k, weights=None):
+    def drive_and_divergence(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
         mo = self._moments(q, k, weights)
         a = _alpha(self.alpha, q.dtype)
         sc = self._scale(mo.mx, total_mass(weights, k.shape[0], q.dtype))
@@ -424,7 +428,7 @@ class USA(_Streamed):
     def speed_bound(self) -> float:
         return math.exp(float(self.alpha))
 
-    def attention_statistics(self, q, k, weights=None):
+    def attention_statistics(self, q: Float[Array, "n d"], k: Float[Array, "N d"], weights: Weights = None) -> tuple[Float[Array, " n"], dict[str, Float[Array, " n"]]]:
         p = self._pass(q, k, weights)
         top = jnp.max(p.mx)
         sc = self._scale(p.mx - top, total_mass(weights, k.shape[0], q.dtype))
@@ -434,7 +438,7 @@ class USA(_Streamed):
 # Longer names of the first version, kept as aliases.
 
 
-def make_kernel(kernel, alpha=None, **options) -> AbstractKernel:
+def make_kernel(kernel: str | AbstractKernel, alpha: Scalar | None = None, **options: Any) -> AbstractKernel:
     """A kernel object from a name in :data:`KERNELS` (with ``alpha`` and block-size ``options``)
     or an :class:`AbstractKernel` instance (returned as is; ``alpha`` and options must then be
     absent)."""

@@ -42,7 +42,7 @@ rows (memory O(block N)).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import equinox as eqx
 import jax
@@ -50,7 +50,11 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
+from ._typing import Scalar, Steps, Weights
 from .sphere import normalize, project, retract
+
+if TYPE_CHECKING:
+    from .kernels import AbstractKernel
 
 _BLOCK_ELEMENTS = 1 << 22  # rows x N similarity entries per block (32 MiB in float64)
 
@@ -63,14 +67,15 @@ class Matching(NamedTuple):
     merged: Bool[Array, " N"]
 
 
-def alternate_split(mergeable: Bool[Array, " N"]):
+def alternate_split(mergeable: Bool[Array, " N"]) -> tuple[Bool[Array, " N"], Bool[Array, " N"]]:
     """ToMe's sets: the mergeable tokens in row order, even positions -> sources (A), odd -> destinations (B)."""
     pos = jnp.cumsum(mergeable.astype(jnp.int32)) - 1
     even = (pos % 2) == 0
     return mergeable & even, mergeable & ~even
 
 
-def best_match(q_metric: Float[Array, "n c"], k_metric: Float[Array, "K c"], k_mask=None):
+def best_match(q_metric: Float[Array, "n c"], k_metric: Float[Array, "K c"], k_mask: Bool[Array, " K"] | None = None
+               ) -> tuple[Float[Array, " n"], Int[Array, " n"]]:
     """For every query row, the largest cosine similarity to a key row (``k_mask`` (K,): only those
     keys) and that key's index: ``(score (n,), target (n,) int32)``. Query rows are streamed in
     blocks, so no n x K array exists."""
@@ -81,7 +86,7 @@ def best_match(q_metric: Float[Array, "n c"], k_metric: Float[Array, "K c"], k_m
     qp = jnp.pad(u, ((0, nb * block - n), (0, 0))).reshape(nb, block, -1)
     neg = jnp.asarray(-jnp.inf, u.dtype)
 
-    def one(qb):
+    def one(qb: Array) -> tuple[Array, Array]:
         s = qb @ v.T
         s = s if k_mask is None else jnp.where(k_mask[None, :], s, neg)
         return jnp.max(s, axis=1), jnp.argmax(s, axis=1).astype(jnp.int32)
@@ -90,14 +95,14 @@ def best_match(q_metric: Float[Array, "n c"], k_metric: Float[Array, "K c"], k_m
     return score.reshape(-1)[:n], target.reshape(-1)[:n]
 
 
-def _top_r(score, r):
+def _top_r(score: Float[Array, " n"], r: Steps) -> Bool[Array, " n"]:
     """``rank(score) < r`` in descending order (ties: lower row first)."""
     n = score.shape[0]
     order = jnp.argsort(-score, stable=True)
     return jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32)) < r
 
 
-def bipartite_soft_matching(metric: Float[Array, "N c"], src: Bool[Array, " N"], dst: Bool[Array, " N"], r) -> Matching:
+def bipartite_soft_matching(metric: Float[Array, "N c"], src: Bool[Array, " N"], dst: Bool[Array, " N"], r: Steps) -> Matching:
     """Merge the ``r`` sources (mask ``src``) most similar to their best destination (mask ``dst``).
 
     ``src`` and ``dst`` must be disjoint; ``r`` (traced int) larger than the number of sources
@@ -111,7 +116,7 @@ def bipartite_soft_matching(metric: Float[Array, "N c"], src: Bool[Array, " N"],
 
 
 def bipartite_soft_matching_sets(metric: Float[Array, "N c"], src_idx: Int[Array, " S"], dst_idx: Int[Array, " D"],
-                                 r) -> Matching:
+                                 r: Steps) -> Matching:
     """:func:`bipartite_soft_matching` with the sets given as (disjoint) row indices; O(S D c)."""
     n = metric.shape[0]
     score, local = best_match(metric[src_idx], metric[dst_idx])
@@ -121,7 +126,8 @@ def bipartite_soft_matching_sets(metric: Float[Array, "N c"], src_idx: Int[Array
     return Matching(assign, jnp.zeros((n,), bool).at[src_idx].set(hit))
 
 
-def merge(x: Float[Array, "N d"], sizes: Float[Array, " N"], match: Matching):
+def merge(x: Float[Array, "N d"], sizes: Float[Array, " N"], match: Matching
+          ) -> tuple[Float[Array, "N d"], Float[Array, " N"]]:
     """Size-weighted merge onto the sphere: ``(x', sizes')``.
 
     ``sizes'`` are the summed sizes (0 for the merged sources: they are removed); a destination
@@ -142,7 +148,8 @@ def unmerge(y: Float[Array, "N ..."], match: Matching) -> Float[Array, "N ..."]:
     return y[match.assign]
 
 
-def _step(kernel, x, q, k_weights, mobility, h, euler, out_rows=None):
+def _step(kernel: AbstractKernel, x: Float[Array, "N d"], q: Float[Array, "M d"], k_weights: Weights, mobility: Scalar, h: Scalar,
+          euler: bool, out_rows: Int[Array, " N"] | None = None) -> Float[Array, "N d"]:
     f = jnp.asarray(mobility, x.dtype) * kernel.drive(q, q, k_weights)
     if out_rows is not None:
         f = f[out_rows]
@@ -174,11 +181,12 @@ class ToMeLayer(eqx.Module):
     proportional: bool = eqx.field(static=True, default=True)
     euler: bool = eqx.field(static=True, default=False)
 
-    def merge_step(self, x, sizes, owner, r):
+    def merge_step(self, x: Float[Array, "N d"], sizes: Float[Array, " N"], owner: Int[Array, " N"], r: Steps
+                   ) -> tuple[Float[Array, "N d"], Float[Array, " N"], Int[Array, " N"]]:
         alive = sizes > 0
         src, dst = alternate_split(alive & ~self.protected)
 
-        def do(args):
+        def do(args: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
             x, sizes, owner = args
             match = bipartite_soft_matching(x, src, dst, r)
             x, sizes = merge(x, sizes, match)
@@ -186,14 +194,15 @@ class ToMeLayer(eqx.Module):
 
         return lax.cond(r > 0, do, lambda a: a, (x, sizes, owner))
 
-    def __call__(self, kernel, mobility, state: MergeState, r, h) -> MergeState:
+    def __call__(self, kernel: AbstractKernel, mobility: Scalar, state: MergeState, r: Steps, h: Scalar) -> MergeState:
         x, sizes, owner = self.merge_step(*state, r)
         alive = sizes > 0
         w = sizes if self.proportional else alive.astype(x.dtype)
         x = jnp.where(alive[:, None], _step(kernel, x, x, w, mobility, h, self.euler), x)
         return MergeState(x, sizes, owner)
 
-    def advance(self, kernel, mobility, state: MergeState, schedule: Int[Array, " L"], start, n_steps, h):
+    def advance(self, kernel: AbstractKernel, mobility: Scalar, state: MergeState, schedule: Int[Array, " L"],
+                start: Steps, n_steps: Steps, h: Scalar) -> MergeState:
         """Layers ``start .. start+n_steps-1``; layer ``l`` merges ``schedule[l]`` tokens first."""
         return lax.fori_loop(0, n_steps, lambda i, s: self(kernel, mobility, s, schedule[start + i], h), state)
 
@@ -210,7 +219,7 @@ class MergeAttendUnmerge(eqx.Module):
     dst_idx: Int[Array, " D"]
     euler: bool = eqx.field(static=True, default=False)
 
-    def merged_tokens(self, x, r):
+    def merged_tokens(self, x: Float[Array, "N d"], r: Steps) -> tuple[Float[Array, "N d"], Float[Array, " N"], Matching]:
         """``(merged tokens, unit-or-zero masses, matching)`` for one layer."""
         n = x.shape[0]
         ident = Matching(jnp.arange(n, dtype=jnp.int32), jnp.zeros((n,), bool))
@@ -219,11 +228,12 @@ class MergeAttendUnmerge(eqx.Module):
         xm, counts = merge(x, jnp.ones((n,), x.dtype), match)
         return xm, (counts > 0).astype(x.dtype), match
 
-    def __call__(self, kernel, mobility, x, r, h):
+    def __call__(self, kernel: AbstractKernel, mobility: Scalar, x: Float[Array, "N d"], r: Steps, h: Scalar) -> Float[Array, "N d"]:
         xm, present, match = self.merged_tokens(x, r)
         return _step(kernel, x, xm, present, mobility, h, self.euler, out_rows=match.assign)
 
-    def advance(self, kernel, mobility, x, r, n_steps, h):
+    def advance(self, kernel: AbstractKernel, mobility: Scalar, x: Float[Array, "N d"], r: Steps, n_steps: Steps, h: Scalar
+                ) -> Float[Array, "N d"]:
         return lax.fori_loop(0, n_steps, lambda i, y: self(kernel, mobility, y, r, h), x)
 
 

@@ -44,12 +44,15 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, DTypeLike, Float, Int
 
 from ._cache import UnsafeCache, private_dir, publish, scratch_dir, verify
+from ._typing import Scalar
 
 NATIVE_DIR = Path(__file__).resolve().parent / "_native"
 SOURCES = (NATIVE_DIR / "phase_softmax.cc", NATIVE_DIR / "linear.cc")  # compiled together into one library
@@ -59,6 +62,7 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17
 _lock = threading.Lock()
 _state: dict = {"tried": False, "lib": None, "reason": "not built yet", "path": None}
 _TARGETS = ("PhaseRollout", "LinearMoments", "LinearStep")
+_Four = tuple[Array, Array, Array, Array]  # what the custom calls return (ffi_call: a sequence)
 
 
 def _cache_dir() -> Path:
@@ -120,7 +124,7 @@ def _build() -> tuple[object | None, str, Path | None]:
             return None, err, None
         lib, err = _load(out, ffi)
         if lib is None:
-            return None, err, None
+            return None, err or "loading failed", None
     return lib, f"built: {out}", out
 
 
@@ -128,7 +132,7 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _compile(cxx: str, flags, include, out: Path, note: str = "") -> str | None:
+def _compile(cxx: str, flags: tuple[str, ...], include: str, out: Path, note: str = "") -> str | None:
     """Compile the library into ``out`` (with its digest, :func:`solvers._cache.publish`); the
     reason on failure, else ``None``."""
     tmp = None
@@ -152,7 +156,7 @@ def _compile(cxx: str, flags, include, out: Path, note: str = "") -> str | None:
     return None
 
 
-def _load(out: Path, ffi):
+def _load(out: Path, ffi: Any) -> tuple[ctypes.CDLL | None, str | None]:
     """``(lib, None)`` with the kernels registered, or ``(None, reason)``."""
     try:
         lib = ctypes.cdll.LoadLibrary(str(out))
@@ -169,7 +173,7 @@ def _load(out: Path, ffi):
     return lib, None
 
 
-def _library_name(cxx: str, flags) -> str:
+def _library_name(cxx: str, flags: tuple[str, ...]) -> str:
     """The cache name of the library: the hash of the sources, compiler, flags, JAX and CPU."""
     key = hashlib.sha256(b"\0".join([_source_digest(), cxx.encode(), " ".join(flags).encode(), jax.__version__.encode(),
                                      _jaxlib_version().encode(), _cpu_flags().encode()])).hexdigest()[:16]
@@ -193,7 +197,7 @@ def _jaxlib_version() -> str:
         return "?"
 
 
-def _ensure():
+def _ensure() -> object | None:
     with _lock:
         if not _state["tried"]:
             _state["lib"], _state["reason"], _state["path"] = _build()
@@ -229,7 +233,7 @@ def use_native(native: bool | None = None) -> bool:
     return True
 
 
-def _target(name: str, dtype) -> str:
+def _target(name: str, dtype: DTypeLike) -> str:
     if _ensure() is None:
         raise RuntimeError(f"the native CPU kernels are not available: {status()}")
     dtype = jnp.dtype(dtype)
@@ -238,7 +242,9 @@ def _target(name: str, dtype) -> str:
     return f"meanfield_{name}_{'f32' if dtype == jnp.float32 else 'f64'}"
 
 
-def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, threads: int = 1):
+def phase_rollout(x0: Float[Array, "B n d"], betas: Float[Array, " nb"], h: Scalar, segments: Int[Array, " S"],
+                  pair_threshold: Scalar, cluster_threshold: Scalar, threads: int = 1
+                  ) -> tuple[Int[Array, "nb B S"], Int[Array, "nb B S"], Float[Array, "nb B S"], Float[Array, "nb B n d"]]:
     """Per-system ``(pairs, clusters, order_parameter, x_final)``: the first three
     ``(len(betas), B, len(segments))``, the contract of :func:`meanfield.studies.phase.phase_rollout` with
     ``method="dense"`` and ``cluster_count="components"``; ``x_final`` ``(len(betas), B, n, d)`` the
@@ -251,7 +257,7 @@ def phase_rollout(x0, betas, h, segments, pair_threshold, cluster_threshold, thr
     out = (jax.ShapeDtypeStruct((nb, B, S), jnp.int32), jax.ShapeDtypeStruct((nb, B, S), jnp.int32),
            jax.ShapeDtypeStruct((nb, B, S), dtype), jax.ShapeDtypeStruct((nb, *x0.shape), dtype))
     call = jax.ffi.ffi_call(_target("phaserollout", dtype), out, vmap_method="sequential")
-    return call(x0, jnp.asarray(betas, dtype), params, jnp.asarray(segments, jnp.int32), threads=np.int32(threads))
+    return cast(_Four, call(x0, jnp.asarray(betas, dtype), params, jnp.asarray(segments, jnp.int32), threads=np.int32(threads)))
 
 
 def default_threads() -> int:
@@ -269,7 +275,8 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def linear_moments(xt, threads: int | None = None):
+def linear_moments(xt: Float[Array, "*lead d N"], threads: int | None = None
+                   ) -> tuple[Float[Array, "*lead d"], Float[Array, "*lead d d"], Float[Array, "*lead d"], Float[Array, "*lead 2"]]:
     """Shifted sums of the columns of ``xt`` (``..., d, N``): ``(s1, s2, c, norm_range)`` with
     ``c = xt[..., :, 0]``, ``s1 = sum_j (x_j - c)``, ``s2 = sum_j (x_j - c)(x_j - c)^T`` (accumulated in
     float64) and ``norm_range = (min, max)`` of the squared column norms."""
@@ -278,8 +285,8 @@ def linear_moments(xt, threads: int | None = None):
     out = (jax.ShapeDtypeStruct((*lead, d), dtype), jax.ShapeDtypeStruct((*lead, d, d), dtype),
            jax.ShapeDtypeStruct((*lead, d), dtype), jax.ShapeDtypeStruct((*lead, 2), dtype))
     threads = default_threads() if threads is None else threads
-    return jax.ffi.ffi_call(_target("linearmoments", dtype), out, vmap_method="broadcast_all")(
-        xt, threads=np.int32(threads))
+    return cast(_Four, jax.ffi.ffi_call(_target("linearmoments", dtype), out, vmap_method="broadcast_all")(
+        xt, threads=np.int32(threads)))
 
 
 # The values of LinearStep's "scheme" attribute: linear.cc's enum class Scheme (kLayer, kEuler;
@@ -287,7 +294,9 @@ def linear_moments(xt, threads: int | None = None):
 SCHEME_CODES = {"layer": 0, "euler": 1}
 
 
-def linear_step(xt, kmat, b, h, scheme: str, threads: int | None = None):
+def linear_step(xt: Float[Array, "*lead d N"], kmat: Float[Array, "*lead d d"], b: Float[Array, "*lead d"], h: Scalar,
+                scheme: str, threads: int | None = None
+                ) -> tuple[Float[Array, "*lead d N"], Float[Array, "*lead d"], Float[Array, "*lead d d"], Float[Array, "*lead d"]]:
     """One ``layer``/``euler`` step of the field ``F = K x + b`` on ``xt`` (``..., d, N``), and the
     shifted sums ``(s1, s2, c)`` of the new state (as :func:`linear_moments`): ``(y, s1, s2, c)``."""
     *lead, d, _ = xt.shape
@@ -297,9 +306,9 @@ def linear_step(xt, kmat, b, h, scheme: str, threads: int | None = None):
     h = jnp.broadcast_to(jnp.asarray(h, dtype), tuple(lead))
     # the new state overwrites the old one (each column is read before it is written; the shift
     # column is read first), so XLA needs no fresh 4 N d-byte buffer per step
-    return jax.ffi.ffi_call(_target("linearstep", dtype), out, vmap_method="broadcast_all", input_output_aliases={0: 0})(
+    return cast(_Four, jax.ffi.ffi_call(_target("linearstep", dtype), out, vmap_method="broadcast_all", input_output_aliases={0: 0})(
         xt, jnp.asarray(kmat, dtype), jnp.asarray(b, dtype), h, scheme=np.int32(SCHEME_CODES[scheme]),
-        threads=np.int32(default_threads() if threads is None else threads))
+        threads=np.int32(default_threads() if threads is None else threads)))
 
 
 __all__ = ["available", "default_threads", "linear_moments", "linear_step", "phase_rollout", "status", "use_native"]

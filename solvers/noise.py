@@ -25,14 +25,16 @@ runner passes a fresh key per chunk (``stochastic = True``).
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jaxtyping import Array, ArrayLike, Float
 
-from .integrators import AbstractIntegrator
+from ._typing import Scalar, Steps
+from .integrators import AbstractIntegrator, ParticleField
 from .sphere import normalize, project
 
 
@@ -41,7 +43,7 @@ class _Projector(eqx.Module):
 
     sigma: jax.Array
 
-    def __call__(self, t, y, args):
+    def __call__(self, t: ArrayLike, y: Array, args: Any) -> Any:
         import lineax as lx
 
         struct = jax.ShapeDtypeStruct(y.shape, y.dtype)
@@ -61,13 +63,14 @@ class SphereSDE(AbstractIntegrator):
     order: ClassVar[int] = 1  # weak
     stochastic: ClassVar[bool] = True
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma >= 0):
             raise ValueError(f"SphereSDE: sigma must be a finite number >= 0, got {self.sigma!r}")
         if self.tol is not None and not (isinstance(self.tol, (int, float)) and self.tol > 0):
             raise ValueError(f"SphereSDE: tol must be a number > 0, got {self.tol!r}")
 
-    def advance(self, field, x, n_steps, h, key=None):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar,
+                key: Array | None = None) -> tuple[Float[Array, "N d"], Steps]:
         if key is None:
             raise ValueError("SphereSDE.advance needs a PRNG key (the particle runner passes one per chunk)")
         dtype = x.dtype
@@ -77,13 +80,13 @@ class SphereSDE(AbstractIntegrator):
         import diffrax  # here: ~0.7 s of import that only noisy runs need
 
         bm = diffrax.VirtualBrownianTree(jnp.zeros((), dtype), t1, tol=tol, shape=jax.ShapeDtypeStruct(x.shape, dtype), key=key)
-        terms = diffrax.MultiTerm(
+        terms: Any = diffrax.MultiTerm(
             diffrax.ODETerm(lambda t, y, f: f.velocity(y)),
             diffrax.ControlTerm(_Projector(jnp.asarray(self.sigma, dtype)), bm),
         )
         solver = diffrax.Heun()
 
-        def step(i, y):
+        def step(i: Array, y: Array) -> Array:
             t0 = jnp.asarray(i, dtype) * h
             y1, _, _, _, _ = solver.step(terms, t0, t0 + h, y, field, None, made_jump=False)
             return normalize(y1)

@@ -27,19 +27,22 @@ from __future__ import annotations
 from typing import ClassVar
 
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
-from .integrators import AbstractIntegrator, _loop
+from ._typing import Scalar, Steps
+
+from .integrators import AbstractIntegrator, ParticleField, _loop
 from .sphere import normalize, retract, rowdot
 
 
-def _unit(a):
+def _unit(a: Float[Array, "... d"]) -> Float[Array, "... d"]:
     return a * (1.0 / jnp.sqrt(jnp.maximum(rowdot(a, a), jnp.finfo(a.dtype).tiny)))[..., None]
 
 
 class _Scheme(AbstractIntegrator):
     order: ClassVar[int] = 1
 
-    def tokens(self, state):
+    def tokens(self, state: Float[Array, "N d"]) -> Float[Array, "N d"]:
         """The unit tokens ``theta`` of a state (the identity for sphere-valued states)."""
         return state
 
@@ -49,7 +52,7 @@ class PostLN(_Scheme):
 
     name: ClassVar[str] = "post_ln"
 
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda y: retract(y, h * field.drive(y)), x, n_steps), n_steps
 
@@ -59,11 +62,11 @@ class PreLN(_Scheme):
 
     name: ClassVar[str] = "pre_ln"
 
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda z: z + h * field.drive(normalize(z)), x, n_steps), n_steps
 
-    def tokens(self, state):
+    def tokens(self, state: Float[Array, "N d"]) -> Float[Array, "N d"]:
         return normalize(state)
 
 
@@ -72,11 +75,11 @@ class PeriLN(_Scheme):
 
     name: ClassVar[str] = "peri_ln"
 
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         h = jnp.asarray(h, x.dtype)
         return _loop(lambda z: z + h * _unit(field.drive(normalize(z))), x, n_steps), n_steps
 
-    def tokens(self, state):
+    def tokens(self, state: Float[Array, "N d"]) -> Float[Array, "N d"]:
         return normalize(state)
 
 
@@ -86,11 +89,11 @@ class NGPT(_Scheme):
     a: float = 0.2
     name: ClassVar[str] = "ngpt"
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         if not (isinstance(self.a, (int, float)) and self.a > 0):
             raise ValueError(f"NGPT: a must be a number > 0, got {self.a!r}")
 
-    def advance(self, field, x, n_steps, h):
+    def advance(self, field: ParticleField, x: Float[Array, "N d"], n_steps: Steps, h: Scalar) -> tuple[Float[Array, "N d"], Steps]:
         s = jnp.asarray(h, x.dtype) * jnp.asarray(self.a, x.dtype)
         return _loop(lambda y: retract(y, s * _unit(field.drive(y))), x, n_steps), n_steps
 

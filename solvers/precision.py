@@ -28,7 +28,7 @@ from jaxtyping import Array, Float
 MATMUL_PRECISIONS = ("highest", "tf32", "bf16")
 
 
-def check_matmul_precision(precision) -> str:
+def check_matmul_precision(precision: object) -> str:
     """``precision`` if it is one of :data:`MATMUL_PRECISIONS`; else ``ValueError`` naming it."""
     if not isinstance(precision, str) or precision not in MATMUL_PRECISIONS:
         raise ValueError(f"unknown matmul_precision {precision!r}; expected one of: {', '.join(MATMUL_PRECISIONS)}")

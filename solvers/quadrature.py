@@ -28,8 +28,8 @@ def gauss_gegenbauer(n: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     if n < 1:
         raise ValueError(f"gauss_gegenbauer: n={n} must be >= 1")
     if d == 3:
-        k = np.arange(1, n + 1)
-        return np.cos((2 * k - 1) * np.pi / (2 * n)), np.full(n, 1.0 / n)
+        j = np.arange(1, n + 1)
+        return np.cos((2 * j - 1) * np.pi / (2 * n)), np.full(n, 1.0 / n)
     mu = (d - 3) / 2.0  # Gegenbauer index: weight (1 - t^2)^(mu - 1/2)
     k = np.arange(1, n, dtype=np.float64)
     beta = k * (k + 2 * mu - 1) / (4 * (k + mu) * (k + mu - 1))  # monic recurrence

@@ -36,13 +36,14 @@ round-off is exactly that of the plain pass.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, DTypeLike, Float
 
+from ._typing import Scalar, Weights
 from .precision import matmul
 
 
@@ -50,7 +51,8 @@ def _block_size(n_keys: int, key_block: int) -> int:
     return max(1, min(int(key_block), n_keys))
 
 
-def _key_blocks(k: Float[Array, "N d"], key_block: int, weights=None):
+def _key_blocks(k: Float[Array, "N d"], key_block: int, weights: Weights = None
+                ) -> tuple[Float[Array, "nb b d"], Bool[Array, "nb b"], Float[Array, "nb b"] | None]:
     """Reshape keys into ``(nb, block, d)`` with a validity mask for the zero padding.
 
     With ``weights`` (N,) also return them as ``(nb, block)`` (zero on padding) and fold
@@ -69,12 +71,12 @@ def _key_blocks(k: Float[Array, "N d"], key_block: int, weights=None):
     return kp.reshape(nb, block, d), valid, wb
 
 
-def _safe_max(mx):
+def _safe_max(mx: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     """A running maximum usable as a shift: ``-inf`` (no key seen yet) becomes 0."""
     return jnp.where(jnp.isneginf(mx), jnp.zeros_like(mx), mx)
 
 
-def uses_qr(dtype) -> bool:
+def uses_qr(dtype: DTypeLike) -> bool:
     """Whether the spectral factor of ``dtype`` is the TSQR factor ``R`` (below float64) or the Gram matrix."""
     return jnp.dtype(dtype).itemsize < 8
 
@@ -101,7 +103,7 @@ def rescale_factor(f: Float[Array, "n n"], scale: Float[Array, " n"], qr: bool |
     return f * scale[:, None] * scale[None, :]
 
 
-def map_query_blocks(fn: Callable, q: Float[Array, "n d"], query_block: int):
+def map_query_blocks(fn: Callable[[Array], Any], q: Float[Array, "n d"], query_block: int) -> Any:
     """Apply ``fn`` to row blocks of ``q`` sequentially (``lax.map``) and concatenate.
 
     ``fn`` maps a ``(b, d)`` block to a pytree of arrays with leading axis ``b``. Bounding
@@ -126,7 +128,8 @@ class Moments(NamedTuple):
 
 
 def weighted_moments(
-    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_acc2: bool = True, weights=None,
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha: Scalar, key_block: int, with_acc2: bool = True,
+    weights: Weights = None,
     precision: str = "highest",
 ) -> Moments:
     """Stream key blocks; return the softmax moments of each query row (see module doc).
@@ -144,7 +147,7 @@ def weighted_moments(
         jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype), jnp.zeros((n, d), dtype), jnp.zeros((n,), dtype)
     )
 
-    def body(c: Moments, blk):
+    def body(c: Moments, blk: tuple[Array, Array, Array]) -> tuple[Moments, None]:
         kblk, ok, wblk = blk
         cos = matmul(q, kblk.T, precision)
         s = jnp.where(ok[None, :], alpha * cos, -jnp.inf) if masked else alpha * cos
@@ -168,14 +171,15 @@ class LogitPass(NamedTuple):
     mx: Float[Array, " n"]
     l: Float[Array, " n"]
     ws: Float[Array, " n"]  # sum_j w_ij s_ij
-    count: Float[Array, ""]  # number (total mass) of keys seen
+    count: Float[Array, ""]  # type: ignore[assignment]  # shadows tuple.count (a field name kept for callers); number (total mass) of keys seen
     mean: Float[Array, " n"]  # running mean of s_ij over keys
     m2: Float[Array, " n"]  # running sum of squared deviations of s_ij
     gram: Float[Array, "n n"]  # spectral factor of W: Gram (float64) or TSQR R (float32); (0, 0) if not requested
 
 
 def logit_pass(
-    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha, key_block: int, with_gram: bool = True, weights=None,
+    q: Float[Array, "n d"], k: Float[Array, "N d"], alpha: Scalar, key_block: int, with_gram: bool = True,
+    weights: Weights = None,
     precision: str = "highest",
     qr: bool | None = None,
 ) -> LogitPass:
@@ -208,7 +212,7 @@ def logit_pass(
         gram0,
     )
 
-    def body(c: LogitPass, blk):
+    def body(c: LogitPass, blk: tuple[Array, Array, Array]) -> tuple[LogitPass, None]:
         kblk, ok, wblk = blk
         s_raw = alpha * matmul(q, kblk.T, precision)
         s = jnp.where(ok[None, :], s_raw, -jnp.inf)
@@ -244,7 +248,8 @@ def logit_pass(
     return out
 
 
-def fold_key_blocks(fn: Callable, k: Float[Array, "N d"], key_block: int, init, weights=None):
+def fold_key_blocks(fn: Callable[..., Any], k: Float[Array, "N d"], key_block: int, init: Any,
+                    weights: Weights = None) -> Any:
     """Generic fold over key blocks: ``carry = fn(carry, k_block, valid_mask)``, or with ``weights``
     ``carry = fn(carry, k_block, valid_mask, mass_block)`` (``mass_block`` the block of masses, zero
     on padding; keys of zero mass are not valid)."""

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -58,9 +58,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.nn import logsumexp
+from jaxtyping import Array, DTypeLike, Float
 
+from ._typing import MomentKernel, ProfileKernel, Scalar
 from .finite_volume import AbstractGridSolver, peak_fraction
-from .kernels import make_kernel
+from .kernels import AbstractKernel, make_kernel
 from .quadrature import gauss_gegenbauer, log_sphere_area
 
 
@@ -71,7 +73,7 @@ def _cell_log_sin_average(edges: np.ndarray) -> np.ndarray:
     near = mid > 0.5 * np.pi  # measure from the nearer pole: u = theta or pi - theta
     ua, ub = np.where(near, np.pi - b, a), np.where(near, np.pi - a, b)
 
-    def xlogx(u):
+    def xlogx(u: np.ndarray) -> np.ndarray:
         return np.where(u > 0, u * np.log(np.where(u > 0, u, 1.0)), 0.0)
 
     log_u = (xlogx(ub) - ub - xlogx(ua) + ua) / (ub - ua)  # average of log u
@@ -97,13 +99,14 @@ def zonal_cell_averages(log_f: Callable[[np.ndarray], np.ndarray], n_cells: int,
     return F / (F.sum() * h)
 
 
-def _np_logsumexp(a, axis):
+def _np_logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
     top = np.max(a, axis=axis, keepdims=True)
     return np.squeeze(top, axis) + np.log(np.sum(np.exp(a - top), axis=axis))
 
 
 @jax.jit
-def _tables(alpha, c_f, s_f, c_c, s_c, nodes, log_w):
+def _tables(alpha: Array, c_f: Array, s_f: Array, c_c: Array, s_c: Array, nodes: Array, log_w: Array
+            ) -> dict[str, Array]:
     """Row-scaled kernel tables for every (face, cell) pair (one compilation per grid shape)."""
     logZ, R1, R2 = _table_rows(alpha, c_f, s_f, c_c, s_c, nodes, log_w)
     r = jnp.max(logZ, axis=1)
@@ -118,10 +121,11 @@ def _tables(alpha, c_f, s_f, c_c, s_c, nodes, log_w):
     }
 
 
-def _table_rows(alpha, c_f, s_f, c_c, s_c, nodes, log_w):
+def _table_rows(alpha: Array, c_f: Array, s_f: Array, c_c: Array, s_c: Array, nodes: Array, log_w: Array
+                ) -> tuple[Array, Array, Array]:
     """``log Z``, ``R1``, ``R2`` for every (face, cell) pair, one face row at a time."""
 
-    def row(cs):
+    def row(cs: tuple[Array, Array]) -> tuple[Array, Array, Array]:
         cj, sj = cs
         e = alpha * sj * s_c[:, None] * nodes[None, :] + log_w[None, :]
         lse = logsumexp(e, axis=1)
@@ -138,7 +142,7 @@ class ZonalSolver(AbstractGridSolver):
     """
 
     d: int = eqx.field(static=True)
-    kernel: eqx.Module  # alpha is an array leaf: solvers that differ only in it share compilations
+    kernel: AbstractKernel  # alpha is an array leaf: solvers that differ only in it share compilations
     n_cells: int = eqx.field(static=True)
     mobility: jax.Array  # velocity factor 1/M
     vbound: jax.Array  # a-priori bound on |v| (mobility included)
@@ -150,17 +154,18 @@ class ZonalSolver(AbstractGridSolver):
     sin_f: jax.Array
     log_sin_avg: jax.Array
     log_cell_measure: jax.Array
-    tables: dict | None
+    tables: dict[str, jax.Array] | None
     diffusion: jax.Array | None = None  # D of D Delta_S rho (None: no noise)
-    dcoef: dict | None = None  # "ap" = w_{i+1/2}/wbar_{i+1}, "am" = w_{i+1/2}/wbar_i, "dlogw", "lam"
+    dcoef: dict[str, jax.Array] | None = None  # "ap" = w_{i+1/2}/wbar_{i+1}, "am" = w_{i+1/2}/wbar_i, "dlogw", "lam"
     periodic: ClassVar[bool] = False
 
-    def _diffusion_flux(self, F):
+    def _diffusion_flux(self, F: Float[Array, " n"]) -> Float[Array, " n-1"]:
         """Interior face fluxes ``J_{i+1/2}`` (n-1,) of the diffusion term."""
         c = self.dcoef
+        assert c is not None and self.diffusion is not None  # only called with diffusion
         return -self.diffusion * (c["ap"] * F[1:] - c["am"] * F[:-1]) / self.h
 
-    def rhs(self, F):
+    def rhs(self, F: Float[Array, " n"]) -> Float[Array, " n"]:
         """Transport (flux form, upwind MUSCL) plus the zonal diffusion term (flux form)."""
         out = super().rhs(F)
         if self.diffusion is None:
@@ -171,45 +176,50 @@ class ZonalSolver(AbstractGridSolver):
 
     def substeps(self, dt: float, cfl: float = 0.4) -> int:
         """Equal substeps with ``dt_sub (max|v|/h + max lam/2) <= cfl`` (positivity for cfl <= 1/2)."""
-        rate = float(self.vbound) / float(self.h) + (0.0 if self.diffusion is None else 0.5 * float(self.dcoef["lam"]))
+        lam = 0.0 if self.dcoef is None else 0.5 * float(self.dcoef["lam"])  # dcoef is set iff diffusion is
+        rate = float(self.vbound) / float(self.h) + (0.0 if self.diffusion is None else lam)
         return max(1, math.ceil(abs(dt) * rate / cfl - 1e-9))
 
-    def _fisher(self, F):
-        if self.diffusion is None:
+    def _fisher(self, F: Float[Array, " n"]) -> Scalar:
+        if self.diffusion is None or self.dcoef is None:
             return 0.0
         lf = jnp.log(jnp.maximum(F, jnp.finfo(F.dtype).tiny))
         dlog = lf[1:] - lf[:-1] - self.dcoef["dlogw"]
         return -jnp.sum(self._diffusion_flux(F) * dlog)
 
-    def _moments(self, w):
+    def _moments(self, w: Float[Array, " n"]) -> tuple[Array, Array, Array, Array]:
         """``mu``, ``a = Var(cos)``, ``b = E[sin^2]/(d-1)`` and ``E[cos^2]`` of cell masses ``w``."""
         mu = w @ self.cos_c
         c2 = w @ self.cos_c**2
         return mu, c2 - mu**2, (jnp.sum(w) - c2) / (self.d - 1), c2
 
-    def _moment_field(self, w, c, s):
+    def _moment_field(self, w: Float[Array, " n"], c: Float[Array, " m"], s: Float[Array, " m"]
+                      ) -> tuple[Float[Array, "m 2"], Float[Array, " m"]]:
         """Drive and divergence of a moment kernel at unit vectors ``(c, s)`` of the zonal plane."""
         mu, a, b, _ = self._moments(w)
         zero = jnp.zeros_like(mu)
         m2 = jnp.stack([mu, zero])
         cov2 = jnp.stack([jnp.stack([a, zero]), jnp.stack([zero, b])])
         x2 = jnp.stack([c, s], axis=1)
-        return self.kernel.from_moments(x2, m2, cov2, d=self.d, trace=a + (self.d - 1) * b)
+        return cast(MomentKernel, self.kernel).from_moments(x2, m2, cov2, d=self.d, trace=a + (self.d - 1) * b)
 
-    def velocity(self, F):
+    def velocity(self, F: Float[Array, " n"]) -> Float[Array, " n+1"]:
         """Face velocities ``v_theta`` (n+1,), zero at both poles."""
         w = F * self.h
+        t = self.tables  # set for the profile family
         if self.kernel.family == "moments":
             f2, _ = self._moment_field(w, self.cos_f, self.sin_f)
             v = -f2[:, 0] * self.sin_f + f2[:, 1] * self.cos_f
-        elif self.kernel.normalized:
-            den = self.tables["Z"] @ w
-            v = (self.tables["G"] @ w) / jnp.maximum(den, jnp.finfo(F.dtype).tiny)
+        elif cast(ProfileKernel, self.kernel).normalized:
+            assert t is not None
+            den = t["Z"] @ w
+            v = (t["G"] @ w) / jnp.maximum(den, jnp.finfo(F.dtype).tiny)
         else:
-            v = jnp.exp(self.tables["r"]) * (self.tables["G"] @ w)
+            assert t is not None
+            v = jnp.exp(t["r"]) * (t["G"] @ w)
         return v * self.mobility
 
-    def entropy_rate(self, F):
+    def entropy_rate(self, F: Float[Array, " n"]) -> Float[Array, ""]:
         """``E_rho[div_S v]`` from the closed forms (docs/theory.md "Entropy: the exact identity")."""
         w = F * self.h
         if self.kernel.family == "moments":
@@ -217,8 +227,9 @@ class ZonalSolver(AbstractGridSolver):
             return (w @ div) * self.mobility + self._fisher(F)
         d, al = self.d, self.kernel.alpha
         t = self.tables
+        assert t is not None  # the profile family
         S, Gw, Xw, Yw = t["Z"] @ w, t["G"] @ w, t["X"] @ w, t["Y"] @ w
-        if self.kernel.normalized:
+        if cast(ProfileKernel, self.kernel).normalized:
             S = jnp.maximum(S, jnp.finfo(F.dtype).tiny)
             div = al * (1.0 - Yw / S - (Gw / S) ** 2) - (d - 1) * Xw / S
         else:
@@ -226,7 +237,7 @@ class ZonalSolver(AbstractGridSolver):
         face_w = 0.5 * (jnp.concatenate([w, w[-1:] * 0]) + jnp.concatenate([w[:1] * 0, w]))
         return (face_w @ div) * self.mobility + self._fisher(F)
 
-    def diagnostics(self, F) -> dict:
+    def diagnostics(self, F: Float[Array, " n"]) -> dict[str, Any]:
         """Mass, ``mean_cos``, ``order_parameter`` ``|m|``, ``entropy`` H, ``kl_to_uniform``,
         ``entropy_rate``, ``peak_fraction`` (sub-grid indicator) of a cell-average vector."""
         w = F * self.h
@@ -247,8 +258,9 @@ class ZonalSolver(AbstractGridSolver):
         }
 
 
-def make_zonal_solver(d: int, n_cells: int, kernel="linear", alpha=None, mobility: float = 1.0,
-                      n_phi: int | None = None, dtype=None, diffusion: float = 0.0) -> ZonalSolver:
+def make_zonal_solver(d: int, n_cells: int, kernel: str | AbstractKernel = "linear", alpha: Scalar | None = None,
+                      mobility: float = 1.0, n_phi: int | None = None, dtype: DTypeLike | None = None,
+                      diffusion: float = 0.0) -> ZonalSolver:
     """Build a :class:`ZonalSolver` (profile tables are computed here, once).
 
     ``kernel`` is a kernel object, or a name with ``alpha`` (``solvers.kernels.make_kernel``).
@@ -270,7 +282,7 @@ def make_zonal_solver(d: int, n_cells: int, kernel="linear", alpha=None, mobilit
     if alpha < 0 or not 0 < mobility <= 1:
         raise ValueError(f"zonal solver: alpha={alpha} must be >= 0 and mobility={mobility} in (0, 1]")
     dtype = jnp.zeros(0).dtype if dtype is None else jnp.dtype(dtype)
-    kernel = eqx.tree_at(lambda k: k.alpha, kernel, jnp.asarray(alpha, dtype))
+    kernel = cast(AbstractKernel, eqx.tree_at(lambda k: k.alpha, kernel, jnp.asarray(alpha, dtype)))
     if kernel.family == "profile" and 2 * alpha > 0.9 * -math.log(float(jnp.finfo(dtype).tiny)):
         warnings.warn(f"zonal solver: alpha={alpha} in {dtype}: kernel-table entries below exp(-2 alpha) underflow; "
                       "velocities far from all the mass are set to 0 (use float64)", stacklevel=2)
@@ -295,7 +307,7 @@ def make_zonal_solver(d: int, n_cells: int, kernel="linear", alpha=None, mobilit
         r = tables["r"]
         # |v| <= 1/M for softmax (weighted mean of |<e_theta, y>| <= 1); for usa
         # |v_j| <= e^{r_j} max_i Z_ji |G/Z| sum_i w_i <= e^{max r} for any unit-mass F >= 0.
-        vbound = kernel.speed_bound() if kernel.normalized else float(np.exp(np.max(np.asarray(r))))
+        vbound = kernel.speed_bound() if cast(ProfileKernel, kernel).normalized else float(np.exp(np.max(np.asarray(r))))
     return ZonalSolver(d=int(d), kernel=kernel, n_cells=int(n_cells), mobility=jnp.asarray(mobility, dtype),
                        vbound=jnp.asarray(vbound * mobility, dtype), h=jnp.asarray(h, dtype), centers=jnp.asarray(centers, dtype),
                        cos_c=jnp.asarray(cos_c, dtype), sin_c=jnp.asarray(sin_c, dtype),
@@ -306,7 +318,8 @@ def make_zonal_solver(d: int, n_cells: int, kernel="linear", alpha=None, mobilit
                        dcoef=_diffusion_tables(d, edges, lcm, h, diffusion, dtype) if diffusion > 0 else None)
 
 
-def _diffusion_tables(d, edges, lcm, h, diffusion, dtype):
+def _diffusion_tables(d: int, edges: np.ndarray, lcm: np.ndarray, h: float, diffusion: float, dtype: DTypeLike
+                      ) -> dict[str, jax.Array]:
     """Face-to-cell weight ratios of the zonal Laplacian, from logs (see the module docstring)."""
     log_wbar = lcm - log_sphere_area(d - 1) - math.log(h)  # log of the cell average of sin^{d-2}
     log_wf = (d - 2) * np.log(np.sin(edges[1:-1]))  # interior faces
