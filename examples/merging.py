@@ -68,6 +68,7 @@ if args.resume and not RESULTS.is_file():
 import meanfield as mf  # noqa: E402
 from meanfield.studies.merge_study import attention_seconds, collapse_times, merged_tokens  # noqa: E402
 from meanfield.flow.merged import FastVGGT, ToMe  # noqa: E402
+from meanfield.flow.distributions import as_key  # noqa: E402
 
 # --- Parameters -------------------------------------------------------------------------------
 RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -133,7 +134,7 @@ def experiment1(configs, seeds, ratios, results):
 
 
 def experiment3(results, ratios=COST_RATIOS):
-    x = np.asarray(mf.Uniform(COST_D).sample(mf.distributions.as_key(0), COST_N))
+    x = np.asarray(mf.Uniform(COST_D).sample(as_key(0), COST_N))
     out = results.setdefault("cost", {})
     for kname, kernel in (("softmax", mf.Softmax(1.0)), ("linear", mf.Linear(0.25))):
         for variant in ("tome-prop", "fastvggt"):  # ToMe without proportional attention: same tokens, same cost

@@ -16,6 +16,7 @@ import pytest
 
 import meanfield as mf
 from meanfield.stats.diagnostics import entropy_rate, query_subset, simulation_diagnostics_jit
+from meanfield.flow.driver import resolve_kernel
 
 K = 4096
 
@@ -35,7 +36,7 @@ def test_entropy_rate_of_the_runner_is_exact(method):
 def test_sampled_attention_statistics_estimate_the_exact_ones(name, alpha):
     N = 20_000
     x = mf.VonMisesFisher(8, 3.0).sample(0, N, dtype=jnp.float64)
-    k = mf.flow.resolve_kernel(name, alpha)
+    k = resolve_kernel(name, alpha)
     q = jnp.asarray(query_subset(N, 256, 0))
     exact = simulation_diagnostics_jit(k, x, q)
     est = simulation_diagnostics_jit(k, x, q, None, 1.0, jnp.asarray(query_subset(N, K, 1)))
