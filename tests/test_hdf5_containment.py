@@ -19,7 +19,8 @@ from meanfield.flow import checkpoint
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_DUMP = os.path.join(HERE, "examples", "data", "minilm_dump.h5")
 SECRET = np.arange(1000, 1000 + 64, dtype=np.float64)  # the "arbitrary file" a hostile file points at
-VARIANTS = ["external_storage", "external_link", "dangling_soft_link", "escaping_soft_link", "virtual"]
+VARIANTS = ["external_storage", "external_link", "dangling_soft_link", "escaping_soft_link", "soft_link_chain",
+            "cyclic_soft_link", "virtual"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,11 @@ def _variant(files, src, name, kind, tmp_path):
             f[name] = h5py.SoftLink("/nowhere/data")
         elif kind == "escaping_soft_link":
             f[name] = h5py.SoftLink("../../etc/data")
+        elif kind == "soft_link_chain":  # to a link that exists but dangles (``in`` alone would say yes)
+            f[name] = h5py.SoftLink("/zzz_chain")
+            f["zzz_chain"] = h5py.SoftLink("/missing")
+        elif kind == "cyclic_soft_link":
+            f[name] = h5py.SoftLink("/" + name)
         elif kind == "virtual":
             layout = h5py.VirtualLayout(shape=(n,), dtype="f8")
             layout[:] = h5py.VirtualSource(str(d / "other.h5"), "data", shape=(n,))

@@ -152,7 +152,11 @@ def check_contained(f, where=None) -> None:
     for name, link in links:
         if isinstance(link, h5py.SoftLink):
             target = posixpath.normpath(posixpath.join("/", posixpath.dirname(name), link.path))
-            if target not in f:
+            try:  # resolve it (``in`` only checks the last link exists): dangling, cyclic and escaping fail
+                resolved = f[target]
+            except READ_ERRORS:
+                resolved = None
+            if resolved is None:
                 raise ValueError(f"{where}: /{name} is a soft link to {link.path!r}, which is not inside the file")
             continue
         obj = f.get(name)
