@@ -110,7 +110,7 @@ def test_checkpoint_load_refuses(files, tmp_path, kind):
 
 def test_declared_size_beyond_the_file_is_refused(files, tmp_path):
     bad = _variant(files, files["results"], "tokens/final", "oversized", tmp_path)
-    with pytest.raises(ValueError, match=r"/tokens/final declares shape .*more than the whole file"):
+    with pytest.raises(ValueError, match=r"/tokens/final declares shape .*more than this loader reads: the whole file holds"):
         mf.load_results(bad)
 
 

@@ -130,15 +130,19 @@ def check_contained(f, where=None) -> None:
     the file size; compressed (filtered) data can legitimately expand, so it is bounded later, at
     read time, by :func:`read_limit` (half the available memory) in :func:`read_array`.
 
-    The walk is over links (``visititems_links``, which does not follow soft or external links, and
+    The walk is over links (``visit_links``, which does not follow soft or external links, and
     visits each group once, so hard-link cycles end); soft-link targets are checked only after every
     link has been seen to be internal, so resolving them never opens another file.
     """
     import h5py
 
     where = where if where is not None else f.filename
-    links = []
-    f.visititems_links(lambda name, link: links.append((name, link)))
+    names = []
+    try:  # the callback only collects names: an h5py error raised inside it would surface as SystemError
+        f.visit_links(names.append)
+    except SystemError as e:
+        raise ValueError(f"{where}: damaged file ({e})".splitlines()[0]) from None
+    links = [(name, f.get(name, getlink=True)) for name in names]
     for name, link in links:
         if isinstance(link, h5py.ExternalLink):
             raise ValueError(f"{where}: /{name} is an external link to {link.filename}:{link.path}; "
@@ -172,4 +176,4 @@ def check_contained(f, where=None) -> None:
             nbytes = int(np.prod(obj.shape, dtype=np.float64) * obj.dtype.itemsize)
             if nbytes > file_size:
                 raise ValueError(f"{where}: /{name} declares shape {obj.shape} ({nbytes} bytes, uncompressed), "
-                                 f"more than the whole file ({file_size} bytes)")
+                                 f"more than this loader reads: the whole file holds {file_size} bytes")
