@@ -39,7 +39,7 @@ import os
 import h5py
 import numpy as np
 
-from meanfield.io.hdf5 import READ_ERRORS, decode_attr, encode_attr, read_array
+from meanfield.io.hdf5 import READ_ERRORS, check_contained, decode_attr, encode_attr, read_array
 from meanfield.io.atomic import atomic_path
 
 FORMAT = "meanfield-dump"
@@ -224,6 +224,7 @@ def _dataset(f, name):
 def _validate_open(f) -> tuple[dict, dict]:
     """Check every part of an open dump file; return (attrs, arrays)."""
     fn = f.filename
+    check_contained(f, fn)  # no links out of the file, external storage or virtual datasets
     fmt = _attr("format", f.attrs.get("format"))
     if fmt != FORMAT:
         raise ValueError(f"{fn}: not a meanfield dump (root attr format={fmt!r}, expected {FORMAT!r})")

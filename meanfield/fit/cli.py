@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from meanfield._cli import ArgumentParser, output_path, run_cli
-from meanfield.io.hdf5 import READ_ERRORS, decode_attr, is_hdf5, read_array, read_attrs
+from meanfield.io.hdf5 import READ_ERRORS, check_contained, decode_attr, is_hdf5, read_array, read_attrs
 from meanfield.io.atomic import atomic_path, check_writable
 
 PROG = "meanfield-fit"
@@ -81,6 +81,7 @@ def _read_hdf5(path):
     import h5py
 
     with h5py.File(path, "r") as f:
+        check_contained(f, path)  # no links out of the file, external storage or virtual datasets
         fmt = decode_attr(f.attrs.get("format"))
         if fmt == "meanfield-results":
             need = ["scales/layer"]

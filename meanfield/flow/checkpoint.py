@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meanfield.io.hdf5 import decode_attr
+from meanfield.io.hdf5 import check_contained, decode_attr, read_array
 from meanfield.io.atomic import atomic_path
 
 FORMAT = "meanfield-checkpoint"
@@ -149,15 +149,16 @@ def load(path, fp: str | None = None) -> dict:
         raise ValueError(f"no such checkpoint file: {path}")
     try:
         with h5py.File(path, "r") as f:
+            check_contained(f, path)  # no links out of the file, external storage or virtual datasets
             if decode_attr(f.attrs.get("format")) != FORMAT:
                 raise ValueError(f"{path} is not a meanfield checkpoint")
             if fp is not None and decode_attr(f.attrs.get("fingerprint")) != fp:
                 raise ValueError(f"{path} is a checkpoint of a different run (parameters, seed or start differ); "
                                  "resume with exactly the options of the checkpointed run")
             state = {"save_index": int(f.attrs["save_index"]), "method": decode_attr(f.attrs["method"]),
-                     "arrays": {k: f["arrays"][k][()] for k in f["arrays"]}, "records": {}}
+                     "arrays": {k: read_array(f["arrays"][k], f"{path}: /arrays/{k}", numeric=False) for k in f["arrays"]}, "records": {}}
             for name, sub in f["records"].items():
-                cols = {k: sub[k][()] for k in sub}
+                cols = {k: read_array(sub[k], f"{path}: /records/{name}/{k}", numeric=False) for k in sub}
                 state["records"][name] = [{k: v[i] for k, v in cols.items()} for i in range(int(sub.attrs["count"]))]
             return state
     except (OSError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:  # damaged file

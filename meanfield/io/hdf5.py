@@ -12,12 +12,19 @@ so that files already written read back exactly as before:
   (``read_attrs(..., json_keys=JSON_ATTRS, null=None)``).
 
 Reading always turns ``bytes`` into ``str`` and NumPy scalars into Python scalars; arrays are
-returned as they are.  Nothing here imports h5py: these functions take values and mappings.
+returned as they are.  Only :func:`check_contained` imports h5py (lazily); the rest take values
+and mappings.
+
+Every reader calls :func:`check_contained` on the open file before reading anything: it refuses
+external links, soft links that do not resolve inside the file, datasets with external storage and
+virtual datasets, so that a reader only ever returns bytes stored in the file it was given.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 
 import numpy as np
 
@@ -109,3 +116,64 @@ def read_array(ds, where: str, *, numeric: bool = True):
     if nbytes > read_limit():
         raise ValueError(f"{where} declares shape {ds.shape} ({nbytes / 2**30:.3g} GiB), more than this loader reads")
     return ds[()]
+
+
+def check_contained(f, where=None) -> None:
+    """Raise ``ValueError`` (one line naming the file and the object) unless everything in the open
+    h5py file ``f`` is stored in that file.
+
+    Refused: ``h5py.ExternalLink`` (data in another file); ``h5py.SoftLink`` whose target does not
+    resolve inside the file (dangling, or a path that escapes); datasets with external storage
+    (``dset.external``: raw bytes of an arbitrary file); virtual datasets (``dset.is_virtual``:
+    mapped from other files).  And a declared size that the file cannot hold: a dataset without
+    filters (no compression) stores its bytes in this file, so its shape x itemsize must not exceed
+    the file size; compressed (filtered) data can legitimately expand, so it is bounded later, at
+    read time, by :func:`read_limit` (half the available memory) in :func:`read_array`.
+
+    The walk is over links (``visit_links``, which does not follow soft or external links, and
+    visits each group once, so hard-link cycles end); soft-link targets are checked only after every
+    link has been seen to be internal, so resolving them never opens another file.
+    """
+    import h5py
+
+    where = where if where is not None else f.filename
+    names = []
+    try:  # the callback only collects names: an h5py error raised inside it would surface as SystemError
+        f.visit_links(names.append)
+    except SystemError as e:
+        raise ValueError(f"{where}: damaged file ({e})".splitlines()[0]) from None
+    links = [(name, f.get(name, getlink=True)) for name in names]
+    for name, link in links:
+        if isinstance(link, h5py.ExternalLink):
+            raise ValueError(f"{where}: /{name} is an external link to {link.filename}:{link.path}; "
+                             "readers only read data stored in the file")
+        if not isinstance(link, (h5py.SoftLink, h5py.HardLink)):  # user-defined link classes
+            raise ValueError(f"{where}: /{name} is a link of unknown class; readers only read data stored in the file")
+    try:
+        file_size = os.path.getsize(f.filename)
+    except (OSError, TypeError):  # in-memory or file-object files: no size bound
+        file_size = None
+    for name, link in links:
+        if isinstance(link, h5py.SoftLink):
+            target = posixpath.normpath(posixpath.join("/", posixpath.dirname(name), link.path))
+            try:  # resolve it (``in`` only checks the last link exists): dangling, cyclic and escaping fail
+                resolved = f[target]
+            except READ_ERRORS:
+                resolved = None
+            if resolved is None:
+                raise ValueError(f"{where}: /{name} is a soft link to {link.path!r}, which is not inside the file")
+            continue
+        obj = f.get(name)
+        if not isinstance(obj, h5py.Dataset):
+            continue
+        if obj.is_virtual:
+            raise ValueError(f"{where}: /{name} is a virtual dataset (data mapped from other files); "
+                             "readers only read data stored in the file")
+        if obj.external:
+            raise ValueError(f"{where}: /{name} has external storage in {obj.external[0][0]!r}; "
+                             "readers only read data stored in the file")
+        if file_size is not None and obj.shape is not None and not obj.id.get_create_plist().get_nfilters():
+            nbytes = int(np.prod(obj.shape, dtype=np.float64) * obj.dtype.itemsize)
+            if nbytes > file_size:
+                raise ValueError(f"{where}: /{name} declares shape {obj.shape} ({nbytes} bytes, uncompressed), "
+                                 f"more than this loader reads: the whole file holds {file_size} bytes")

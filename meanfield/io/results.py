@@ -25,7 +25,7 @@ import datetime
 import h5py
 import numpy as np
 
-from meanfield.io.hdf5 import READ_ERRORS, decode_attr, encode_attr, read_array, read_attrs
+from meanfield.io.hdf5 import READ_ERRORS, check_contained, decode_attr, encode_attr, read_array, read_attrs
 from meanfield._version import __version__
 from meanfield.io.atomic import atomic_path
 from meanfield.flow.solution import FlowSolution
@@ -108,6 +108,7 @@ def load_results(path) -> FlowSolution:
 
 
 def _read(f, path) -> FlowSolution:
+    check_contained(f, path)  # no links out of the file, external storage or virtual datasets
     fmt = decode_attr(f.attrs.get("format"))
     if fmt != FORMAT:
         raise ValueError(f"{path} is not a meanfield results file (format attribute {fmt!r})")
