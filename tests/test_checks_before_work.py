@@ -153,7 +153,7 @@ def test_usa_fixed_step_at_large_alpha_warns():
 def test_memory_estimate_charges_the_smaller_covariance_spectrum():
     # issue 21: the token-covariance spectrum costs min(d, N)^2 (the N x N Gram form for N < d), so a
     # softmax run (no d x d array in its step) at N = 100, d = 100 000 is no longer charged d^2
-    from meanfield.flow import make_spec
+    from meanfield.flow.driver import make_spec
 
     def est(N, d):
         return _resources.estimate_memory(make_spec(distributions.Uniform(d), N=N, kernel="softmax", layers=1))

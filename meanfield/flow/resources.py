@@ -58,7 +58,7 @@ def estimate_memory(spec) -> int:
     else:
         drive = 2 * N * d + 4 * d * d
     # attention Gram, streamed rows, tokens, and the token-covariance spectrum: its d x d form, or for N < d
-    # the N x N Gram form (meanfield.diagnostics.covariance_spectrum), so min(d, N)^2
+    # the N x N Gram form (meanfield.stats.diagnostics.covariance_spectrum), so min(d, N)^2
     diagnostics = 4 * n * n + 3 * n * min(kb, N) + 4 * N * d + 4 * min(d, N) ** 2
     host = N * d + (n_saves * N * d if spec.save_tokens else 0)  # final tokens (and snapshots) on the host
     peak = max(state + drive, state + diagnostics) + host
