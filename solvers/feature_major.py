@@ -21,7 +21,7 @@ them (``meanfield.stats.diagnostics.linear_diagnostics``), so a save costs no ex
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import jax.numpy as jnp
 from jax import lax
@@ -31,8 +31,10 @@ from . import native as _native
 from ._typing import Scalar, Steps, Weights
 from .kernels import probabilities
 
-if TYPE_CHECKING:  # integrators imports this module
-    from .integrators import AbstractIntegrator, AttentionField
+# integrators imports this module, so its integrator and field types are named loosely here
+# (importing them, even for the checker alone, would tie the two modules in a circle)
+AbstractIntegrator = Any
+AttentionField = Any
 
 SCHEMES = ("layer", "euler", "heun")
 
